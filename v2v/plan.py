@@ -1,0 +1,92 @@
+"""Cut a probed video into clip windows: plain, deterministic data, computed before any frame is decoded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from v2v.video import Probe
+
+
+class PlanError(ValueError):
+    """Settings that cannot make a plan (e.g. a stride of 0); bad videos are not plan errors."""
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    clip_frames: int  # frames per clip; the model's native count by default (24 for zeroscope)
+    stride: int | None = None  # frames between clip starts; None = clip_frames (no overlap); smaller overlaps
+    fps: float | None = None  # frame selection rate; None keeps the source's average rate
+    start_s: float = 0.0
+    end_s: float | None = None
+    max_clips: int | None = None
+    # A trailing remainder of at least this many frames becomes a shorter last clip; a shorter one is
+    # dropped (and reported). None = half a clip.
+    min_frames: int | None = None
+
+    def validate(self) -> None:
+        if self.clip_frames < 1:
+            raise PlanError(f"clip_frames must be >= 1, got {self.clip_frames}")
+        if self.stride is not None and self.stride < 1:
+            raise PlanError(f"stride must be >= 1, got {self.stride}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise PlanError(f"fps must be > 0, got {self.fps}")
+        if self.start_s < 0 or (self.end_s is not None and self.end_s <= self.start_s):
+            raise PlanError(f"need 0 <= start_s < end_s, got start_s={self.start_s}, end_s={self.end_s}")
+        if self.max_clips is not None and self.max_clips < 1:
+            raise PlanError(f"max_clips must be >= 1, got {self.max_clips}")
+        if self.min_frames is not None and not 1 <= self.min_frames <= self.clip_frames:
+            raise PlanError(f"min_frames must be in [1, clip_frames], got {self.min_frames}")
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    clip_index: int
+    start_frame: int  # index in the selected frame sequence (at `fps`), counted from the video's start
+    num_frames: int
+    fps: float
+    start_s: float  # timestamp of the first frame, seconds from the video's start
+    end_s: float  # start_s + num_frames / fps
+
+    def frame_times(self) -> list[float]:
+        """Timestamps (s) of the frames to decode."""
+        return [(self.start_frame + k) / self.fps for k in range(self.num_frames)]
+
+
+@dataclass
+class Plan:
+    clips: list[ClipPlan]
+    fps: float
+    total_frames: int  # frames in the selected window at `fps`
+    notes: list[str] = field(default_factory=list)  # what was dropped or cut, and why; never silent
+
+
+def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
+    s.validate()
+    fps = s.fps or probe.fps
+    stride = s.stride or s.clip_frames
+    min_frames = s.min_frames or max(1, s.clip_frames // 2)
+    notes: list[str] = []
+    # Frames of the selected sequence: frame k sits at k / fps. Keep those inside [start_s, end_s) and
+    # inside the source's duration (the source's own frame count when we select at its rate).
+    n_total = probe.num_frames if s.fps is None else math.floor(probe.duration_s * fps + 1e-6)
+    first = math.ceil(s.start_s * fps - 1e-6)
+    last = n_total if s.end_s is None else min(n_total, math.ceil(s.end_s * fps - 1e-6))
+    window = max(0, last - first)
+    clips: list[ClipPlan] = []
+    start = first
+    while start < last:
+        n = min(s.clip_frames, last - start)
+        if n < s.clip_frames and n < min_frames:
+            notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames={min_frames}")
+            break
+        if s.max_clips is not None and len(clips) == s.max_clips:
+            notes.append(f"stopped at max_clips={s.max_clips}; frames from {start} on are not planned")
+            break
+        clips.append(ClipPlan(len(clips), start, n, fps, start / fps, (start + n) / fps))
+        if start + n >= last:
+            break
+        start += stride
+    if not clips and not notes:
+        notes.append("no frames in the selected window")
+    return Plan(clips=clips, fps=fps, total_frames=window, notes=notes)
