@@ -33,7 +33,7 @@ def make_video(path: str, num_frames: int = 24, width: int = 64, height: int = 6
         vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
         if time_base is not None:
-            vs.time_base = time_base
+            vs.time_base = vs.codec_context.time_base = time_base
         if rotation is not None:
             vs.set_display_rotation(rotation)
         if codec == "libx264":

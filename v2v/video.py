@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -43,8 +44,6 @@ def open_video(uri: str):
     lp = local_path(uri)
     try:
         if lp is not None:
-            import os
-
             if not os.path.exists(lp):
                 raise VideoError(f"{uri}: file not found")
             if os.path.getsize(lp) == 0:
@@ -176,7 +175,7 @@ def decode_clip(uri: str, times: list[float], width: int, height: int, resize: s
         tb = s.time_base
         start_pts = s.start_time or 0
         fps = float(s.average_rate or s.guessed_rate or 30)
-        eps = 0.25 / fps  # timestamps are rounded to the time base; a quarter frame absorbs that
+        eps = max(1.5 * float(tb), 1e-6)  # timestamps are rounded to the time base (1 ms in mkv)
         if times[0] > 0:
             c.seek(start_pts + int((times[0] - 0.5 / fps) / tb), stream=s, backward=True)
         out: list[np.ndarray] = []
@@ -269,6 +268,8 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
                 opts["preset"] = str(preset if preset is not None else spec.default_preset)
             if spec.encoder == "libx265":
                 opts["x265-params"] = "log-level=error"
+            if spec.encoder == "libsvtav1":
+                os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config otherwise
             if spec.encoder == "ffv1":
                 pass  # defaults: FFV1 is lossless at any level
             vs.options = opts
