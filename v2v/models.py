@@ -240,3 +240,21 @@ def model_fingerprint(folder: Path) -> str:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
+
+
+def model_geometry(reference: str) -> tuple[int, int, int]:
+    """(width, height, frames) native to a model, read without loading (or fetching) its weights."""
+    import fsspec
+
+    from v2v.tiny import TINY_FRAMES, TINY_SIZE
+
+    if reference == "tiny":
+        return TINY_SIZE, TINY_SIZE, TINY_FRAMES
+    if "://" not in reference and not Path(reference).exists():
+        return _ZEROSCOPE_NATIVE  # a hub id: the family's default
+    try:
+        with fsspec.open(reference.rstrip("/") + "/v2v.json", "r") as f:
+            m = json.load(f)
+        return int(m["width"]), int(m["height"]), int(m["frames"])
+    except FileNotFoundError:
+        return _ZEROSCOPE_NATIVE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -100,3 +101,11 @@ def safe_name(text: str, max_len: int = 80) -> str:
     text = urllib.parse.unquote(str(text))
     name = _SAFE.sub("_", text).strip("._")[:max_len]
     return name or "_"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

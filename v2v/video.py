@@ -15,7 +15,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from v2v.storage import atomic_output, local_path, url_to_fs
+from v2v.storage import atomic_output, local_path, sha256_file, url_to_fs
 
 
 class VideoError(ValueError):
@@ -248,10 +248,11 @@ def _fps_fraction(fps: float) -> Fraction:
 
 def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h264", crf: int | None = None,
                 preset: str | None = None, audio_from: str | None = None,
-                audio_span: tuple[float, float] | None = None) -> None:
+                audio_span: tuple[float, float] | None = None) -> tuple[str, int]:
     """Encode uint8 (F, H, W, 3) frames to `uri` atomically: no reader ever sees a partial file there.
 
     With `audio_from`, the source's audio packets between audio_span (seconds) are copied in unchanged.
+    Returns (sha256, size in bytes) of the file written.
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"frames must be uint8 (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
@@ -285,6 +286,7 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
                 out.mux(packet)
             if audio is not None:
                 _copy_audio(audio, out, audio_span or (0.0, len(frames) / fps))
+        return sha256_file(tmp), os.path.getsize(tmp)
 
 
 def _open_audio(src_uri: str, out):

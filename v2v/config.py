@@ -1,0 +1,145 @@
+"""The job's one typed config. Flags and YAML files both fill it; `resources` turns it into Ray settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names it."""
+
+
+@dataclass
+class JobConfig:
+    # Where things are.
+    manifest: str = ""  # Parquet, CSV or JSON Lines: a file, folder or glob, on any fsspec filesystem
+    output: str = ""  # output root URI: clips/, videos/, index/, job.json
+    model: str = "tiny"  # "tiny", a diffusers folder, an fsspec URI of one, or a hub id
+
+    # Defaults for manifest rows that leave them empty.
+    prompt: str | None = None  # None: every row must have a prompt
+    negative_prompt: str = ""
+    strength: float = 0.6  # fraction of the schedule to run: higher departs further from the input
+    steps: int = 40  # num_inference_steps; strength x steps UNet steps actually run
+    guidance_scale: float = 15.0  # zeroscope's recommendation; <= 1 turns classifier-free guidance off
+    seed: int = 0  # job seed: rows without a seed get hash(seed, id, clip index)
+    eta: float = 0.0
+    scheduler: str | None = None  # None: the model folder's own
+    clip_skip: int | None = None
+
+    # Planning and decoding (None = the model's native value).
+    clip_frames: int | None = None
+    clip_stride: int | None = None
+    min_frames: int | None = None  # shorter trailing remainders are dropped (recorded as 'skipped')
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    resize: str = "cover"  # cover (scale + center-crop), pad (letterbox) or stretch
+    max_clips: int | None = None
+
+    # Encoding.
+    codec: str = "h264"  # h264, h265, av1 or ffv1 (lossless)
+    crf: int | None = None
+    preset: str | None = None
+    audio: bool = False  # copy the matching segment of the source's audio into each clip
+    stitch: bool = False  # also write videos/<id>.<ext> from each video's clips
+
+    # Execution. More clips per batch use the GPU better but need more memory.
+    batch_size: int = 2
+    num_actors: int | None = None  # None: one per GPU in the cluster (1 on a CPU-only cluster)
+    num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
+    cpus_per_task: float = 1.0  # decode and encode tasks
+    dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
+    vae_chunk: int = 8  # frames per VAE call: bounds memory regardless of batch x frames
+    allow_pickle: bool = False  # load pickled (.bin) weights; only for checkpoints you trust
+    compile: bool = False  # torch.compile the UNet (GPU); pays off on long runs
+    channels_last: bool = False
+
+    # Failure handling.
+    max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
+    retry_failed: bool = False  # also redo clips whose last attempt failed
+    dry_run: bool = False  # plan and report the work, load no model
+
+    # Free-form extras recorded in job.json (e.g. a run name). Never used for behaviour.
+    labels: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.manifest:
+            raise ConfigError("manifest is required (--manifest)")
+        if not self.output:
+            raise ConfigError("output is required (--output)")
+        checks = [
+            ("strength", 0 < self.strength <= 1, "in (0, 1]"),
+            ("steps", self.steps >= 1, ">= 1"),
+            ("guidance_scale", math.isfinite(self.guidance_scale), "finite"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("num_actors", self.num_actors is None or self.num_actors >= 1, ">= 1"),
+            ("num_gpus_per_actor", self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, ">= 0"),
+            ("vae_chunk", self.vae_chunk >= 1, ">= 1"),
+            ("max_failures", self.max_failures >= 0, ">= 0"),
+            ("width", self.width is None or (self.width >= 8 and self.width % 8 == 0), "a multiple of 8"),
+            ("height", self.height is None or (self.height >= 8 and self.height % 8 == 0), "a multiple of 8"),
+            ("resize", self.resize in ("cover", "pad", "stretch"), "cover, pad or stretch"),
+            ("codec", self.codec in ("h264", "h265", "av1", "ffv1"), "h264, h265, av1 or ffv1"),
+            ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
+            ("seed", 0 <= self.seed < 2**63, "in [0, 2**63)"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+    def allowed_failures(self, planned: int) -> int:
+        return int(self.max_failures * planned) if self.max_failures < 1 else int(self.max_failures)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**{k.replace("-", "_"): v for k, v in d.items()})
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "JobConfig":
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError("a config file must be a mapping of setting: value")
+        return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the Ray stages ask for; computed in one place from the config and the cluster."""
+
+    num_actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    cpus_per_task: float
+    device: str
+    dtype: str
+    torch_threads: int  # per CPU actor, so actors do not fight over cores
+
+
+def resources(cfg: JobConfig, cluster: dict) -> Resources:
+    """cluster: ray.cluster_resources() (e.g. {"CPU": 16, "GPU": 2})."""
+    gpus = int(cluster.get("GPU", 0))
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    gpus_per_actor = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if gpus_per_actor > 0:
+        num_actors = cfg.num_actors or max(1, int(gpus // gpus_per_actor))
+        device = "cuda"
+    else:
+        num_actors = cfg.num_actors or 1
+        device = "cpu"
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if device == "cuda" else "float32")
+    # CPU actors share the machine with decode/encode tasks: half the cores go to actors.
+    cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / (2 * num_actors)))
+    threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
+    return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads)

@@ -1,0 +1,197 @@
+"""The job's stages as plain callables on batches of rows (dicts of columns). Ray wraps them in pipeline.py.
+
+One clip's path: plan_rows (probe + plan) -> Decode -> Restyle (actor, holds the model) -> Encode.
+Each stage takes the columns it needs and adds its own; a clip that fails carries its `error` onward and
+later stages pass it through untouched. Bad inputs become errors on rows; programmer errors raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from v2v.config import JobConfig
+from v2v.index import clip_seed
+from v2v.plan import PlanSettings, plan_clips
+from v2v.storage import join, safe_name
+from v2v.video import CODECS, VideoError, decode_clip, probe, write_video
+
+logger = logging.getLogger(__name__)
+
+# Columns that travel with a clip through the stages (pass-through manifest columns stay on the driver).
+CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "fps", "start_s", "end_s", "width",
+                "height", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps",
+                "guidance_scale", "status", "error"]
+
+
+def clip_path(rid: str, clip_index: int, codec: str) -> str:
+    """Output path of a clip, relative to the output root. `safe_name` keeps it inside the root."""
+    return f"clips/{safe_name(rid, 120)}/{clip_index:05d}.{CODECS[codec].ext}"
+
+
+def video_path(rid: str, codec: str) -> str:
+    return f"videos/{safe_name(rid, 120)}.{CODECS[codec].ext}"
+
+
+def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
+    """One manifest row -> one row per planned clip (status 'planned'), plus 'skipped' rows for dropped
+    remainders, or a single 'failed' row (clip_index -1) when the video cannot be read."""
+    width, height, frames = cfg.width or geometry[0], cfg.height or geometry[1], cfg.clip_frames or geometry[2]
+    base = {k: row[k] for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
+                                "guidance_scale")}
+    base.update(width=width, height=height, error=None)
+    try:
+        p = probe(row["video"])
+    except VideoError as e:
+        return [{**base, "clip_index": -1, "start_frame": 0, "num_frames": 0, "fps": None, "start_s": None,
+                 "end_s": None, "seed": None, "status": "failed", "error": str(e)}]
+    settings = PlanSettings(clip_frames=frames, stride=cfg.clip_stride, fps=cfg.fps,
+                            start_s=row.get("start_s") or 0.0, end_s=row.get("end_s"), max_clips=cfg.max_clips,
+                            min_frames=cfg.min_frames)
+    plan = plan_clips(p, settings)
+    rows = []
+    for c in plan.clips:
+        rows.append({**base, "clip_index": c.clip_index, "start_frame": c.start_frame, "num_frames": c.num_frames,
+                     "fps": c.fps, "start_s": c.start_s, "end_s": c.end_s, "status": "planned",
+                     "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], c.clip_index)})
+    if not plan.clips or (plan.notes and "dropped" in plan.notes[-1]):
+        # Record what the plan left out as a 'skipped' row, so it is never silent.
+        k = len(plan.clips)
+        start = plan.clips[-1].start_frame + (cfg.clip_stride or frames) if plan.clips else 0
+        rows.append({**base, "clip_index": k, "start_frame": start, "num_frames": max(0, plan.total_frames - start),
+                     "fps": plan.fps, "start_s": start / plan.fps, "end_s": None, "status": "skipped",
+                     "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], k), "error": "; ".join(plan.notes)})
+    return rows
+
+
+class Decode:
+    """Decode each clip's planned frames: adds `frames` uint8 (F, H, W, 3) and `decode_s`."""
+
+    def __init__(self, cfg: JobConfig):
+        self.resize = cfg.resize
+
+    def __call__(self, batch: dict) -> dict:
+        frames, secs, errors = [], [], _errors(batch)
+        for i in range(len(batch["id"])):
+            t0 = time.perf_counter()
+            n, h, w = int(batch["num_frames"][i]), int(batch["height"][i]), int(batch["width"][i])
+            arr = np.zeros((0, h, w, 3), np.uint8)
+            if errors[i] is None:
+                times = [(int(batch["start_frame"][i]) + k) / float(batch["fps"][i]) for k in range(n)]
+                try:
+                    arr = decode_clip(batch["video"][i], times, w, h, self.resize)
+                except VideoError as e:
+                    errors[i] = f"decode: {e}"
+            frames.append(arr)
+            secs.append(time.perf_counter() - t0)
+        return {**batch, "frames": _column(frames), "decode_s": np.array(secs), "error": np.array(errors, object)}
+
+
+def _errors(batch: dict) -> list:
+    """The batch's error column as str-or-None (Ray hands an all-null string column over as NaN floats)."""
+    return [e if isinstance(e, str) else None for e in batch["error"]]
+
+
+def _column(arrays: list[np.ndarray]):
+    """A batch column of per-row arrays: one stacked array if shapes agree, else an object array."""
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    out = np.empty(len(arrays), object)
+    out[:] = arrays
+    return out
+
+
+class Restyle:
+    """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time."""
+
+    def __init__(self, cfg: JobConfig, device: str, dtype: str, torch_threads: int | None = None):
+        import torch
+
+        from v2v.models import load_components, model_fingerprint
+        from v2v.perf import apply_perf_settings
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.cfg = cfg
+        self.components = load_components(cfg.model, device=device, dtype=dtype, scheduler=cfg.scheduler,
+                                          allow_pickle=cfg.allow_pickle)
+        apply_perf_settings(self.components, cfg)
+        self.model_sha256 = model_fingerprint(self.components.folder)
+        self.scheduler_name = type(self.components.scheduler).__name__
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from v2v.sampler import ClipSettings, SamplerInputError, restyle, to_uint8
+
+        n = len(batch["id"])
+        errors = _errors(batch)
+        frames_in = list(batch["frames"])
+        frames_out: list[np.ndarray] = [f for f in frames_in]
+        secs = np.zeros(n)
+        todo = [i for i in range(n) if errors[i] is None]
+        by_shape: dict[tuple, list[int]] = {}
+        for i in todo:
+            by_shape.setdefault(frames_in[i].shape, []).append(i)
+        for idx in by_shape.values():
+            groups = [idx]
+            while groups:
+                g = groups.pop()
+                clips = [ClipSettings(prompt=batch["prompt"][i], seed=int(batch["seed"][i]),
+                                      negative_prompt=batch["negative_prompt"][i] or "",
+                                      strength=float(batch["strength"][i]),
+                                      num_inference_steps=int(batch["num_inference_steps"][i]),
+                                      guidance_scale=float(batch["guidance_scale"][i]), eta=self.cfg.eta,
+                                      name=f"{batch['id'][i]}/{int(batch['clip_index'][i]):05d}") for i in g]
+                video = torch.from_numpy(np.stack([frames_in[i] for i in g]))
+                t0 = time.perf_counter()
+                try:
+                    out = to_uint8(restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
+                                           vae_chunk=self.cfg.vae_chunk))
+                except (SamplerInputError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
+                    if len(g) > 1:  # isolate the clip that fails; the others still get restyled
+                        groups += [[i] for i in g]
+                        continue
+                    errors[g[0]] = f"restyle: {type(e).__name__}: {e}"
+                    continue
+                dt = (time.perf_counter() - t0) / len(g)
+                for j, i in enumerate(g):
+                    frames_out[i] = out[j]
+                    secs[i] = dt
+        return {**batch, "frames": _column(frames_out), "restyle_s": secs, "error": np.array(errors, object),
+                "scheduler": np.array([self.scheduler_name] * n, object),
+                "model_sha256": np.array([self.model_sha256] * n, object)}
+
+
+class Encode:
+    """Write each restyled clip to clips/<id>/<clip>.<ext> atomically; drops the frames."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["id"])
+        errors = _errors(batch)
+        outputs, shas, sizes, secs, status = [None] * n, [None] * n, [None] * n, np.zeros(n), ["failed"] * n
+        for i in range(n):
+            if errors[i] is not None:
+                continue
+            rel = clip_path(batch["id"][i], int(batch["clip_index"][i]), self.cfg.codec)
+            t0 = time.perf_counter()
+            try:
+                span = (float(batch["start_s"][i]), float(batch["end_s"][i]))
+                sha, size = write_video(batch["frames"][i], join(self.cfg.output, rel), float(batch["fps"][i]),
+                                        self.cfg.codec, self.cfg.crf, self.cfg.preset,
+                                        audio_from=batch["video"][i] if self.cfg.audio else None, audio_span=span)
+            except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store
+                errors[i] = f"encode: {type(e).__name__}: {e}"
+                continue
+            outputs[i], shas[i], sizes[i], status[i] = rel, sha, size, "ok"
+            secs[i] = time.perf_counter() - t0
+        out = {k: v for k, v in batch.items() if k != "frames"}
+        out.update(output=np.array(outputs, object), output_sha256=np.array(shas, object),
+                   output_bytes=np.array(sizes, object), encode_s=secs, error=np.array(errors, object),
+                   status=np.array(status, object))
+        return out
