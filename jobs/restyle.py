@@ -51,6 +51,7 @@ HELP = {
     "dtype": "auto, float32, float16 or bfloat16 (auto: float16 on GPU, float32 on CPU)",
     "vae_chunk": "frames per VAE call (bounds memory)",
     "allow_pickle": "load pickled .bin weights (only checkpoints you trust)",
+    "batch_invariant": "one UNet forward per clip: results independent of batching (default: on for CPU)",
     "compile": "torch.compile the UNet (persistent cache; pays off on long GPU runs)",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",

@@ -77,6 +77,10 @@ def test_clip_in_batch_equals_clip_alone(tiny, scheduler, eta):
         assert (batched[i] - alone[0]).abs().max() <= 1e-5, f"clip {i} differs in the batch"
     # clips really are different from each other
     assert (batched[0] - batched[1]).abs().max() > 1e-3
+    # batch-invariant mode: bit for bit what each clip gives alone
+    invariant = restyle(tiny, frames, clips, scheduler=sched, batch_invariant=True)
+    for i, c in enumerate(clips):
+        assert torch.equal(invariant[i], restyle(tiny, frames[i : i + 1], [c], scheduler=sched)[0])
 
 
 def test_same_call_twice_is_bitwise_identical(tiny):

@@ -54,6 +54,10 @@ class JobConfig:
     dtype: str = "auto"  # auto: float16 on GPU, float32 on CPU
     vae_chunk: int = 8  # frames per VAE call: bounds memory regardless of batch x frames
     allow_pickle: bool = False  # load pickled (.bin) weights; only for checkpoints you trust
+    # One UNet forward per clip, so a clip's bits never depend on its batch neighbours (batched kernels round
+    # differently). None: on for CPU actors (little to gain from batching there), off on GPUs (where
+    # batching pays and results agree to float rounding instead).
+    batch_invariant: bool | None = None
     compile: bool = False  # torch.compile the UNet (GPU); pays off on long runs
     channels_last: bool = False
 
@@ -125,6 +129,7 @@ class Resources:
     device: str
     dtype: str
     torch_threads: int  # per CPU actor, so actors do not fight over cores
+    batch_invariant: bool
 
 
 def resources(cfg: JobConfig, cluster: dict) -> Resources:
@@ -142,4 +147,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     # CPU actors share the machine with decode/encode tasks: half the cores go to actors.
     cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / (2 * num_actors)))
     threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
-    return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads)
+    invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
+    return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
+                     invariant)

@@ -166,7 +166,8 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         ds = ray.data.from_arrow([pa.Table.from_pylist([r]) for r in todo])
         ds = ds.map_batches(Decode, fn_constructor_args=(cfg,), batch_size=1, num_cpus=res.cpus_per_task,
                             concurrency=(1, max(2, int(ray.cluster_resources().get("CPU", 2)))))
-        ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res.device, res.dtype, res.torch_threads),
+        ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res.device, res.dtype, res.torch_threads,
+                                                                 res.batch_invariant),
                             batch_size=cfg.batch_size, concurrency=res.num_actors, num_gpus=res.gpus_per_actor,
                             num_cpus=res.cpus_per_actor, max_restarts=-1, max_task_retries=-1)
         ds = ds.map_batches(Encode, fn_constructor_args=(cfg,), batch_size=1, num_cpus=res.cpus_per_task,

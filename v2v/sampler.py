@@ -212,21 +212,35 @@ def prepare_latents(vae, sched, video: torch.Tensor, timestep: torch.Tensor, gen
 # 6. Denoising --------------------------------------------------------------------------------------------
 
 
+def _predict_noise(unet, scaled: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+    """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) -> uncond/text predictions."""
+    if uncond is None:
+        return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
+    # (2B, ...): uncond first, as the reference concatenates them
+    return unet(torch.cat([scaled, scaled]), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
+
+
 @torch.no_grad()
 def denoise(unet, scheds: list, timesteps: torch.Tensor, latents: torch.Tensor, cond: torch.Tensor,
-            uncond: torch.Tensor | None, guidance: torch.Tensor, step_kwargs: list[dict]) -> torch.Tensor:
+            uncond: torch.Tensor | None, guidance: torch.Tensor, step_kwargs: list[dict],
+            batch_invariant: bool = False) -> torch.Tensor:
     """Run B clips that share `timesteps` to the end: one UNet forward per step for all of them.
 
     latents (B, 4, F, h, w); cond/uncond (B, 77, D); guidance (B,). Each clip steps its own scheduler with
-    its own generator, so its draws do not depend on the others.
+    its own generator, so its draws do not depend on the others. Batched matrix kernels round differently
+    for different batch sizes (~1e-5 in float32); `batch_invariant` runs one forward per clip instead, so a
+    clip's bits never depend on its neighbours (what lossless outputs across batch sizes need).
     """
     cfg = uncond is not None
-    embeds = torch.cat([uncond, cond]) if cfg else cond  # (2B, 77, D): uncond first, as the reference
     g = guidance.to(latents.device, latents.dtype).view(-1, 1, 1, 1, 1)
     for t in timesteps:
         scaled = torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(scheds)])
-        model_in = torch.cat([scaled, scaled]) if cfg else scaled
-        noise_pred = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if batch_invariant:
+            preds = [_predict_noise(unet, scaled[i : i + 1], t, cond[i : i + 1],
+                                    uncond[i : i + 1] if cfg else None) for i in range(len(scheds))]
+            noise_pred = torch.cat([p.chunk(2)[k] for k in range(2) for p in preds]) if cfg else torch.cat(preds)
+        else:
+            noise_pred = _predict_noise(unet, scaled, t, cond, uncond)
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + g * (noise_text - noise_uncond)
@@ -246,7 +260,8 @@ def denoise(unet, scheds: list, timesteps: torch.Tensor, latents: torch.Tensor, 
 
 @torch.no_grad()
 def restyle(components, video: torch.Tensor, clips: list[ClipSettings], *, scheduler=None,
-            clip_skip: int | None = None, vae_chunk: int = 8, output: str = "frames") -> torch.Tensor:
+            clip_skip: int | None = None, vae_chunk: int = 8, output: str = "frames",
+            batch_invariant: bool = False) -> torch.Tensor:
     """Restyle B clips together.
 
     video: uint8 (B, F, H, W, 3) RGB frames, or float (B, 4, F, h, w) latents (the VAE encode is skipped).
@@ -264,9 +279,17 @@ def restyle(components, video: torch.Tensor, clips: list[ClipSettings], *, sched
     names = [c.name or f"clip {i}" for i, c in enumerate(clips)]
     cfg = [c.guidance_scale > 1.0 for c in clips]
 
-    # Text for all B clips at once: (B, 77, D) each.
-    cond, uncond = encode_prompts(components.tokenizer, components.text_encoder, [c.prompt for c in clips],
-                                  [c.negative_prompt for c in clips] if any(cfg) else None, clip_skip, names)
+    # Text for all B clips: (B, 77, D) each; clip by clip when the result must not depend on the batch.
+    negatives = [c.negative_prompt for c in clips] if any(cfg) else None
+    if batch_invariant:
+        pairs = [encode_prompts(components.tokenizer, components.text_encoder, [c.prompt],
+                                [c.negative_prompt] if negatives else None, clip_skip, [n])
+                 for c, n in zip(clips, names)]
+        cond = torch.cat([p[0] for p in pairs])
+        uncond = torch.cat([p[1] for p in pairs]) if negatives else None
+    else:
+        cond, uncond = encode_prompts(components.tokenizer, components.text_encoder, [c.prompt for c in clips],
+                                      negatives, clip_skip, names)
     cond, uncond = cond.to(dtype), (uncond.to(dtype) if uncond is not None else None)
 
     results: list[torch.Tensor | None] = [None] * len(clips)
@@ -282,7 +305,7 @@ def restyle(components, video: torch.Tensor, clips: list[ClipSettings], *, sched
             kwargs.append(_step_kwargs(sched, gen, clips[i].eta))
         guidance = torch.tensor([clips[i].guidance_scale for i in idx], dtype=torch.float32)
         latents = denoise(unet, scheds, timesteps, torch.cat(starts), cond[idx],
-                          uncond[idx] if group_cfg else None, guidance, kwargs)
+                          uncond[idx] if group_cfg else None, guidance, kwargs, batch_invariant)
         for j, i in enumerate(idx):
             results[i] = latents[j : j + 1]
     latents = torch.cat(results)  # (B, 4, F, h, w)

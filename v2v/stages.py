@@ -106,7 +106,8 @@ def _column(arrays: list[np.ndarray]):
 class Restyle:
     """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time."""
 
-    def __init__(self, cfg: JobConfig, device: str, dtype: str, torch_threads: int | None = None):
+    def __init__(self, cfg: JobConfig, device: str, dtype: str, torch_threads: int | None = None,
+                 batch_invariant: bool = False):
         import torch
 
         from v2v.models import load_components, model_fingerprint
@@ -115,6 +116,7 @@ class Restyle:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.cfg = cfg
+        self.batch_invariant = batch_invariant
         self.components = load_components(cfg.model, device=device, dtype=dtype, scheduler=cfg.scheduler,
                                           allow_pickle=cfg.allow_pickle)
         apply_perf_settings(self.components, cfg)
@@ -149,7 +151,7 @@ class Restyle:
                 t0 = time.perf_counter()
                 try:
                     out = to_uint8(restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
-                                           vae_chunk=self.cfg.vae_chunk))
+                                           vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant))
                 except (SamplerInputError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
                     if len(g) > 1:  # isolate the clip that fails; the others still get restyled
                         groups += [[i] for i in g]

@@ -259,7 +259,9 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
     spec = codec(codec_name)
     rate = _fps_fraction(fps)
     with atomic_output(uri, suffix="." + spec.ext) as tmp:
-        with av.open(tmp, "w", format="matroska" if spec.ext == "mkv" else "mp4") as out:
+        # bitexact: no creation date or random ids in the file, so equal frames give equal bytes (retry-safe).
+        with av.open(tmp, "w", format="matroska" if spec.ext == "mkv" else "mp4",
+                     container_options={"fflags": "+bitexact"}) as out:
             vs = out.add_stream(spec.encoder, rate=rate)
             vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], spec.pix_fmt
             opts = {}
@@ -268,7 +270,7 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
             if spec.default_preset is not None:
                 opts["preset"] = str(preset if preset is not None else spec.default_preset)
             if spec.encoder == "libx265":
-                opts["x265-params"] = "log-level=error"
+                opts["x265-params"] = "log-level=error:info=0"  # info=0: no SEI with encode time
             if spec.encoder == "libsvtav1":
                 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config otherwise
             if spec.encoder == "ffv1":
