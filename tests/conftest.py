@@ -28,7 +28,35 @@ def tiny(cache_dir):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(cache_dir, tmp_path_factory):
+def s3_endpoint():
+    """A real S3-compatible server (moto in server mode) on localhost, credentials in the standard AWS
+    environment variables. Started before the Ray cluster so that Ray's workers inherit them."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.cluster import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="v2v-test-key-id",
+                      AWS_SECRET_ACCESS_KEY="v2v-test-secret-do-not-log", AWS_DEFAULT_REGION="us-east-1")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(cache_dir, s3_endpoint, tmp_path_factory):
     """One real Ray cluster for the session; this process joins it as a driver."""
     import ray
 

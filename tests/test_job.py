@@ -2,12 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -18,10 +18,13 @@ from v2v.samples import make_video
 from v2v.video import read_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = dict(log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
+    """Three good videos (16, 20, 24 frames -> 2 + 3 + 3 clips of 8) and one bad one, in manifests of every
+    format: m.csv / m.parquet / m.jsonl whole, and mixed/ with one row set per format."""
     d = tmp_path_factory.mktemp("inputs")
     for i in range(3):
         make_video(str(d / f"v{i}.mp4"), 16 + 4 * i, 80, 64, seed=i)
@@ -32,6 +35,12 @@ def inputs(tmp_path_factory):
     df.to_csv(d / "m.csv", index=False)
     df.to_parquet(d / "m.parquet")
     df.to_json(d / "m.jsonl", orient="records", lines=True)
+    (d / "mixed").mkdir()
+    for name in ("v0", "v1", "v2", "bad"):
+        (d / "mixed" / f"{name}.mp4").symlink_to(d / f"{name}.mp4")
+    df.iloc[[0, 3]].to_csv(d / "mixed" / "a.csv", index=False)
+    df.iloc[[1]].to_parquet(d / "mixed" / "b.parquet")
+    df.iloc[[2]].to_json(d / "mixed" / "c.jsonl", orient="records", lines=True)
     return d
 
 
@@ -46,18 +55,22 @@ def _outputs(out) -> dict:
     return {(r.id, r.clip_index): r.output_sha256 for r in df.itertuples() if r.status == "ok"}
 
 
-@pytest.mark.parametrize("manifest", ["m.csv", "m.parquet", "m.jsonl"])
-def test_end_to_end_from_each_manifest_format(ray_cluster, inputs, tmp_path, manifest):
-    out = tmp_path / "out"
-    s = run_job(_cfg(inputs, out, manifest), log=lambda m: None)
+@pytest.fixture(scope="module")
+def baseline(ray_cluster, inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline") / "out"
+    summary = run_job(_cfg(inputs, out, "mixed", stitch=True, max_failures=0), **QUIET)
+    return out, summary
+
+
+def test_end_to_end_over_every_manifest_format(baseline):
+    out, s = baseline
     df = pq.read_table(out / "index").to_pandas()  # the index folder reads as one dataset
-    # videos of 16, 20, 24 frames at 8 frames per clip -> 2 + 3 (last of 4) + 3 clips, plus the bad video
     assert (s.planned, s.ok, s.failed, s.skipped) == (9, 8, 1, 0)
-    assert s.exit_code == 0 and len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
+    assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
     bad = df[df.tag == "broken"].iloc[0]
     assert bad.status == "failed" and bad.clip_index == -1 and "bad.mp4" in bad.error
     ok = df[df.status == "ok"]
-    assert set(ok.tag) == {"t0", "t1", "t2"}  # pass-through column
+    assert set(ok.tag) == {"t0", "t1", "t2"}  # pass-through column, from csv, parquet and jsonl rows
     for r in ok.itertuples():
         frames = read_frames(str(out / r.output))
         assert frames.shape == (r.num_frames, 64, 64, 3)
@@ -66,74 +79,71 @@ def test_end_to_end_from_each_manifest_format(ray_cluster, inputs, tmp_path, man
     meta = json.loads((out / "job.json").read_text())
     assert meta["versions"]["ray"] and meta["model"]["sha256"] and meta["summary"]["ok"] == 8
     assert not (out / "_progress").exists()
+    # one failure with --max-failures 0: exit code 1 and the failure named in the summary
+    assert s.exit_code == 1 and "bad.mp4" in s.text()
+    stitched = sorted(os.listdir(out / "videos"))
+    assert len(stitched) == 3
+    lengths = sorted(read_frames(str(out / "videos" / v)).shape[0] for v in stitched)
+    assert lengths == [16, 20, 24]
 
 
-def test_outputs_do_not_depend_on_batch_size_or_actor_count(ray_cluster, inputs, tmp_path):
-    runs = {}
-    for name, kw in {"b1": dict(batch_size=1), "b4": dict(batch_size=4), "a2": dict(batch_size=2, num_actors=2)}.items():
-        run_job(_cfg(inputs, tmp_path / name, **kw), log=lambda m: None)
-        runs[name] = _outputs(tmp_path / name)
-    assert len(runs["b1"]) == 8
-    assert runs["b1"] == runs["b4"] == runs["a2"]
+def test_outputs_do_not_depend_on_batch_size_or_actor_count(baseline, inputs, tmp_path):
+    ref = _outputs(baseline[0])  # batch 2, one actor
+    assert len(ref) == 8
+    for name, kw in {"b4": dict(batch_size=4), "b1a2": dict(batch_size=1, num_actors=2)}.items():
+        run_job(_cfg(inputs, tmp_path / name, "mixed", **kw), **QUIET)
+        assert _outputs(tmp_path / name) == ref, name
 
 
-def test_stitch_and_failures_over_limit(ray_cluster, inputs, tmp_path):
+def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, inputs, tmp_path):
     out = tmp_path / "out"
-    s = run_job(_cfg(inputs, out, stitch=True, max_failures=0), log=lambda m: None)
-    assert s.exit_code == 1 and "bad.mp4" in s.text()  # one failure, none allowed
-    stitched = read_frames(str(out / "videos" / sorted(os.listdir(out / "videos"))[0]))
-    assert stitched.shape[1:] == (64, 64, 3) and stitched.shape[0] in (16, 20, 24)
-
-
-def test_resume_skips_done_clips_and_retries_failed_only_when_asked(ray_cluster, inputs, tmp_path):
-    out = tmp_path / "out"
-    run_job(_cfg(inputs, out), log=lambda m: None)
+    shutil.copytree(baseline[0], out, symlinks=True)
     first = _outputs(out)
     victim = sorted(first)[0]
     path = out / pd.read_parquet(out / "index").set_index(["id", "clip_index"]).loc[victim].output
     path.unlink()  # a lost output is redone; the others are not touched
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.mkv")}
-    s = run_job(_cfg(inputs, out), log=lambda m: None)
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
     assert s.rendered_now == 1 and _outputs(out) == first
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())
     assert len(pd.read_parquet(out / "index")) == 9
-    s = run_job(_cfg(inputs, out, retry_failed=True), log=lambda m: None)
+    s = run_job(_cfg(inputs, out, "mixed", retry_failed=True), **QUIET)
     assert s.rendered_now == 0 and s.failed == 1  # the bad video was tried again, and failed again
 
 
-def test_killed_run_resumes_to_the_undisturbed_result(ray_cluster, inputs, tmp_path):
-    ref = tmp_path / "ref"
-    run_job(_cfg(inputs, ref), log=lambda m: None)
+def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inputs, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "m.csv"), "--output", str(out),
+    cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "mixed"), "--output", str(out),
            "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
            "--ray-address", ray_cluster["address"]]
-    env = {**os.environ, "PYTHONPATH": REPO}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "clips").rglob("*.mkv")) if out.exists() else True:
-        time.sleep(0.2)
-        if proc.poll() is not None:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    # the first part holds the bad video's row (written before rendering); the second, rendered clips
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("_progress/*/part-*"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
     proc.wait()
-    assert not (out / "index" / "index.parquet").exists()  # killed before finishing
-    s = run_job(_cfg(inputs, out), log=lambda m: None)
-    assert s.ok == 8 and _outputs(out) == _outputs(ref)
+    written = list(out.glob("clips/*/*.mkv"))
+    assert 0 < len(written) < 8, "the kill should land mid-run"
+    assert not (out / "index" / "index.parquet").exists()
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert s.ok == 8 and s.rendered_now < 8 and _outputs(out) == _outputs(baseline[0])
     df = pd.read_parquet(out / "index")
     assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
 
 
 def test_dry_run_plans_without_loading_a_model(ray_cluster, inputs, tmp_path):
-    s = run_job(_cfg(inputs, tmp_path / "out", dry_run=True, model="/nonexistent/model"), log=lambda m: None)
-    assert s.planned == 9 and not (tmp_path / "out" / "clips").exists()
+    lines = []
+    s = run_job(_cfg(inputs, tmp_path / "out", dry_run=True), log=lines.append)
+    assert s.planned == 9 and "8 to render (60 frames)" in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing written, no actor started
 
 
 def test_ray_job_submit(ray_cluster, inputs, tmp_path):
     out = tmp_path / "submitted"
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", ray_cluster["dashboard"],
-           "--working-dir", REPO, "--", "python", "-m", "jobs.restyle", "--manifest", str(inputs / "m.jsonl"),
+           "--working-dir", REPO, "--", sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "m.jsonl"),
            "--output", str(out), "--steps", "2", "--max-failures", "1", "--max-clips", "1"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

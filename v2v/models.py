@@ -33,8 +33,7 @@ SCHEDULERS = {
 }
 _SCHEDULER_CLASSES = set(SCHEDULERS.values())
 
-# Native clip geometry by model family (width, height, frames); a folder may override with v2v.json.
-_TINY_NATIVE = (64, 64, 8)
+# Native clip geometry (width, height, frames) of the zeroscope family; a folder may say otherwise in v2v.json.
 _ZEROSCOPE_NATIVE = (576, 320, 24)
 
 
@@ -172,10 +171,6 @@ def native_geometry(folder: Path) -> tuple[int, int, int]:
     if meta.exists():
         m = json.loads(meta.read_text())
         return int(m["width"]), int(m["height"]), int(m["frames"])
-    from v2v.tiny import TINY_VERSION
-
-    if folder.name == f"tiny-v{TINY_VERSION}":
-        return _TINY_NATIVE
     return _ZEROSCOPE_NATIVE
 
 
@@ -188,7 +183,6 @@ def load_components(
     cache_dir: str | Path | None = None,
 ) -> Components:
     """Resolve `reference` to a local folder and load its five components on `device` in `dtype`."""
-    import torch
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 
 from v2v import index as idx
@@ -23,7 +21,8 @@ from v2v.storage import join, url_to_fs, write_bytes_atomic
 
 logger = logging.getLogger("v2v")
 
-PROGRESS_EVERY_S = 10.0  # how often finished rows are flushed to _progress/ and progress is printed
+FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed run loses at most
+LOG_EVERY_S = 10.0
 
 
 @dataclass
@@ -112,7 +111,7 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     import ray.data
 
     from v2v.models import model_geometry
-    from v2v.stages import Decode, Encode, Restyle, clip_path
+    from v2v.stages import Restyle, decode, encode
 
     cfg.validate()
     t_start = time.time()
@@ -164,16 +163,14 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     model_sha = None
     if todo:
         ds = ray.data.from_arrow([pa.Table.from_pylist([r]) for r in todo])
-        ds = ds.map_batches(Decode, fn_constructor_args=(cfg,), batch_size=1, num_cpus=res.cpus_per_task,
-                            concurrency=(1, max(2, int(ray.cluster_resources().get("CPU", 2)))))
+        ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1, num_cpus=res.cpus_per_task)
         ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res.device, res.dtype, res.torch_threads,
                                                                  res.batch_invariant),
                             batch_size=cfg.batch_size, concurrency=res.num_actors, num_gpus=res.gpus_per_actor,
-                            num_cpus=res.cpus_per_actor, max_restarts=-1, max_task_retries=-1)
-        ds = ds.map_batches(Encode, fn_constructor_args=(cfg,), batch_size=1, num_cpus=res.cpus_per_task,
-                            concurrency=(1, max(2, int(ray.cluster_resources().get("CPU", 2)))))
+                            num_cpus=res.cpus_per_actor)
+        ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
         pending: list[dict] = []
-        last_flush = time.time()
+        last_flush = last_log = time.time()
         done_n = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = batch.to_pylist()
@@ -183,11 +180,13 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
                 model_sha = model_sha or r.get("model_sha256")
             pending += rows
             done_n += len(rows)
-            if now - last_flush >= PROGRESS_EVERY_S or done_n == len(todo):
+            if now - last_flush >= FLUSH_EVERY_S:
                 idx.write_progress(cfg.output, run_id, pending, [])
                 finished += pending
                 pending = []
                 last_flush = now
+            if now - last_log >= LOG_EVERY_S or done_n == len(todo):
+                last_log = now
                 rate = 60 * done_n / max(1e-9, now - t_start)
                 log(f"v2v: {done_n}/{len(todo)} clips rendered ({rate:.1f} clips/min)")
         if pending:

@@ -66,27 +66,22 @@ def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list
     return rows
 
 
-class Decode:
+def decode(batch: dict, resize: str) -> dict:
     """Decode each clip's planned frames: adds `frames` uint8 (F, H, W, 3) and `decode_s`."""
-
-    def __init__(self, cfg: JobConfig):
-        self.resize = cfg.resize
-
-    def __call__(self, batch: dict) -> dict:
-        frames, secs, errors = [], [], _errors(batch)
-        for i in range(len(batch["id"])):
-            t0 = time.perf_counter()
-            n, h, w = int(batch["num_frames"][i]), int(batch["height"][i]), int(batch["width"][i])
-            arr = np.zeros((0, h, w, 3), np.uint8)
-            if errors[i] is None:
-                times = [(int(batch["start_frame"][i]) + k) / float(batch["fps"][i]) for k in range(n)]
-                try:
-                    arr = decode_clip(batch["video"][i], times, w, h, self.resize)
-                except VideoError as e:
-                    errors[i] = f"decode: {e}"
-            frames.append(arr)
-            secs.append(time.perf_counter() - t0)
-        return {**batch, "frames": _column(frames), "decode_s": np.array(secs), "error": np.array(errors, object)}
+    frames, secs, errors = [], [], _errors(batch)
+    for i in range(len(batch["id"])):
+        t0 = time.perf_counter()
+        n, h, w = int(batch["num_frames"][i]), int(batch["height"][i]), int(batch["width"][i])
+        arr = np.zeros((0, h, w, 3), np.uint8)
+        if errors[i] is None:
+            times = [(int(batch["start_frame"][i]) + k) / float(batch["fps"][i]) for k in range(n)]
+            try:
+                arr = decode_clip(batch["video"][i], times, w, h, resize)
+            except VideoError as e:
+                errors[i] = f"decode: {e}"
+        frames.append(arr)
+        secs.append(time.perf_counter() - t0)
+    return {**batch, "frames": _column(frames), "decode_s": np.array(secs), "error": np.array(errors, object)}
 
 
 def _errors(batch: dict) -> list:
@@ -167,33 +162,28 @@ class Restyle:
                 "model_sha256": np.array([self.model_sha256] * n, object)}
 
 
-class Encode:
+def encode(batch: dict, cfg: JobConfig) -> dict:
     """Write each restyled clip to clips/<id>/<clip>.<ext> atomically; drops the frames."""
-
-    def __init__(self, cfg: JobConfig):
-        self.cfg = cfg
-
-    def __call__(self, batch: dict) -> dict:
-        n = len(batch["id"])
-        errors = _errors(batch)
-        outputs, shas, sizes, secs, status = [None] * n, [None] * n, [None] * n, np.zeros(n), ["failed"] * n
-        for i in range(n):
-            if errors[i] is not None:
-                continue
-            rel = clip_path(batch["id"][i], int(batch["clip_index"][i]), self.cfg.codec)
-            t0 = time.perf_counter()
-            try:
-                span = (float(batch["start_s"][i]), float(batch["end_s"][i]))
-                sha, size = write_video(batch["frames"][i], join(self.cfg.output, rel), float(batch["fps"][i]),
-                                        self.cfg.codec, self.cfg.crf, self.cfg.preset,
-                                        audio_from=batch["video"][i] if self.cfg.audio else None, audio_span=span)
-            except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store
-                errors[i] = f"encode: {type(e).__name__}: {e}"
-                continue
-            outputs[i], shas[i], sizes[i], status[i] = rel, sha, size, "ok"
-            secs[i] = time.perf_counter() - t0
-        out = {k: v for k, v in batch.items() if k != "frames"}
-        out.update(output=np.array(outputs, object), output_sha256=np.array(shas, object),
-                   output_bytes=np.array(sizes, object), encode_s=secs, error=np.array(errors, object),
-                   status=np.array(status, object))
-        return out
+    n = len(batch["id"])
+    errors = _errors(batch)
+    outputs, shas, sizes, secs, status = [None] * n, [None] * n, [None] * n, np.zeros(n), ["failed"] * n
+    for i in range(n):
+        if errors[i] is not None:
+            continue
+        rel = clip_path(batch["id"][i], int(batch["clip_index"][i]), cfg.codec)
+        t0 = time.perf_counter()
+        try:
+            span = (float(batch["start_s"][i]), float(batch["end_s"][i]))
+            sha, size = write_video(batch["frames"][i], join(cfg.output, rel), float(batch["fps"][i]),
+                                    cfg.codec, cfg.crf, cfg.preset,
+                                    audio_from=batch["video"][i] if cfg.audio else None, audio_span=span)
+        except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store
+            errors[i] = f"encode: {type(e).__name__}: {e}"
+            continue
+        outputs[i], shas[i], sizes[i], status[i] = rel, sha, size, "ok"
+        secs[i] = time.perf_counter() - t0
+    out = {k: v for k, v in batch.items() if k != "frames"}
+    out.update(output=np.array(outputs, object), output_sha256=np.array(shas, object),
+               output_bytes=np.array(sizes, object), encode_s=secs, error=np.array(errors, object),
+               status=np.array(status, object))
+    return out

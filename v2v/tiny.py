@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the architecture or seeds change, so stale caches are rebuilt instead of reused.
-TINY_VERSION = 1
+TINY_VERSION = 2
 # 64x64 frames -> 8x8 latents (the VAE has 4 blocks, so the real 8x spatial factor), 8 frames per clip.
 TINY_SIZE = 64
 TINY_FRAMES = 8
@@ -148,6 +148,8 @@ def tiny_model_dir(cache_dir: str | Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:
         save_components(build_tiny_components(), tmp)
+        # Native clip geometry travels with the folder (v2v.json), so copies of it (s3://...) keep it.
+        (tmp / "v2v.json").write_text(json.dumps({"width": TINY_SIZE, "height": TINY_SIZE, "frames": TINY_FRAMES}))
         try:
             os.rename(tmp, final)  # atomic; loses cleanly to a concurrent builder
         except OSError:

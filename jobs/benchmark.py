@@ -1,0 +1,296 @@
+"""Benchmark: the seed pipeline against v2v's sampler and the whole Ray job, on one machine in one run.
+
+    python -m jobs.benchmark --model random-576w --reference --e2e-clips 32 --results benchmarks/RESULTS.md
+    python -m jobs.benchmark --model tiny --device cpu --steps 4 --e2e-clips 4   # a smoke run anywhere
+
+`random-576w` builds the zeroscope_v2_576w architecture with random weights (no download). Appends a
+markdown table (card, versions, command) to --results and writes every number to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="random-576w", help="random-576w, tiny, or a model folder")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--strength", type=float, default=0.6)
+    p.add_argument("--guidance-scale", type=float, default=15.0)
+    p.add_argument("--batch-sizes", default="1,2,4")
+    p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
+                   help="comma list of DTYPE[+channels_last][+compile]")
+    p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
+    p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
+    p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
+    p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
+    p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
+    p.add_argument("--e2e-batch", type=int, default=None, help="batch size for the Ray job (default: fastest)")
+    p.add_argument("--startup", action="store_true", help="time an actor's first and second start (compile cache)")
+    p.add_argument("--work-dir", default=None)
+    p.add_argument("--results", default=None, help="markdown file to append the table to")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def _card() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+
+
+def _variant_cfg(variant: str):
+    parts = variant.split("+")
+    return parts[0], SimpleNamespace(channels_last="channels_last" in parts, compile="compile" in parts)
+
+
+def _load(folder: str, device: str, variant: str):
+    from v2v.models import load_components
+    from v2v.perf import apply_perf_settings
+
+    dtype, switches = _variant_cfg(variant)
+    c = load_components(folder, device=device, dtype=dtype)
+    apply_perf_settings(c, switches)
+    return c
+
+
+def _video(b, f, h, w, seed=0):
+    import torch
+
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, f, h, w, 3), dtype=np.uint8))
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from v2v.bench import matmul_tflops, random_zeroscope, timed, unet_step_flops
+    from v2v.models import model_geometry, resolve_model
+    from v2v.pipeline import versions
+    from v2v.sampler import ClipSettings, restyle
+
+    a = _args(argv)
+    work = a.work_dir or tempfile.mkdtemp(prefix="v2v-bench-")
+    os.makedirs(work, exist_ok=True)
+    rows: list[dict] = []
+    info = {"card": _card(), "versions": versions(), "command": "python -m jobs.benchmark " + shlex.join(argv or sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+    def record(**r):
+        rows.append(r)
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+
+    # 0. The model.
+    if a.model == "random-576w":
+        folder = os.path.join(work, "random-576w")
+        if not os.path.exists(os.path.join(folder, "model_index.json")):
+            t0 = time.perf_counter()
+            random_zeroscope(folder, a.device)
+            record(what="build random 576w model", seconds=time.perf_counter() - t0)
+    else:
+        folder = str(resolve_model(a.model))
+    width, height, frames = model_geometry(folder)
+    cuda = a.device == "cuda"
+    if cuda:
+        info["bf16_matmul_tflops"] = matmul_tflops()
+        record(what="bf16 matmul 8192^3", tflops=info["bf16_matmul_tflops"])
+    clip = dict(strength=a.strength, num_inference_steps=a.steps, guidance_scale=a.guidance_scale)
+
+    def mem_reset():
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib():
+        return torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+
+    # 1. The seed pipeline, one clip (it cannot batch).
+    if a.reference:
+        from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth_img2img import (
+            VideoToVideoSDPipeline,
+        )
+
+        c = _load(folder, a.device, "float16" if cuda else "float32")
+        pipe = VideoToVideoSDPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                      scheduler=c.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        video = (_video(1, frames, height, width).numpy().astype(np.float32) / 255.0)
+        mem_reset()
+        s, _ = timed(lambda: pipe("a watercolor painting", video=video, generator=torch.Generator().manual_seed(0),
+                                  **clip), repeat=2)
+        record(what="reference pipeline", variant="float16" if cuda else "float32", batch=1, s_per_clip=s,
+               clips_per_hour=3600 / s, peak_gib=peak_gib())
+        info["reference_s_per_clip"] = s
+        info["reference_peak_gib"] = peak_gib()
+        pipe = c = None
+
+    # 2. float32 eager latents: the quality guard's reference.
+    ref_latents = None
+    if a.quality:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        c = _load(folder, a.device, "float32")
+        clips = [ClipSettings("a watercolor painting", seed=7, **clip)]
+        ref_latents = restyle(c, _video(1, frames, height, width), clips, output="latents").float().cpu()
+        c = None
+
+    # 3. v2v's sampler: each variant at each batch size.
+    best = None
+    batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
+    for variant in a.variants.split(","):
+        t_load = time.perf_counter()
+        c = _load(folder, a.device, variant)
+        load_s = time.perf_counter() - t_load
+        text_dim = c.text_encoder.config.hidden_size
+        h8, w8 = height // c.vae_scale_factor, width // c.vae_scale_factor
+        for b in batch_sizes:
+            clips = [ClipSettings(f"style {i}", seed=i, **clip) for i in range(b)]
+            video = _video(b, frames, height, width, seed=b)
+            mem_reset()
+            try:
+                s, _ = timed(lambda: restyle(c, video, clips), repeat=1, warmup=1)  # a call lasts seconds
+            except torch.OutOfMemoryError:
+                record(what="sampler", variant=variant, batch=b, note="out of memory")
+                continue
+            peak = peak_gib()
+            # One guided UNet step alone: 2B latents (cond + uncond).
+            x = torch.randn(2 * b, 4, frames, h8, w8, device=c.device, dtype=c.dtype)
+            e = torch.randn(2 * b, 77, text_dim, device=c.device, dtype=c.dtype)
+            with torch.no_grad():
+                step_s, _ = timed(lambda: c.unet(x, torch.tensor(500, device=c.device), encoder_hidden_states=e),
+                                  repeat=5, warmup=2)
+            flops = unet_step_flops(c.unet, 2 * b, frames, h8, w8, text_dim) if "compile" not in variant else \
+                unet_step_flops(_load(folder, a.device, variant.split("+")[0]).unet, 2 * b, frames, h8, w8, text_dim)
+            r = dict(what="v2v sampler", variant=variant, batch=b, s_per_clip=s / b, clips_per_hour=3600 * b / s,
+                     step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12, peak_gib=peak,
+                     peak_gib_per_clip=peak / b, load_s=load_s)
+            if "reference_s_per_clip" in info:
+                r["speedup_vs_reference"] = info["reference_s_per_clip"] / (s / b)
+            if ref_latents is not None and b == 1:
+                lat = restyle(c, _video(1, frames, height, width), [ClipSettings("a watercolor painting", seed=7,
+                                                                                  **clip)], output="latents")
+                r["rel_err_vs_fp32"] = float((lat.float().cpu() - ref_latents).norm() / ref_latents.norm())
+            record(**r)
+            if best is None or r["s_per_clip"] < best["s_per_clip"]:
+                best = r
+        c = None
+        if cuda:
+            torch.cuda.empty_cache()
+    info["best_sampler"] = best
+
+    # 4. Actor start-up: load + perf switches + one warm clip, in a fresh process, twice (cold, then cached).
+    if a.startup and best is not None:
+        variant = a.e2e_variant or best["variant"]
+        for attempt in ("first start", "second start"):
+            code = ("import time; t=time.perf_counter(); from jobs.benchmark import _load, _video; "
+                    "from v2v.sampler import restyle, ClipSettings; "
+                    f"c=_load({folder!r}, {a.device!r}, {variant!r}); "
+                    f"restyle(c, _video({best['batch']}, {frames}, {height}, {width}), "
+                    f"[ClipSettings('x', seed=i, strength={a.strength}, num_inference_steps={a.steps}) "
+                    f"for i in range({best['batch']})]); print('READY', time.perf_counter()-t)")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 env={**os.environ, "V2V_COMPILE_CACHE": os.path.join(work, "inductor")})
+            ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
+            record(what=f"actor ready ({attempt})", variant=variant,
+                   seconds=float(ready[0].split()[1]) if ready else float("nan"),
+                   note="" if ready else out.stderr[-300:])
+
+    # 5. The whole Ray job over generated videos, against the bare sampler's clips per hour.
+    if a.e2e_clips:
+        import ray
+
+        from v2v.config import JobConfig
+        from v2v.pipeline import run_job
+        from v2v.samples import make_video
+
+        vids = os.path.join(work, "videos")
+        os.makedirs(vids, exist_ok=True)
+        per_video = 4
+        n_videos = -(-a.e2e_clips // per_video)
+        with open(os.path.join(vids, "manifest.csv"), "w") as f:
+            f.write("video,prompt\n")
+            for i in range(n_videos):
+                make_video(os.path.join(vids, f"v{i}.mp4"), frames * per_video, width, height, seed=i)
+                f.write(f"v{i}.mp4,style {i}\n")
+        variant = a.e2e_variant or (best["variant"] if best else "float16")
+        batch = a.e2e_batch or (best["batch"] if best else 1)
+        dtype, switches = _variant_cfg(variant)
+        bare = next((r["clips_per_hour"] for r in rows if r.get("what") == "v2v sampler"
+                     and r["variant"] == variant and r["batch"] == batch), None)
+        base_rate = None
+        for gpus in [int(g) for g in a.e2e_gpus.split(",")]:
+            ray.init(num_gpus=gpus if cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
+                     runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
+            cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
+                            model=folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
+                            batch_size=batch, dtype=dtype, channels_last=switches.channels_last,
+                            compile=switches.compile, num_actors=gpus if cuda else 1, codec="h264",
+                            max_clips=per_video)
+            t0 = time.perf_counter()
+            s = run_job(cfg, log=lambda m: print(m, flush=True))
+            wall = time.perf_counter() - t0
+            ray.shutdown()
+            import pandas as pd
+
+            df = pd.read_parquet(os.path.join(cfg.output, "index"))
+            ok = df[df.status == "ok"].sort_values("finished_at")
+            # steady state: from the first clip out to the last, so actor start-up is not counted
+            span = ok.finished_at.iloc[-1] - ok.finished_at.iloc[0] if len(ok) > 1 else float("nan")
+            steady = 3600 * (len(ok) - 1) / span if span == span and span > 0 else float("nan")
+            rate = 3600 * s.ok / wall
+            base_rate = base_rate or steady
+            record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,
+                   wall_s=wall, clips_per_hour=rate, steady_clips_per_hour=steady,
+                   steady_vs_bare_sampler=(steady / (bare * gpus)) if bare else float("nan"),
+                   scaling_vs_1gpu=steady / base_rate)
+
+    _report(a, info, rows)
+    return 0
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "–" if v != v else (f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
+    return "" if v is None else str(v)
+
+
+def _report(a, info, rows) -> None:
+    cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
+            "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
+            "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
+    used = [c for c in cols if any(c in r for r in rows)]
+    v = info["versions"]
+    lines = [f"### {info['date']} — {info['card']}", "",
+             f"torch {v['torch']}, diffusers {v['diffusers']}, ray {v['ray']}, python {v['python']}, v2v {v['v2v']}",
+             f"`{info['command']}`", ""]
+    if "bf16_matmul_tflops" in info:
+        lines.append(f"Measured bf16 matmul ceiling: {info['bf16_matmul_tflops']:.0f} TFLOP/s.")
+        lines.append("")
+    lines.append("| " + " | ".join(used) + " |")
+    lines.append("|" + "---|" * len(used))
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in used) + " |")
+    text = "\n".join(lines) + "\n\n"
+    print(text)
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write(text)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

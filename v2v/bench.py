@@ -1,0 +1,92 @@
+"""Benchmark helpers: the zeroscope_v2_576w architecture with random weights, FLOP counting and timing.
+
+Used by jobs/benchmark.py; nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+# zeroscope_v2_576w / text-to-video-ms-1.7b: UNet3D 1.41 B parameters, SD VAE, OpenCLIP-H text encoder.
+ZEROSCOPE_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
+                      attention_head_dim=64, norm_num_groups=32, sample_size=32)
+ZEROSCOPE_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                     sample_size=512, scaling_factor=0.18215)
+ZEROSCOPE_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                      max_position_embeddings=77, hidden_act="gelu", projection_dim=1024, vocab_size=49408)
+
+
+def random_zeroscope(folder: str, device: str = "cuda") -> None:
+    """Write a zeroscope_v2_576w-shaped model with random weights (fp16 safetensors) to `folder`."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from v2v.tiny import _SCHEDULER_CONFIG, save_components, tiny_tokenizer
+
+    from diffusers import DDIMScheduler
+
+    tok = tiny_tokenizer()  # ids < 514 fit the 49408-token embedding; the weights are random anyway
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet3DConditionModel(**ZEROSCOPE_UNET).half()
+        vae = AutoencoderKL(**ZEROSCOPE_VAE).half()
+        text = CLIPTextModel(CLIPTextConfig(**ZEROSCOPE_TEXT, bos_token_id=tok.bos_token_id,
+                                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).half()
+    sched = DDIMScheduler.from_config({k: v for k, v in _SCHEDULER_CONFIG.items() if k != "_class_name"})
+    save_components({"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": tok, "scheduler": sched}, folder)
+    (Path(folder) / "v2v.json").write_text(json.dumps({"width": 576, "height": 320, "frames": 24}))
+
+
+def unet_step_flops(unet, batch: int, frames: int, h: int, w: int, text_dim: int) -> float:
+    """FLOPs of one UNet forward on `batch` latents (B, 4, F, h, w), counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 4, frames, h, w, device=unet.device, dtype=unet.dtype)
+    e = torch.randn(batch, 77, text_dim, device=unet.device, dtype=unet.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, torch.tensor(500, device=unet.device), encoder_hidden_states=e)
+    return float(counter.get_total_flops())
+
+
+def timed(fn, repeat: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall seconds of fn() (synchronizing CUDA around it), after `warmup` untimed calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def matmul_tflops(n: int = 8192, dtype=None, repeat: int = 10) -> float:
+    """The card's measured dense bf16 matmul rate (random data), the ceiling UNet steps are compared to."""
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * repeat / (start.elapsed_time(end) / 1000) / 1e12
