@@ -246,9 +246,12 @@ def main(argv=None) -> int:
 
             df = pd.read_parquet(os.path.join(cfg.output, "index"))
             ok = df[df.status == "ok"].sort_values("finished_at")
-            # steady state: from the first clip out to the last, so actor start-up is not counted
-            span = ok.finished_at.iloc[-1] - ok.finished_at.iloc[0] if len(ok) > 1 else float("nan")
-            steady = 3600 * (len(ok) - 1) / span if span == span and span > 0 else float("nan")
+            # steady state: clips that arrived after the first batch, over the time since it arrived, so
+            # actor start-up is not counted
+            first = ok.finished_at.min()
+            later = int((ok.finished_at > first).sum())
+            span = ok.finished_at.max() - first
+            steady = 3600 * later / span if later and span > 0 else float("nan")
             rate = 3600 * s.ok / wall
             base_rate = base_rate or steady
             record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,

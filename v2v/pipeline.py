@@ -163,11 +163,15 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     model_sha = None
     if todo:
         ds = ray.data.from_arrow([pa.Table.from_pylist([r]) for r in todo])
-        ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1, num_cpus=res.cpus_per_task)
+        # A ray_remote_args_fn keeps Ray Data from fusing decode into the restyle actors: fused, the GPU
+        # would sit idle while its own actor decodes. Decode and encode stay CPU tasks that overlap it.
+        cpu_task = {"num_cpus": res.cpus_per_task}
+        ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
+                            ray_remote_args_fn=lambda: cpu_task)
         ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res.device, res.dtype, res.torch_threads,
-                                                                 res.batch_invariant),
-                            batch_size=cfg.batch_size, concurrency=res.num_actors, num_gpus=res.gpus_per_actor,
-                            num_cpus=res.cpus_per_actor)
+                                                          res.batch_invariant),
+                            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
+                            num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor)
         ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
         pending: list[dict] = []
         last_flush = last_log = time.time()
