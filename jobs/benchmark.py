@@ -137,13 +137,14 @@ def main(argv=None) -> int:
         pipe = c = None
 
     # 2. float32 eager latents: the quality guard's reference.
-    ref_latents = None
+    ref_latents = ref_unet = None
     if a.quality:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         c = _load(folder, a.device, "float32")
         clips = [ClipSettings("a watercolor painting", seed=7, **clip)]
         ref_latents = restyle(c, _video(1, frames, height, width), clips, output="latents").float().cpu()
+        ref_unet = c.unet
         c = None
 
     # 3. v2v's sampler: each variant at each batch size.
@@ -171,6 +172,15 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 step_s, _ = timed(lambda: c.unet(x, torch.tensor(500, device=c.device), encoder_hidden_states=e),
                                   repeat=5, warmup=2)
+            step_err = None
+            if ref_unet is not None:  # one UNet forward against float32 on the same input: local error
+                with torch.no_grad():
+                    out = c.unet(x, torch.tensor(500, device=c.device), encoder_hidden_states=e).sample.float()
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+                    want = ref_unet(x.float(), torch.tensor(500, device=c.device),
+                                    encoder_hidden_states=e.float()).sample
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cuda
+                step_err = float((out - want).norm() / want.norm())
             flops = unet_step_flops(c.unet, 2 * b, frames, h8, w8, text_dim) if "compile" not in variant else \
                 unet_step_flops(_load(folder, a.device, variant.split("+")[0]).unet, 2 * b, frames, h8, w8, text_dim)
             r = dict(what="v2v sampler", variant=variant, batch=b, s_per_clip=s / b, clips_per_hour=3600 * b / s,
@@ -178,6 +188,8 @@ def main(argv=None) -> int:
                      peak_gib_per_clip=peak / b, load_s=load_s)
             if "reference_s_per_clip" in info:
                 r["speedup_vs_reference"] = info["reference_s_per_clip"] / (s / b)
+            if step_err is not None:
+                r["step_rel_err_vs_fp32"] = step_err
             if ref_latents is not None and b == 1:
                 lat = restyle(c, _video(1, frames, height, width), [ClipSettings("a watercolor painting", seed=7,
                                                                                   **clip)], output="latents")
@@ -272,6 +284,7 @@ def _fmt(v):
 def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
+            "step_rel_err_vs_fp32",
             "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]

@@ -17,9 +17,12 @@ def apply_perf_settings(components, cfg) -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     if cfg.channels_last:
-        # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last avoids layout conversions around cuDNN.
-        unet.to(memory_format=torch.channels_last)
-        components.vae.to(memory_format=torch.channels_last)
+        # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
+        # Only rank-4 (Conv2d) weights: the temporal Conv3d layers have no channels-last layout.
+        for model in (unet, components.vae):
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.to(memory_format=torch.channels_last)
     if cfg.compile:
         # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling.
         cache = os.environ.get("V2V_COMPILE_CACHE", os.path.expanduser("~/.cache/v2v/inductor"))
