@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
+    from v2v.lease import LeaseError
     from v2v.manifest import ManifestError
     from v2v.pipeline import run_job
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     try:
         summary = run_job(cfg)
-    except (ManifestError, ConfigError) as e:
+    except (ManifestError, ConfigError, LeaseError) as e:
         print(f"v2v: {e}", file=sys.stderr)
         return 2
     print(summary.text())

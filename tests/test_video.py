@@ -251,3 +251,35 @@ def test_audio_only_and_truncated_files(tmp_path):
     cut.write_bytes(data[: int(len(data) * 0.6)])
     with pytest.raises(VideoError, match="video ends before"):
         decode_clip(str(cut), [k / 24 for k in range(40, 48)], 64, 64)
+
+
+_GOOD = {}
+
+
+def _good_bytes(tmp_path_factory) -> bytes:
+    if "mp4" not in _GOOD:
+        p = tmp_path_factory.mktemp("fuzz") / "good.mp4"
+        _GOOD["mp4"] = open(make_video(str(p), 24, 64, 64, audio=True), "rb").read()
+    return _GOOD["mp4"]
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=20))
+def test_fuzzed_video_bytes_decode_or_raise_video_error(tmp_path_factory, cut, flips):
+    """Truncated or corrupted mp4 bytes: probe and decode either work or raise VideoError; never anything else."""
+    data = bytearray(_good_bytes(tmp_path_factory))
+    for pos, val in flips:
+        data[int(pos * (len(data) - 1))] = val
+    data = bytes(data[: max(1, int(len(data) * cut))]) if cut < 1 else bytes(data)
+    path = tmp_path_factory.mktemp("case") / "v.mp4"
+    path.write_bytes(data)
+    try:
+        p = probe(str(path))
+        frames = decode_clip(str(path), [k / 24 for k in range(min(p.num_frames, 8))], 64, 64)
+        assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3)
+    except VideoError as e:
+        assert str(path) in str(e)

@@ -39,6 +39,7 @@ INDEX_SCHEMA = pa.schema([
     ("guidance_scale", pa.float64()),
     ("scheduler", pa.string()),
     ("model", pa.string()),
+    ("model_sha256", pa.string()),  # sha256 over the model folder's files: exactly which weights ran
     ("status", pa.string()),  # ok | failed | skipped (planned but deliberately not rendered; see error)
     ("error", pa.string()),
     ("output", pa.string()),  # relative to the output root

@@ -144,6 +144,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
     defaults = {"negative_prompt": cfg.negative_prompt, "strength": cfg.strength,
                 "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
     seen_content: dict[tuple, int] = {}
+    row_ids: list[tuple[int, str]] = []  # (row number, id) of every row whose id is known
     for i in range(n):
         row = {k: cols[k][i] for k in cols}
         where = f"row {i}" + (f" (id {row['id']!r})" if row.get("id") not in (None, "") else "")
@@ -194,6 +195,8 @@ def load_manifest(uri: str, cfg) -> pa.Table:
             bad.append("id: empty or longer than 200 characters")
         if bad:
             errors += [f"{where}: {b}" for b in bad]
+            if rid is not None:
+                row_ids.append((i, rid))
             continue
         resolved = _resolve_video(video, bases[i])
         if rid is None:
@@ -202,20 +205,21 @@ def load_manifest(uri: str, cfg) -> pa.Table:
             k = seen_content.get(content, 0) + 1
             seen_content[content] = k
             rid = _default_id(video, content) + (f"-{k}" if k > 1 else "")
+        row_ids.append((i, rid))
         out["id"].append(rid)
         out["video"].append(resolved)
         out["prompt"].append(prompt)
         out["negative_prompt"].append(neg)
         for name in ("seed", "strength", "num_inference_steps", "guidance_scale", "start_s", "end_s"):
             out[name].append(vals.get(name))
-    if not errors:
-        by_folder: dict[str, list[int]] = {}
-        for i, rid in enumerate(out["id"]):
-            by_folder.setdefault(safe_name(rid, 120), []).append(i)
-        for folder, rows in by_folder.items():
-            if len(rows) > 1:
-                errors.append(f"rows {rows}: duplicate id {out['id'][rows[0]]!r}"
-                              + (f" (ids map to the same folder {folder!r})" if len({out['id'][r] for r in rows}) > 1 else ""))
+    by_folder: dict[str, list[tuple[int, str]]] = {}
+    for i, rid in row_ids:
+        by_folder.setdefault(safe_name(rid, 120), []).append((i, rid))
+    for folder, hits in by_folder.items():
+        if len(hits) > 1:
+            same = len({rid for _, rid in hits}) == 1
+            errors.append(f"rows {[i for i, _ in hits]}: duplicate id {hits[0][1]!r}"
+                          + ("" if same else f" (ids {[rid for _, rid in hits]} map to the same folder {folder!r})"))
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""

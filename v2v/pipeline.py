@@ -99,24 +99,39 @@ def _plan(manifest: pa.Table, cfg: JobConfig, geometry) -> pa.Table:
 _EMPTY_PLAN = idx.to_table([]).select(_PLAN_COLUMNS)
 
 
-def _lease_and_meta(cfg: JobConfig, run_id: str, started: float, extra: dict) -> None:
+def _write_job_json(cfg: JobConfig, run_id: str, started: float, extra: dict) -> None:
     meta = {"run_id": run_id, "started_at": started, "settings": cfg.to_dict(), "versions": versions(),
             "model": {"reference": cfg.model}, **extra}
     write_bytes_atomic(join(cfg.output, "job.json"), json.dumps(meta, indent=2, default=str).encode())
 
 
 def run_job(cfg: JobConfig, log=print) -> Summary:
-    """Run the whole job on the connected Ray cluster. Bad inputs become failed rows; the summary says all."""
+    """Run the whole job on the connected Ray cluster. Bad inputs become failed rows; the summary says all.
+
+    Raises ManifestError / ConfigError for unusable input (before anything runs) and LeaseError when another
+    live job is writing the same output.
+    """
+    from v2v.lease import Lease
+
+    cfg.validate()
+    t_start = time.time()
+    run_id = idx.new_run_id()
+    manifest = load_manifest(cfg.manifest, cfg)  # raises ManifestError before anything else happens
+    if cfg.dry_run:
+        return _run(cfg, manifest, run_id, t_start, log)
+    with Lease(cfg.output, run_id) as lease:
+        if lease.took_over:
+            log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose heartbeat had stopped")
+        return _run(cfg, manifest, run_id, t_start, log)
+
+
+def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -> Summary:
     import ray
     import ray.data
 
     from v2v.models import model_geometry
     from v2v.stages import Restyle, decode, encode
 
-    cfg.validate()
-    t_start = time.time()
-    run_id = idx.new_run_id()
-    manifest = load_manifest(cfg.manifest, cfg)  # raises ManifestError before anything else happens
     extra_cols = [c for c in manifest.column_names if c not in NORMALIZED]
     geometry = model_geometry(cfg.model)
 
@@ -152,7 +167,7 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
                        failed=sum(r["status"] == "failed" for r in new_rows + carried), index="(dry run)")
 
     res = resources(cfg, ray.cluster_resources())
-    _lease_and_meta(cfg, run_id, t_start, {"resources": res.__dict__, "planned_clips": len(planned_keys)})
+    _write_job_json(cfg, run_id, t_start, {"resources": res.__dict__, "planned_clips": len(planned_keys)})
     stamp = {"scheduler": None, "model": cfg.model, "run_id": run_id}
     for r in new_rows:
         r.update(stamp, finished_at=time.time())
@@ -222,7 +237,7 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         _stitch(cfg, final_rows, log)
 
     summary.wall_s = time.time() - t_start
-    _lease_and_meta(cfg, run_id, t_start, {"resources": res.__dict__, "planned_clips": len(planned_keys),
+    _write_job_json(cfg, run_id, t_start, {"resources": res.__dict__, "planned_clips": len(planned_keys),
                                            "model": {"reference": cfg.model, "sha256": model_sha},
                                            "finished_at": time.time(),
                                            "summary": {k: getattr(summary, k) for k in
