@@ -57,6 +57,7 @@ HELP = {
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",
+    "lease_ttl_s": "a crashed job's lease on the output expires this long after its last heartbeat",
 }
 
 

@@ -65,6 +65,9 @@ class JobConfig:
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
     retry_failed: bool = False  # also redo clips whose last attempt failed
     dry_run: bool = False  # plan and report the work, load no model
+    # A job's lease on its output expires this long after its last heartbeat (every quarter of it): shorter
+    # lets a rerun take over sooner after a crash; too short risks taking over from a live but stalled job.
+    lease_ttl_s: float = 120.0
 
     # Free-form extras recorded in job.json (e.g. a run name). Never used for behaviour.
     labels: dict = field(default_factory=dict)
@@ -83,6 +86,7 @@ class JobConfig:
             ("num_gpus_per_actor", self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, ">= 0"),
             ("vae_chunk", self.vae_chunk >= 1, ">= 1"),
             ("max_failures", self.max_failures >= 0, ">= 0"),
+            ("lease_ttl_s", self.lease_ttl_s >= 1, ">= 1"),
             ("width", self.width is None or (self.width >= 8 and self.width % 8 == 0), "a multiple of 8"),
             ("height", self.height is None or (self.height >= 8 and self.height % 8 == 0), "a multiple of 8"),
             ("resize", self.resize in ("cover", "pad", "stretch"), "cover, pad or stretch"),

@@ -78,6 +78,15 @@ def _done_outputs(output: str) -> dict[str, int]:
     return {p[len(root) + 1 :]: int(info.get("size") or 0) for p, info in found.items()}
 
 
+def _remove_partial_files(output: str) -> None:
+    """Temporary files of writers killed mid-write (never at final paths). Safe: we hold the output's lease."""
+    fs, root = url_to_fs(output)
+    root = root.rstrip("/")
+    for pattern in ("clips/*/.tmp-*", "videos/.tmp-*", "index/.tmp-*", "_progress/*/.tmp-*", ".tmp-*"):
+        for path in fs.glob(f"{root}/{pattern}"):
+            fs.rm(path)
+
+
 def _plan(manifest: pa.Table, cfg: JobConfig, geometry) -> pa.Table:
     """Probe and plan every video in Ray tasks; returns one row per planned clip (and failed/skipped rows)."""
     import ray.data
@@ -119,7 +128,7 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     manifest = load_manifest(cfg.manifest, cfg)  # raises ManifestError before anything else happens
     if cfg.dry_run:
         return _run(cfg, manifest, run_id, t_start, log)
-    with Lease(cfg.output, run_id) as lease:
+    with Lease(cfg.output, run_id, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_ttl_s / 4) as lease:
         if lease.took_over:
             log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose heartbeat had stopped")
         return _run(cfg, manifest, run_id, t_start, log)
@@ -138,6 +147,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
     # 1. Plan every video (Ray tasks: probing reads the files).
     plan = _plan(manifest, cfg, geometry)
     planned_keys = list(zip(plan["id"].to_pylist(), plan["clip_index"].to_pylist()))
+
+    _remove_partial_files(cfg.output)
 
     # 2. Skip clips already done: an 'ok' row whose output is present and of the recorded size.
     previous = idx.read_all(cfg.output)
