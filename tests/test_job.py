@@ -115,7 +115,7 @@ def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inp
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "mixed"), "--output", str(out),
            "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
-           "--ray-address", ray_cluster["address"]]
+           "--ray-address", ray_cluster["address"], "--lease-ttl-s", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
@@ -127,6 +127,7 @@ def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inp
     written = list(out.glob("clips/*/*.mkv"))
     assert 0 < len(written) < 8, "the kill should land mid-run"
     assert not (out / "index" / "index.parquet").exists()
+    time.sleep(2.1)  # the killed driver's lease expires
     s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
     assert s.ok == 8 and s.rendered_now < 8 and _outputs(out) == _outputs(baseline[0])
     df = pd.read_parquet(out / "index")
