@@ -8,6 +8,7 @@ Runs end to end on a laptop CPU in well under a minute: a local Ray, the real st
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 
@@ -22,11 +23,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     inputs = os.path.join(a.output, "inputs")
     os.makedirs(inputs, exist_ok=True)
-    with open(os.path.join(inputs, "manifest.csv"), "w") as f:
-        f.write("video,prompt,seed\n")
+    with open(os.path.join(inputs, "manifest.csv"), "w", newline="") as f:
+        rows = csv.writer(f)  # quotes the prompts' commas
+        rows.writerow(["video", "prompt", "seed"])
         for i, prompt in enumerate(PROMPTS):
             make_video(os.path.join(inputs, f"sample{i}.mp4"), num_frames=24, width=96, height=64, seed=i)
-            f.write(f"sample{i}.mp4,{prompt},{1000 + i}\n")
+            rows.writerow([f"sample{i}.mp4", prompt, 1000 + i])
     print(f"v2v demo: wrote {len(PROMPTS)} sample videos and {inputs}/manifest.csv")
     from jobs.restyle import main as restyle
 

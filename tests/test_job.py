@@ -233,3 +233,14 @@ def test_lease_refuses_a_second_live_job_and_takes_over_a_dead_ones(ray_cluster,
     s = run_job(_cfg(inputs, out, "mixed"), log=lines.append)
     assert s.ok == 8 and any("took over the lease of run other-run" in ln for ln in lines)
     assert not (out / "_lease.json").exists()  # released at the end
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's first command after the install: its own local Ray, sample videos, the tiny model."""
+    r = subprocess.run([sys.executable, "-m", "jobs.demo", "--output", str(tmp_path / "demo")], cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "9 clips planned: 9 ok, 0 failed, 0 skipped" in r.stdout
+    assert len(list((tmp_path / "demo" / "videos").iterdir())) == 3
+    assert len(pd.read_parquet(tmp_path / "demo" / "index")) == 9

@@ -9,6 +9,7 @@ import json
 import logging
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -191,9 +192,12 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
         ds = ray.data.from_arrow([pa.Table.from_pylist([r]) for r in todo])
         # A ray_remote_args_fn keeps Ray Data from fusing decode into the restyle actors: fused, the GPU
         # would sit idle while its own actor decodes. Decode and encode stay CPU tasks that overlap it.
+        # (Ray 2.60 marks ray_remote_args_fn deprecated for 2.64; the project pins 2.60.)
         cpu_task = {"num_cpus": res.cpus_per_task}
-        ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
-                            ray_remote_args_fn=lambda: cpu_task)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
+            ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
+                                ray_remote_args_fn=lambda: cpu_task)
         ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res.device, res.dtype, res.torch_threads,
                                                           res.batch_invariant),
                             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
