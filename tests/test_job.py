@@ -109,6 +109,8 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
     assert len(pd.read_parquet(out / "index")) == 9
     s = run_job(_cfg(inputs, out, "mixed", retry_failed=True), **QUIET)
     assert s.rendered_now == 0 and s.failed == 1  # the bad video was tried again, and failed again
+    s = run_job(_cfg(inputs, out, "mixed", guidance_scale=9.0), **QUIET)
+    assert s.rendered_now == 8  # changed settings are not "done": every clip is rendered again
 
 
 def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inputs, tmp_path):
@@ -187,14 +189,16 @@ def test_actor_killed_mid_batch_is_restarted(baseline, ray_cluster, inputs, tmp_
 
     def killer():
         deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            if len(list(out.glob("_progress/*/part-*"))) >= 2:  # some clips done, more in flight
-                for a in list_actors(filters=[("state", "=", "ALIVE")]):
-                    if "Restyle" in (a.class_name or "") and a.pid:
-                        os.kill(a.pid, signal.SIGKILL)
-                        killed.append(a.pid)
-                        return
-            time.sleep(0.05)
+        pid = None
+        while time.time() < deadline and pid is None:  # find the restyle actor once it is up
+            pid = next((a.pid for a in list_actors(filters=[("state", "=", "ALIVE")])
+                        if "Restyle" in (a.class_name or "") and a.pid), None)
+            time.sleep(0.1)
+        while time.time() < deadline and pid and not list(out.glob("clips/*/*.mkv")):
+            time.sleep(0.01)
+        if pid:  # its first clip is out and seven more are queued or in its hands
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     t = threading.Thread(target=killer)
     t.start()

@@ -79,6 +79,19 @@ def _done_outputs(output: str) -> dict[str, int]:
     return {p[len(root) + 1 :]: int(info.get("size") or 0) for p, info in found.items()}
 
 
+# What a clip's result depends on; a previous row counts as this clip's only if all of them match.
+_WORK_FIELDS = ("video", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps", "guidance_scale",
+                "start_frame", "num_frames", "fps", "width", "height")
+
+
+def _same_work(prev: dict, planned: dict, cfg: JobConfig) -> bool:
+    from v2v.stages import clip_path
+
+    if any(prev.get(k) != planned.get(k) for k in _WORK_FIELDS) or prev.get("model") != cfg.model:
+        return False
+    return prev["status"] != "ok" or prev["output"] == clip_path(planned["id"], planned["clip_index"], cfg.codec)
+
+
 def _remove_partial_files(output: str) -> None:
     """Temporary files of writers killed mid-write (never at final paths). Safe: we hold the output's lease."""
     fs, root = url_to_fs(output)
@@ -149,9 +162,10 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
     plan = _plan(manifest, cfg, geometry)
     planned_keys = list(zip(plan["id"].to_pylist(), plan["clip_index"].to_pylist()))
 
-    _remove_partial_files(cfg.output)
+    if not cfg.dry_run:
+        _remove_partial_files(cfg.output)
 
-    # 2. Skip clips already done: an 'ok' row whose output is present and of the recorded size.
+    # 2. Skip clips already done: an 'ok' row for the same settings whose output is present at its size.
     previous = idx.read_all(cfg.output)
     prev_rows = {}
     if previous is not None:
@@ -164,9 +178,11 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
         prev = prev_rows.get(key)
         if r["status"] != "planned":
             new_rows.append(r)  # failed probe / skipped remainder: recorded now
-        elif prev and prev["status"] == "ok" and present.get(prev["output"]) == prev["output_bytes"]:
+        elif prev is None or not _same_work(prev, r, cfg):
+            todo.append(r)  # new, or its settings (prompt, seed, model, codec, ...) changed since
+        elif prev["status"] == "ok" and present.get(prev["output"]) == prev["output_bytes"]:
             carried.append(prev)
-        elif prev and prev["status"] == "failed" and not cfg.retry_failed:
+        elif prev["status"] == "failed" and not cfg.retry_failed:
             carried.append(prev)
         else:
             todo.append(r)
