@@ -40,6 +40,18 @@ def test_fsspec_uri_is_copied_once_into_cache(tiny, tmp_path):
     assert load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder == c.folder
 
 
+def test_fingerprint_is_cached_until_a_file_changes(tiny, tmp_path):
+    import shutil as sh
+
+    m = tmp_path / "m"
+    sh.copytree(tiny.folder, m)
+    first = model_fingerprint(m, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c" / "fingerprints").iterdir())) == 1
+    assert model_fingerprint(m, cache_dir=tmp_path / "c") == first
+    (m / "scheduler" / "scheduler_config.json").write_text("{}")  # changed content: hashed again
+    assert model_fingerprint(m, cache_dir=tmp_path / "c") != first
+
+
 def test_missing_component_is_named(tiny, tmp_path):
     shutil.copytree(tiny.folder, tmp_path / "m")
     shutil.rmtree(tmp_path / "m" / "vae")

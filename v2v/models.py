@@ -224,16 +224,38 @@ def parse_dtype(dtype: str):
     return table[dtype]
 
 
-def model_fingerprint(folder: Path) -> str:
-    """sha256 over every file's relative path and content: identifies exactly which weights ran."""
+def model_fingerprint(folder: Path, cache_dir: str | Path | None = None) -> str:
+    """sha256 over every file's relative path and content: identifies exactly which weights ran.
+
+    Hashing GBs of weights takes seconds, so the result is cached (under the cache dir, keyed by the folder)
+    with each file's size and mtime; an actor's later starts reuse it while the files are unchanged.
+    """
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stat = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / "fingerprints"
+    entry = cache / (hashlib.sha256(str(folder).encode()).hexdigest()[:16] + ".json")
+    try:
+        known = json.loads(entry.read_text())
+        if known["stat"] == stat:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
     h = hashlib.sha256()
-    for p in sorted(Path(folder).rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
-            h.update(str(p.relative_to(folder)).encode() + b"\0")
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stat": stat, "sha256": digest}))
+        os.replace(tmp, entry)
+    except OSError:  # a read-only cache only costs the next start the hashing again
+        pass
+    return digest
 
 
 def model_geometry(reference: str) -> tuple[int, int, int]:
