@@ -138,6 +138,7 @@ def test_long_prompt_truncated_with_warning_naming_clip(tiny, caplog):
         (torch.zeros(1, 8, 64, 64, 3, dtype=torch.int32), None, "uint8 frames or float latents"),
         (torch.zeros(1, 8, 64, 64, dtype=torch.uint8), None, r"\(B, F, H, W, 3\)"),
         (torch.zeros(1, 8, 60, 70, 3, dtype=torch.uint8), None, "resize to 72x64"),
+        (torch.zeros(1, 0, 64, 64, 3, dtype=torch.uint8), None, "at least one frame"),
         (torch.zeros(2, 8, 64, 64, 3, dtype=torch.uint8), None, "2 clips but 1 clip settings"),
         (torch.full((1, 4, 8, 8, 8), float("nan")), None, "NaN"),
         (None, [ClipSettings("a", 1, strength=0.0)], r"strength must be in \(0, 1\]"),

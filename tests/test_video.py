@@ -53,6 +53,7 @@ def test_plan_windows_stride_and_remainder(vids):
     plan = plan_clips(p, PlanSettings(clip_frames=24, min_frames=13))
     assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 24), (24, 24)]
     assert "dropped the trailing 12 frame(s)" in plan.notes[0]
+    assert (plan.dropped_start, plan.dropped_frames) == (48, 12)
     plan = plan_clips(p, PlanSettings(clip_frames=24, stride=16, max_clips=2))
     assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 24), (16, 24)]
     assert "max_clips=2" in plan.notes[0]

@@ -59,6 +59,8 @@ class Plan:
     fps: float
     total_frames: int  # frames in the selected window at `fps`
     notes: list[str] = field(default_factory=list)  # what was dropped or cut, and why; never silent
+    dropped_start: int = 0  # first frame of a trailing remainder too short to keep (dropped_frames of them)
+    dropped_frames: int = 0
 
 
 def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
@@ -74,11 +76,13 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
     last = n_total if s.end_s is None else min(n_total, math.ceil(s.end_s * fps - 1e-6))
     window = max(0, last - first)
     clips: list[ClipPlan] = []
+    dropped = (0, 0)
     start = first
     while start < last:
         n = min(s.clip_frames, last - start)
         if n < s.clip_frames and n < min_frames:
             notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames={min_frames}")
+            dropped = (start, n)
             break
         if s.max_clips is not None and len(clips) == s.max_clips:
             notes.append(f"stopped at max_clips={s.max_clips}; frames from {start} on are not planned")
@@ -89,4 +93,5 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
         start += stride
     if not clips and not notes:
         notes.append("no frames in the selected window")
-    return Plan(clips=clips, fps=fps, total_frames=window, notes=notes)
+    return Plan(clips=clips, fps=fps, total_frames=window, notes=notes, dropped_start=dropped[0],
+                dropped_frames=dropped[1])

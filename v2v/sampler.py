@@ -68,7 +68,7 @@ def check_inputs(video: torch.Tensor, clips: list[ClipSettings], vae_scale_facto
             raise SamplerInputError("latents contain NaN")
     else:
         raise SamplerInputError(f"video must be uint8 frames or float latents, got dtype {video.dtype}")
-    if video.shape[-3 if video.dtype == torch.uint8 else 2] < 1:
+    if video.shape[1 if video.dtype == torch.uint8 else 2] < 1:
         raise SamplerInputError("a clip needs at least one frame")
     for i, c in enumerate(clips):
         who = c.name or f"clip {i}"

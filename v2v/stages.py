@@ -56,10 +56,10 @@ def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list
         rows.append({**base, "clip_index": c.clip_index, "start_frame": c.start_frame, "num_frames": c.num_frames,
                      "fps": c.fps, "start_s": c.start_s, "end_s": c.end_s, "status": "planned",
                      "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], c.clip_index)})
-    if not plan.clips or (plan.notes and "dropped" in plan.notes[-1]):
+    if not plan.clips or plan.dropped_frames:
         # Record what the plan left out as a 'skipped' row, so it is never silent.
         k = len(plan.clips)
-        start = plan.clips[-1].start_frame + (cfg.clip_stride or frames) if plan.clips else 0
+        start = plan.dropped_start if plan.dropped_frames else 0
         rows.append({**base, "clip_index": k, "start_frame": start, "num_frames": max(0, plan.total_frames - start),
                      "fps": plan.fps, "start_s": start / plan.fps, "end_s": None, "status": "skipped",
                      "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], k), "error": "; ".join(plan.notes)})
@@ -126,7 +126,7 @@ class Restyle:
         n = len(batch["id"])
         errors = _errors(batch)
         frames_in = list(batch["frames"])
-        frames_out: list[np.ndarray] = [f for f in frames_in]
+        frames_out: list[np.ndarray] = list(frames_in)
         secs = np.zeros(n)
         todo = [i for i in range(n) if errors[i] is None]
         by_shape: dict[tuple, list[int]] = {}

@@ -50,21 +50,17 @@ def atomic_output(uri: str, suffix: str = ""):
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}{suffix}")
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        publish = os.replace
     else:
         fd, tmp = tempfile.mkstemp(suffix=suffix)
         os.close(fd)
-        try:
-            yield tmp
-            fs.put_file(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        publish = fs.put_file
+    try:
+        yield tmp
+        publish(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:

@@ -273,8 +273,6 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
                 opts["x265-params"] = "log-level=error:info=0"  # info=0: no SEI with encode time
             if spec.encoder == "libsvtav1":
                 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config otherwise
-            if spec.encoder == "ffv1":
-                pass  # defaults: FFV1 is lossless at any level
             vs.options = opts
             if spec.ext == "mp4" and spec.encoder == "libx265":
                 vs.codec_tag = "hvc1"  # so Apple players accept it
