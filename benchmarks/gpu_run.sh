@@ -7,9 +7,12 @@ set -uo pipefail
 name=$1; shift
 mkdir -p /tmp/site && [ -f /tmp/site/.done ] || { tar -xJf .gpu/site.tar.xz -C /tmp/site && touch /tmp/site/.done; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 V2V_CACHE=/tmp/v2v-cache
+# One compile cache for the benchmark's own compiled variants and the Ray job's actors (which it hands on).
+export V2V_COMPILE_CACHE=/tmp/bench/inductor
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu-$name.txt"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee "$out/gpu-$name.txt"
+echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-all}" | tee -a "$out/gpu-$name.txt"
 python3 -c "import torch, diffusers, ray, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'ray', ray.__version__, 'av', av.__version__, 'gpus', torch.cuda.device_count())"
 python3 -m jobs.benchmark --model random-576w --work-dir /tmp/bench --results "$out/RESULTS-$name.md" \
   --json "$out/bench-$name.json" "$@" 2>&1 | grep -v "Loading weights" | tee "$out/log-$name.txt"

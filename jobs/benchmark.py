@@ -32,14 +32,17 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
-                   help="comma list of DTYPE[+channels_last][+compile]")
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+compile] ('' for none)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
     p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
     p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
     p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
     p.add_argument("--e2e-batch", type=int, default=None, help="batch size for the Ray job (default: fastest)")
-    p.add_argument("--startup", action="store_true", help="time an actor's first and second start (compile cache)")
+    p.add_argument("--startup", action="store_true",
+                   help="time a restyle actor's first and second start in fresh processes (compile cache)")
+    p.add_argument("--startup-variant", default=None, help="variant for --startup (default: fastest measured)")
+    p.add_argument("--startup-batch", type=int, default=None, help="batch size for --startup (default: fastest)")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--results", default=None, help="markdown file to append the table to")
     p.add_argument("--json", default=None)
@@ -54,7 +57,8 @@ def _card() -> str:
 
 def _variant_cfg(variant: str):
     parts = variant.split("+")
-    return parts[0], SimpleNamespace(channels_last="channels_last" in parts, compile="compile" in parts)
+    return parts[0], SimpleNamespace(channels_last="channels_last" in parts, compile="compile" in parts,
+                                     fuse_qkv="fuse_qkv" in parts)
 
 
 def _load(folder: str, device: str, variant: str):
@@ -73,11 +77,31 @@ def _video(b, f, h, w, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, f, h, w, 3), dtype=np.uint8))
 
 
+def _actor(folder: str, device: str, variant: str, batch: str) -> int:
+    """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took."""
+    t0 = time.perf_counter()
+    from v2v.config import JobConfig
+    from v2v.stages import Restyle
+
+    dtype, switches = _variant_cfg(variant)
+    cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype,
+                    compile=switches.compile, channels_last=switches.channels_last, fuse_qkv=switches.fuse_qkv)
+    t1 = time.perf_counter()
+    Restyle(cfg, device, dtype)
+    print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     import torch
 
-    from v2v.bench import matmul_tflops, random_zeroscope, timed, unet_step_flops
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_actor"]:
+        return _actor(*argv[1:])
+
+    from v2v.bench import actor_rates, matmul_tflops, random_zeroscope, timed, unet_step_flops
     from v2v.models import model_geometry, resolve_model
+    from v2v.perf import FixedBatch
     from v2v.pipeline import versions
     from v2v.sampler import ClipSettings, restyle
 
@@ -149,14 +173,17 @@ def main(argv=None) -> int:
 
     # 3. v2v's sampler: each variant at each batch size.
     best = None
-    batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
-    for variant in a.variants.split(","):
+    batch_sizes = [int(b) for b in a.batch_sizes.split(",") if b]
+    step_flops: dict[int, float] = {}  # batch -> FLOPs of one guided UNet step (the same for every variant)
+    for variant in [v for v in a.variants.split(",") if v]:
         t_load = time.perf_counter()
         c = _load(folder, a.device, variant)
         load_s = time.perf_counter() - t_load
         text_dim = c.text_encoder.config.hidden_size
         h8, w8 = height // c.vae_scale_factor, width // c.vae_scale_factor
         for b in batch_sizes:
+            if isinstance(c.unet.forward, FixedBatch):
+                c.unet.forward.size = 2 * b  # the compiled graph's batch: cond + uncond latents
             clips = [ClipSettings(f"style {i}", seed=i, **clip) for i in range(b)]
             video = _video(b, frames, height, width, seed=b)
             mem_reset()
@@ -169,20 +196,23 @@ def main(argv=None) -> int:
             # One guided UNet step alone: 2B latents (cond + uncond).
             x = torch.randn(2 * b, 4, frames, h8, w8, device=c.device, dtype=c.dtype)
             e = torch.randn(2 * b, 77, text_dim, device=c.device, dtype=c.dtype)
+            t500 = torch.tensor(500)  # as the sampler passes timesteps (0-d CPU int64): the compiled graph's input
             with torch.no_grad():
-                step_s, _ = timed(lambda: c.unet(x, torch.tensor(500, device=c.device), encoder_hidden_states=e),
+                step_s, _ = timed(lambda: c.unet(x, t500, encoder_hidden_states=e, return_dict=False),
                                   repeat=5, warmup=2)
             step_err = None
             if ref_unet is not None:  # one UNet forward against float32 on the same input: local error
                 with torch.no_grad():
-                    out = c.unet(x, torch.tensor(500, device=c.device), encoder_hidden_states=e).sample.float()
+                    out = c.unet(x, t500, encoder_hidden_states=e, return_dict=False)[0].float()
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-                    want = ref_unet(x.float(), torch.tensor(500, device=c.device),
-                                    encoder_hidden_states=e.float()).sample
+                    want = ref_unet(x.float(), t500, encoder_hidden_states=e.float()).sample
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cuda
                 step_err = float((out - want).norm() / want.norm())
-            flops = unet_step_flops(c.unet, 2 * b, frames, h8, w8, text_dim) if "compile" not in variant else \
-                unet_step_flops(_load(folder, a.device, variant.split("+")[0]).unet, 2 * b, frames, h8, w8, text_dim)
+            if b not in step_flops:  # counted on an eager model (the counter cannot see inside compiled code)
+                unet = c.unet if "compile" not in variant else _load(folder, a.device, variant.split("+")[0]).unet
+                step_flops[b] = unet_step_flops(unet, 2 * b, frames, h8, w8, text_dim)
+                unet = None
+            flops = step_flops[b]
             r = dict(what="v2v sampler", variant=variant, batch=b, s_per_clip=s / b, clips_per_hour=3600 * b / s,
                      step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12, peak_gib=peak,
                      peak_gib_per_clip=peak / b, load_s=load_s)
@@ -202,22 +232,21 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     info["best_sampler"] = best
 
-    # 4. Actor start-up: load + perf switches + one warm clip, in a fresh process, twice (cold, then cached).
-    if a.startup and best is not None:
-        variant = a.e2e_variant or best["variant"]
+    # 4. Actor start-up: a fresh process builds a restyle actor (imports, model load, perf switches, compile or
+    #    cached kernels, warm-up forward), twice over one empty compile cache: cold, then the second start.
+    if a.startup:
+        variant = a.startup_variant or (best["variant"] if best else "bfloat16+compile")
+        batch = a.startup_batch or (best["batch"] if best else 4)
+        cache = os.path.join(work, f"inductor-startup-{int(time.time())}")
         for attempt in ("first start", "second start"):
-            code = ("import time; t=time.perf_counter(); from jobs.benchmark import _load, _video; "
-                    "from v2v.sampler import restyle, ClipSettings; "
-                    f"c=_load({folder!r}, {a.device!r}, {variant!r}); "
-                    f"restyle(c, _video({best['batch']}, {frames}, {height}, {width}), "
-                    f"[ClipSettings('x', seed=i, strength={a.strength}, num_inference_steps={a.steps}) "
-                    f"for i in range({best['batch']})]); print('READY', time.perf_counter()-t)")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 env={**os.environ, "V2V_COMPILE_CACHE": os.path.join(work, "inductor")})
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--_actor", folder, a.device, variant,
+                                  str(batch)], capture_output=True, text=True,
+                                 env={**os.environ, "V2V_COMPILE_CACHE": cache})
+            wall = time.perf_counter() - t0
             ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
-            record(what=f"actor ready ({attempt})", variant=variant,
-                   seconds=float(ready[0].split()[1]) if ready else float("nan"),
-                   note="" if ready else out.stderr[-300:])
+            record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
+                   note=ready[0][6:] if ready else "failed: " + out.stderr[-300:].replace("\n", " "))
 
     # 5. The whole Ray job over generated videos, against the bare sampler's clips per hour.
     if a.e2e_clips:
@@ -254,22 +283,17 @@ def main(argv=None) -> int:
             s = run_job(cfg, log=lambda m: print(m, flush=True))
             wall = time.perf_counter() - t0
             ray.shutdown()
-            import pandas as pd
+            import pyarrow.parquet as pq
 
-            df = pd.read_parquet(os.path.join(cfg.output, "index"))
-            ok = df[df.status == "ok"].sort_values("finished_at")
-            # steady state: clips that arrived after the first batch, over the time since it arrived, so
-            # actor start-up is not counted
-            first = ok.finished_at.min()
-            later = int((ok.finished_at > first).sum())
-            span = ok.finished_at.max() - first
-            steady = 3600 * later / span if later and span > 0 else float("nan")
-            rate = 3600 * s.ok / wall
-            base_rate = base_rate or steady
+            steady = actor_rates(pq.read_table(os.path.join(cfg.output, "index")).to_pylist())
+            rate = steady["clips_per_hour"]
+            base_rate = base_rate or rate
+            busy = [v["busy"] for v in steady["actors"].values()]
             record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,
-                   wall_s=wall, clips_per_hour=rate, steady_clips_per_hour=steady,
-                   steady_vs_bare_sampler=(steady / (bare * gpus)) if bare else float("nan"),
-                   scaling_vs_1gpu=steady / base_rate)
+                   wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
+                   gpu_busy=min(busy) if busy else float("nan"),
+                   steady_vs_bare_sampler=(rate / (bare * gpus)) if bare else float("nan"),
+                   scaling_vs_1gpu=rate / base_rate)
 
     _report(a, info, rows)
     return 0
@@ -285,7 +309,7 @@ def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32",
-            "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
+            "gpu_busy", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]
     lines = [f"### {info['date']} — {info['card']}", "",

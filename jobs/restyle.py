@@ -54,6 +54,7 @@ HELP = {
     "batch_invariant": "one UNet forward per clip: results independent of batching (default: on for CPU)",
     "compile": "torch.compile the UNet (persistent cache; pays off on long GPU runs)",
     "channels_last": "channels-last memory format for the UNet and VAE",
+    "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",

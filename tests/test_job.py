@@ -76,6 +76,9 @@ def test_end_to_end_over_every_manifest_format(baseline):
         assert frames.shape == (r.num_frames, 64, 64, 3)
         assert r.seed == 100 * int(r.tag[1]) + r.clip_index  # row seed + clip index
         assert r.decode_s >= 0 and r.restyle_s > 0 and r.encode_s > 0 and len(r.output_sha256) == 64
+        # per-actor timing: the clip's batch was inside the model for at least its share of the batch's time
+        assert r.restyle_finished_at - r.restyle_started_at >= r.restyle_s > 0
+        assert r.restyle_started_at < r.finished_at and r.worker.split("/")[1].isdigit()
     meta = json.loads((out / "job.json").read_text())
     assert meta["versions"]["ray"] and meta["model"]["sha256"] and meta["summary"]["ok"] == 8
     assert not (out / "_progress").exists()

@@ -90,3 +90,30 @@ def matmul_tflops(n: int = 8192, dtype=None, repeat: int = 10) -> float:
     end.record()
     torch.cuda.synchronize()
     return 2 * n**3 * repeat / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def actor_rates(rows: list[dict]) -> dict:
+    """Steady clips per hour of a Ray job, from its index rows ('ok' ones with worker and restyle times).
+
+    Per actor: the clips of its batches after the first, over the time from its first batch's end to its last
+    batch's end, so start-up and compile stay out while any wait for input between batches counts. Summed
+    over actors. `busy` is the fraction of that span the actor spent inside the model.
+    """
+    batches: dict[str, dict[float, list]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("worker"):
+            b = batches.setdefault(r["worker"], {}).setdefault(r["restyle_started_at"], [r["restyle_finished_at"], 0])
+            b[1] += 1
+    per_actor = {}
+    for worker, by_start in batches.items():
+        order = sorted(by_start.items())  # [(start, [end, clips])]
+        if len(order) < 2:
+            continue
+        first_end = order[0][1][0]
+        clips = sum(n for _, (_, n) in order[1:])
+        span = max(end for _, (end, _) in order) - first_end
+        inside = sum(end - start for start, (end, _) in order[1:])
+        if span > 0:
+            per_actor[worker] = {"clips_per_hour": 3600 * clips / span, "busy": inside / span, "batches": len(order)}
+    return {"clips_per_hour": sum(v["clips_per_hour"] for v in per_actor.values()) if per_actor else float("nan"),
+            "actors": per_actor}

@@ -60,6 +60,7 @@ class JobConfig:
     batch_invariant: bool | None = None
     compile: bool = False  # torch.compile the UNet (GPU); pays off on long runs
     channels_last: bool = False
+    fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1

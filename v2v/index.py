@@ -48,6 +48,9 @@ INDEX_SCHEMA = pa.schema([
     ("decode_s", pa.float64()),
     ("restyle_s", pa.float64()),
     ("encode_s", pa.float64()),
+    ("restyle_started_at", pa.float64()),  # unix times the clip's batch entered and left the model
+    ("restyle_finished_at", pa.float64()),
+    ("worker", pa.string()),  # the actor that restyled it: host/pid[/gpuN]
     ("run_id", pa.string()),
     ("finished_at", pa.float64()),  # unix time the row was written
 ])

@@ -1,6 +1,7 @@
 """Performance switches, applied in this one place after the model loads (gpt-fast style).
 
-Each is a JobConfig setting; none changes what is computed beyond floating-point rounding.
+Each is a JobConfig setting; none changes what is computed beyond floating-point rounding. Their measured
+gains are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -8,7 +9,12 @@ from __future__ import annotations
 import os
 
 
-def apply_perf_settings(components, cfg) -> None:
+def apply_perf_settings(components, cfg, unet_batch: int | None = None) -> None:
+    """cfg: anything with `channels_last`, `fuse_qkv` and `compile` booleans (a JobConfig).
+
+    unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
+    smaller calls are padded up to it so a short last batch does not trigger a second compile.
+    """
     import torch
 
     unet = components.unet
@@ -23,10 +29,69 @@ def apply_perf_settings(components, cfg) -> None:
             for m in model.modules():
                 if isinstance(m, torch.nn.Conv2d):
                     m.to(memory_format=torch.channels_last)
+    if getattr(cfg, "fuse_qkv", False):
+        # One (D, 3D) projection instead of three (D, D) in self-attention, one (D', 2D) for cross-attention's
+        # key and value: fewer, larger matrix products over the same weights.
+        unet.fuse_qkv_projections()
     if cfg.compile:
-        # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling.
-        cache = os.environ.get("V2V_COMPILE_CACHE", os.path.expanduser("~/.cache/v2v/inductor"))
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+        # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
+        # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
+        cache = os.environ.get("V2V_COMPILE_CACHE") or os.path.expanduser("~/.cache/v2v/inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-        unet.forward = torch.compile(unet.forward, fullgraph=False, dynamic=False)
+        unet.forward = FixedBatch(torch.compile(unet.forward, fullgraph=False, dynamic=False), unet_batch)
+
+
+class FixedBatch:
+    """Calls a shape-specialized (compiled) UNet forward at one batch size.
+
+    A call with fewer than `size` latents is padded by repeating its last latent (and text embedding) and the
+    result is cut back, so every call reuses the one compiled graph; padded rows cost compute, not a compile.
+    Larger calls, or `size=None`, pass through unchanged (and compile for their own shape).
+    """
+
+    def __init__(self, forward, size: int | None):
+        self.forward = forward
+        self.size = size
+
+    def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        import torch
+
+        n = sample.shape[0]
+        pad = (self.size or n) - n
+        if pad <= 0:
+            return self.forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+        def grow(x):  # (n, ...) -> (size, ...)
+            return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and timestep.shape[0] == n:
+            timestep = grow(timestep)
+        out = self.forward(grow(sample), timestep, encoder_hidden_states=grow(encoder_hidden_states), **kwargs)
+        if isinstance(out, tuple):  # return_dict=False
+            return (out[0][:n],) + tuple(out[1:])
+        out.sample = out.sample[:n]
+        return out
+
+
+def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -> None:
+    """One UNet forward at the working shape, so compilation and autotuning happen at actor start-up rather
+    than inside the first batch (the actor is 'ready' once this returns)."""
+    import torch
+
+    from v2v.sampler import schedule
+
+    unet = components.unet
+    h8, w8 = height // components.vae_scale_factor, width // components.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(0)
+    x = torch.randn(unet_batch, unet.config.in_channels, frames, h8, w8, generator=g).to(unet.device, unet.dtype)
+    dim = components.text_encoder.config.hidden_size
+    e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
+    # A timestep exactly as the sampler passes it (a 0-d CPU tensor of the scheduler's dtype): another device or
+    # dtype would be another compiled graph.
+    t = schedule(components.scheduler, 10, 1.0)[1][0]
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=e, return_dict=False)
+    if unet.device.type == "cuda":
+        torch.cuda.synchronize()

@@ -8,6 +8,8 @@ later stages pass it through untouched. Bad inputs become errors on rows; progra
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 
 import numpy as np
@@ -105,8 +107,8 @@ class Restyle:
                  batch_invariant: bool = False):
         import torch
 
-        from v2v.models import load_components, model_fingerprint
-        from v2v.perf import apply_perf_settings
+        from v2v.models import load_components, model_fingerprint, model_geometry
+        from v2v.perf import apply_perf_settings, warm_up
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -114,9 +116,18 @@ class Restyle:
         self.batch_invariant = batch_invariant
         self.components = load_components(cfg.model, device=device, dtype=dtype, scheduler=cfg.scheduler,
                                           allow_pickle=cfg.allow_pickle)
-        apply_perf_settings(self.components, cfg)
+        # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
+        unet_batch = 2 * (1 if batch_invariant else cfg.batch_size)
+        apply_perf_settings(self.components, cfg, unet_batch)
+        if cfg.compile:  # compile (or load the cached kernels) now, not inside the first batch
+            width, height, frames = model_geometry(str(self.components.folder))
+            warm_up(self.components, unet_batch, cfg.clip_frames or frames, cfg.height or height,
+                    cfg.width or width)
         self.model_sha256 = model_fingerprint(self.components.folder)
         self.scheduler_name = type(self.components.scheduler).__name__
+        # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else None
+        self.worker = f"{socket.gethostname()}/{os.getpid()}" + (f"/gpu{gpu}" if gpu else "")
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -128,6 +139,7 @@ class Restyle:
         frames_in = list(batch["frames"])
         frames_out: list[np.ndarray] = list(frames_in)
         secs = np.zeros(n)
+        started, ended = np.full(n, np.nan), np.full(n, np.nan)  # unix times of the clip's batch
         todo = [i for i in range(n) if errors[i] is None]
         by_shape: dict[tuple, list[int]] = {}
         for i in todo:
@@ -143,7 +155,7 @@ class Restyle:
                                       guidance_scale=float(batch["guidance_scale"][i]), eta=self.cfg.eta,
                                       name=f"{batch['id'][i]}/{int(batch['clip_index'][i]):05d}") for i in g]
                 video = torch.from_numpy(np.stack([frames_in[i] for i in g]))
-                t0 = time.perf_counter()
+                t0, wall0 = time.perf_counter(), time.time()
                 try:
                     out = to_uint8(restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
                                            vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant))
@@ -157,7 +169,10 @@ class Restyle:
                 for j, i in enumerate(g):
                     frames_out[i] = out[j]
                     secs[i] = dt
-        return {**batch, "frames": _column(frames_out), "restyle_s": secs, "error": np.array(errors, object),
+                    started[i], ended[i] = wall0, wall0 + dt * len(g)
+        return {**batch, "frames": _column(frames_out), "restyle_s": secs, "restyle_started_at": started,
+                "restyle_finished_at": ended, "worker": np.array([self.worker] * n, object),
+                "error": np.array(errors, object),
                 "scheduler": np.array([self.scheduler_name] * n, object),
                 "model_sha256": np.array([self.model_sha256] * n, object)}
 

@@ -1,0 +1,144 @@
+"""The speed switches on CPU: each computes what the plain path computes, to float rounding.
+
+The compiled path is exercised for real (torch.compile with inductor, on the tiny model): a restyle actor
+compiles once, serves a short last batch without a second compile, and a second actor start loads the
+kernels from the persistent cache. GPU figures for the same switches are in benchmarks/RESULTS.md.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from v2v.bench import actor_rates
+from v2v.models import load_components
+from v2v.perf import FixedBatch, apply_perf_settings
+from v2v.sampler import ClipSettings, restyle
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _video(b, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, 8, 64, 64, 3), dtype=np.uint8))
+
+
+CLIPS = [ClipSettings("a red fox", seed=1, num_inference_steps=4), ClipSettings("ink", seed=2, num_inference_steps=4)]
+
+
+def test_fixed_batch_pads_short_calls_and_cuts_the_result(tiny):
+    unet = tiny.unet
+    seen = []
+
+    def forward(sample, timestep, **kw):  # the real forward, recording the batch it was given
+        seen.append(sample.shape[0])
+        return unet.forward(sample, timestep, **kw)
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 8, 8, 8, generator=g)
+    e = torch.randn(3, 77, tiny.text_encoder.config.hidden_size, generator=g)
+    t = torch.tensor(500)
+    fixed = FixedBatch(forward, 8)
+    with torch.no_grad():
+        want = unet(x, t, encoder_hidden_states=e).sample
+        got = fixed(x, t, encoder_hidden_states=e, return_dict=False)[0]
+        got_dict = fixed(x, t, encoder_hidden_states=e).sample
+        per_row_t = fixed(x, t.repeat(3), encoder_hidden_states=e, return_dict=False)[0]
+    assert seen == [8, 8, 8]
+    assert got.shape == want.shape == got_dict.shape == per_row_t.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_dict, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(per_row_t, want, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        FixedBatch(forward, 2)(x, t, encoder_hidden_states=e)  # larger than its size: passed through whole
+    assert seen[-1] == 3
+
+
+def test_fused_projections_compute_the_same_latents(cache_dir):
+    c = load_components("tiny", cache_dir=cache_dir)
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    apply_perf_settings(c, SimpleNamespace(channels_last=False, fuse_qkv=True, compile=False))
+    assert any(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in c.unet.modules())  # really fused
+    got = restyle(c, _video(2), CLIPS, output="latents")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_channels_last_computes_the_same_latents(cache_dir):
+    c = load_components("tiny", cache_dir=cache_dir)
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    apply_perf_settings(c, SimpleNamespace(channels_last=True, fuse_qkv=False, compile=False))
+    conv = next(m for m in c.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    got = restyle(c, _video(2), CLIPS, output="latents")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other convolution algorithms, other rounding
+
+
+# The child builds the job's restyle actor with --compile (which compiles and warms up in its constructor),
+# restyles a full batch of 2 clips and a short batch of 1, and reports outputs and torch's compile counters.
+_ACTOR = """
+import json, sys, time
+import numpy as np, torch
+from torch._dynamo.utils import counters
+from v2v.config import JobConfig
+from v2v.sampler import ClipSettings, restyle
+from v2v.stages import Restyle
+
+t0 = time.perf_counter()
+actor = Restyle(JobConfig(manifest="-", output="-", batch_size=2, compile=True), "cpu", "float32")
+ready_s = time.perf_counter() - t0
+graphs_after_start = counters["stats"]["unique_graphs"]
+video = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 8, 64, 64, 3), dtype=np.uint8))
+clips = [ClipSettings("a red fox", seed=1, num_inference_steps=4), ClipSettings("ink", seed=2, num_inference_steps=4)]
+two = restyle(actor.components, video, clips, output="latents")
+one = restyle(actor.components, video[1:], clips[1:], output="latents")
+np.save(sys.argv[1], torch.cat([two, one]).numpy())
+print("RESULT " + json.dumps({"ready_s": ready_s, "graphs_after_start": graphs_after_start,
+                              "graphs_at_end": counters["stats"]["unique_graphs"],
+                              "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
+                              "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}))
+"""
+
+
+def _start_actor(tmp_path, name, cache):
+    out = tmp_path / f"{name}.npy"
+    env = {**os.environ, "V2V_COMPILE_CACHE": str(cache), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", _ACTOR, str(out)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[7:]), torch.from_numpy(np.load(out))
+
+
+def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(tiny, tmp_path):
+    cache = tmp_path / "inductor"
+    first, got = _start_actor(tmp_path, "first", cache)
+    # one graph, compiled in the constructor; the 1-clip batch was padded onto it, not recompiled
+    assert first["graphs_after_start"] == 1 and first["graphs_at_end"] == 1, first
+    assert first["cache_misses"] >= 1 and any(cache.iterdir())
+    video = _video(2)
+    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
+                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # inductor's fused kernels round differently
+
+    second, again = _start_actor(tmp_path, "second", cache)
+    assert second["cache_hits"] >= 1 and second["cache_misses"] == 0, second  # no kernel compiled again
+    assert second["ready_s"] < first["ready_s"], (first, second)
+    torch.testing.assert_close(again, got, rtol=0, atol=1e-6)
+
+
+def test_actor_rates_count_batches_after_each_actors_first():
+    rows = []
+    # actor A: batches of 2 clips every 10 s, the first after a long start-up; actor B: one batch only
+    for k, start in enumerate([100.0, 110.0, 120.0]):
+        rows += [{"status": "ok", "worker": "h/1/gpu0", "restyle_started_at": start,
+                  "restyle_finished_at": start + 8.0}] * 2
+    rows.append({"status": "ok", "worker": "h/2/gpu1", "restyle_started_at": 105.0, "restyle_finished_at": 113.0})
+    rows.append({"status": "failed", "worker": None, "restyle_started_at": None, "restyle_finished_at": None})
+    r = actor_rates(rows)
+    a = r["actors"]["h/1/gpu0"]
+    # 4 clips after the first batch, from its end (108) to the last end (128): 20 s; inside the model 16 s
+    assert a["clips_per_hour"] == 3600 * 4 / 20 and a["busy"] == 16 / 20 and a["batches"] == 3
+    assert "h/2/gpu1" not in r["actors"] and r["clips_per_hour"] == a["clips_per_hour"]
