@@ -46,6 +46,8 @@ def _args(argv=None):
     p.add_argument("--work-dir", default=None)
     p.add_argument("--results", default=None, help="markdown file to append the table to")
     p.add_argument("--json", default=None)
+    p.add_argument("--profile", default=None,
+                   help="write a kernel-time table of one guided UNet step per variant and batch to this file")
     return p.parse_args(argv)
 
 
@@ -225,6 +227,14 @@ def main(argv=None) -> int:
                                                                                   **clip)], output="latents")
                 r["rel_err_vs_fp32"] = float((lat.float().cpu() - ref_latents).norm() / ref_latents.norm())
             record(**r)
+            if a.profile:  # where a step's time goes, kernel by kernel: the guide for the next speed-up
+                with torch.no_grad(), torch.profiler.profile() as prof:
+                    c.unet(x, t500, encoder_hidden_states=e, return_dict=False)
+                    if cuda:
+                        torch.cuda.synchronize()
+                by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+                with open(a.profile, "a") as f:
+                    f.write(f"## {variant} batch {b}\n{prof.key_averages().table(sort_by=by, row_limit=40)}\n\n")
             if best is None or r["s_per_clip"] < best["s_per_clip"]:
                 best = r
         c = None

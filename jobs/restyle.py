@@ -52,7 +52,7 @@ HELP = {
     "vae_chunk": "frames per VAE call (bounds memory)",
     "allow_pickle": "load pickled .bin weights (only checkpoints you trust)",
     "batch_invariant": "one UNet forward per clip: results independent of batching (default: on for CPU)",
-    "compile": "torch.compile the UNet (persistent cache; pays off on long GPU runs)",
+    "compile": "torch.compile the UNet, kernels cached on disk (default: on for GPU actors, off on CPU)",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",

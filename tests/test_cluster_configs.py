@@ -27,6 +27,12 @@ def test_rayjob_manifest():
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert workers["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # the cache the image's V2V_CACHE names (models, compiled kernels) is on the node's disk
+    with open(os.path.join(CLUSTER, "Dockerfile")) as f:
+        cache = re.search(r"V2V_CACHE=(\S+)", f.read()).group(1)
+    pod = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    mount = next(m for m in workers["volumeMounts"] if m["mountPath"] == cache)
+    assert next(v for v in pod["volumes"] if v["name"] == mount["name"])["hostPath"]["path"]
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", "jobs.restyle"]
     cfg, _ = config_from_args(argv[3:])  # the real parser and validation

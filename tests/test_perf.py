@@ -142,3 +142,14 @@ def test_actor_rates_count_batches_after_each_actors_first():
     # 4 clips after the first batch, from its end (108) to the last end (128): 20 s; inside the model 16 s
     assert a["clips_per_hour"] == 3600 * 4 / 20 and a["busy"] == 16 / 20 and a["batches"] == 3
     assert "h/2/gpu1" not in r["actors"] and r["clips_per_hour"] == a["clips_per_hour"]
+
+
+def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
+    from v2v.config import JobConfig, resources
+
+    gpu = resources(JobConfig(manifest="m", output="o"), {"CPU": 16, "GPU": 2})
+    cpu = resources(JobConfig(manifest="m", output="o"), {"CPU": 16})
+    assert (gpu.device, gpu.compile, gpu.batch_invariant, gpu.num_actors) == ("cuda", True, False, 2)
+    assert (cpu.device, cpu.compile, cpu.batch_invariant) == ("cpu", False, True)
+    forced = resources(JobConfig(manifest="m", output="o", compile=False, batch_invariant=True), {"GPU": 1})
+    assert (forced.compile, forced.batch_invariant) == (False, True)

@@ -36,7 +36,9 @@ def apply_perf_settings(components, cfg, unet_batch: int | None = None) -> None:
     if cfg.compile:
         # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
         # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
-        cache = os.environ.get("V2V_COMPILE_CACHE") or os.path.expanduser("~/.cache/v2v/inductor")
+        from v2v.models import default_cache_dir
+
+        cache = os.environ.get("V2V_COMPILE_CACHE") or str(default_cache_dir() / "inductor")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")

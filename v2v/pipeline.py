@@ -5,6 +5,8 @@ This module is the only library code that touches Ray; `ray.init` itself happens
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import platform
@@ -214,7 +216,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
             warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
             ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
                                 ray_remote_args_fn=lambda: cpu_task)
-        ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res.device, res.dtype, res.torch_threads,
+        actor_cfg = dataclasses.replace(cfg, compile=res.compile)  # settings left to the cluster, decided
+        ds = ds.map_batches(Restyle, fn_constructor_args=(actor_cfg, res.device, res.dtype, res.torch_threads,
                                                           res.batch_invariant),
                             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
                             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor)
