@@ -2,6 +2,7 @@
 
     python -m jobs.benchmark --model random-576w --reference --e2e-clips 32 --results benchmarks/RESULTS.md
     python -m jobs.benchmark --model tiny --device cpu --steps 4 --e2e-clips 4   # a smoke run anywhere
+    ray job submit --working-dir . -- python -m jobs.benchmark --e2e-clips 64 --e2e-gpus 1,2,4,8   # on a GPU node
 
 `random-576w` builds the zeroscope_v2_576w architecture with random weights (no download). Appends a
 markdown table (card, versions, command) to --results and writes every number to --json.
@@ -43,7 +44,11 @@ def _args(argv=None):
                    help="time a restyle actor's first and second start in fresh processes (compile cache)")
     p.add_argument("--startup-variant", default=None, help="variant for --startup (default: fastest measured)")
     p.add_argument("--startup-batch", type=int, default=None, help="batch size for --startup (default: fastest)")
-    p.add_argument("--work-dir", default=None)
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster for the job (default: RAY_ADDRESS, as `ray job submit` sets it, else a local one "
+                        "per GPU count); the sampler figures are measured in this process, on this node")
+    p.add_argument("--work-dir", default=None,
+                   help="model, videos and outputs; on a cluster of several nodes, a folder all of them see")
     p.add_argument("--results", default=None, help="markdown file to append the table to")
     p.add_argument("--json", default=None)
     p.add_argument("--profile", default=None,
@@ -281,9 +286,18 @@ def main(argv=None) -> int:
         bare = next((r["clips_per_hour"] for r in rows if r.get("what") == "v2v sampler"
                      and r["variant"] == variant and r["batch"] == batch), None)
         base_rate = None
+        address = a.ray_address or os.environ.get("RAY_ADDRESS")
         for gpus in [int(g) for g in a.e2e_gpus.split(",")]:
-            ray.init(num_gpus=gpus if cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
-                     runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
+            if address:  # `ray job submit` or --ray-address: the cluster has what it has; ask for `gpus` actors
+                ray.init(address=address)
+                have = int(ray.cluster_resources().get("GPU", 0))
+                if cuda and have < gpus:
+                    record(what="ray job end to end", gpus=gpus, note=f"skipped: the cluster has {have} GPU(s)")
+                    ray.shutdown()
+                    continue
+            else:  # a local cluster of exactly `gpus` GPUs
+                ray.init(num_gpus=gpus if cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
+                         runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
             cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
                             model=folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
                             batch_size=batch, dtype=dtype, channels_last=switches.channels_last,

@@ -252,3 +252,22 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "9 clips planned: 9 ok, 0 failed, 0 skipped" in r.stdout
     assert len(list((tmp_path / "demo" / "videos").iterdir())) == 3
     assert len(pd.read_parquet(tmp_path / "demo" / "index")) == 9
+
+
+def test_benchmark_runs_under_ray_job_submit(ray_cluster, tmp_path):
+    """The benchmark entry joins the cluster `ray job submit` names instead of starting its own."""
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", ray_cluster["dashboard"],
+           "--working-dir", REPO, "--", sys.executable, "-m", "jobs.benchmark", "--model", "tiny", "--device", "cpu",
+           "--steps", "2", "--variants", "float32", "--batch-sizes", "1", "--e2e-clips", "4",
+           "--work-dir", str(tmp_path / "work"), "--results", str(results)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = results.read_text()
+    e2e = next(line for line in table.splitlines() if line.startswith("| ray job end to end"))
+    assert "| float32 | 1 | 1 |" in e2e  # variant, batch, one actor
+    out = tmp_path / "work" / "e2e-1"
+    df = pd.read_parquet(out / "index")
+    assert len(df) == 4 and (df.status == "ok").all()
+    # it ran on the test cluster (whose temp dir holds this job's logs), not on a cluster of its own
+    assert "Started a local Ray instance" not in r.stdout + r.stderr
