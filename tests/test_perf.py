@@ -94,7 +94,9 @@ video = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 8, 64, 64
 clips = [ClipSettings("a red fox", seed=1, num_inference_steps=4), ClipSettings("ink", seed=2, num_inference_steps=4)]
 two = restyle(actor.components, video, clips, output="latents")
 one = restyle(actor.components, video[1:], clips[1:], output="latents")
+short = restyle(actor.components, video[1:, :5], clips[1:], output="latents")  # a shorter last clip: eager
 np.save(sys.argv[1], torch.cat([two, one]).numpy())
+np.save(sys.argv[1] + ".short.npy", short.numpy())
 print("RESULT " + json.dumps({"ready_s": ready_s, "graphs_after_start": graphs_after_start,
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
@@ -109,21 +111,23 @@ def _start_actor(tmp_path, name, cache):
                        text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[7:]), torch.from_numpy(np.load(out))
+    return json.loads(line[7:]), torch.from_numpy(np.load(out)), torch.from_numpy(np.load(f"{out}.short.npy"))
 
 
 def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(tiny, tmp_path):
     cache = tmp_path / "inductor"
-    first, got = _start_actor(tmp_path, "first", cache)
-    # one graph, compiled in the constructor; the 1-clip batch was padded onto it, not recompiled
+    first, got, short = _start_actor(tmp_path, "first", cache)
+    # one graph, compiled in the constructor; the 1-clip batch was padded onto it, and the 5-frame clip ran
+    # eager: neither compiled again
     assert first["graphs_after_start"] == 1 and first["graphs_at_end"] == 1, first
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     video = _video(2)
     want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
                       restyle(tiny, video[1:], CLIPS[1:], output="latents")])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # inductor's fused kernels round differently
+    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-6)
 
-    second, again = _start_actor(tmp_path, "second", cache)
+    second, again, _ = _start_actor(tmp_path, "second", cache)
     assert second["cache_hits"] >= 1 and second["cache_misses"] == 0, second  # no kernel compiled again
     assert second["ready_s"] < first["ready_s"], (first, second)
     torch.testing.assert_close(again, got, rtol=0, atol=1e-6)

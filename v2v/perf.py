@@ -42,24 +42,33 @@ def apply_perf_settings(components, cfg, unet_batch: int | None = None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-        unet.forward = FixedBatch(torch.compile(unet.forward, fullgraph=False, dynamic=False), unet_batch)
+        eager = unet.forward
+        unet.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), unet_batch, eager)
 
 
 class FixedBatch:
-    """Calls a shape-specialized (compiled) UNet forward at one batch size.
+    """Calls a shape-specialized (compiled) UNet forward at one batch size and one clip shape.
 
     A call with fewer than `size` latents is padded by repeating its last latent (and text embedding) and the
     result is cut back, so every call reuses the one compiled graph; padded rows cost compute, not a compile.
     Larger calls, or `size=None`, pass through unchanged (and compile for their own shape).
+    The first call fixes the clip shape (C, F, h, w). Latents of another shape (a video's shorter last clip)
+    go to `eager` when given: each new frame count would otherwise cost a full compile.
     """
 
-    def __init__(self, forward, size: int | None):
+    def __init__(self, forward, size: int | None, eager=None):
         self.forward = forward
         self.size = size
+        self.eager = eager
+        self.shape = None
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
         import torch
 
+        if self.shape is None:
+            self.shape = tuple(sample.shape[1:])
+        elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
+            return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         n = sample.shape[0]
         pad = (self.size or n) - n
         if pad <= 0:
