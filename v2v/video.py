@@ -40,7 +40,11 @@ class Probe:
 
 @contextlib.contextmanager
 def open_video(uri: str):
-    """av.open for reading, with every failure turned into one VideoError naming `uri`."""
+    """av.open for reading, with every failure turned into one VideoError naming `uri`.
+
+    Metadata tags that are not UTF-8 (corrupt or legacy files) are read with replacement characters: PyAV's
+    strict default raises UnicodeDecodeError on them, which would fail a video whose frames are fine.
+    """
     lp = local_path(uri)
     try:
         if lp is not None:
@@ -48,7 +52,7 @@ def open_video(uri: str):
                 raise VideoError(f"{uri}: file not found")
             if os.path.getsize(lp) == 0:
                 raise VideoError(f"{uri}: empty file (0 bytes)")
-            container = av.open(lp, "r")
+            container = av.open(lp, "r", metadata_errors="replace")
             f = None
         else:
             fs, path = url_to_fs(uri)
@@ -57,7 +61,7 @@ def open_video(uri: str):
             if fs.size(path) == 0:
                 raise VideoError(f"{uri}: empty file (0 bytes)")
             f = fs.open(path, "rb")
-            container = av.open(f, "r")
+            container = av.open(f, "r", metadata_errors="replace")
     except VideoError:
         raise
     except (av.error.FFmpegError, OSError, EOFError) as e:
