@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -62,10 +61,10 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-def _variant_cfg(variant: str):
+def _variant_cfg(variant: str) -> tuple[str, dict]:
+    """'bfloat16+compile' -> ('bfloat16', the perf switches as JobConfig names them)."""
     parts = variant.split("+")
-    return parts[0], SimpleNamespace(channels_last="channels_last" in parts, compile="compile" in parts,
-                                     fuse_qkv="fuse_qkv" in parts)
+    return parts[0], {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
 
 
 def _load(folder: str, device: str, variant: str):
@@ -74,7 +73,7 @@ def _load(folder: str, device: str, variant: str):
 
     dtype, switches = _variant_cfg(variant)
     c = load_components(folder, device=device, dtype=dtype)
-    apply_perf_settings(c, switches)
+    apply_perf_settings(c, **switches)
     return c
 
 
@@ -87,14 +86,13 @@ def _video(b, f, h, w, seed=0):
 def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took."""
     t0 = time.perf_counter()
-    from v2v.config import JobConfig
+    from v2v.config import JobConfig, resources
     from v2v.stages import Restyle
 
     dtype, switches = _variant_cfg(variant)
-    cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype,
-                    compile=switches.compile, channels_last=switches.channels_last, fuse_qkv=switches.fuse_qkv)
+    cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype, **switches)
     t1 = time.perf_counter()
-    Restyle(cfg, device, dtype)
+    Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
     print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s", flush=True)
     return 0
 
@@ -181,7 +179,6 @@ def main(argv=None) -> int:
     # 3. v2v's sampler: each variant at each batch size.
     best = None
     batch_sizes = [int(b) for b in a.batch_sizes.split(",") if b]
-    step_flops: dict[int, float] = {}  # batch -> FLOPs of one guided UNet step (the same for every variant)
     for variant in [v for v in a.variants.split(",") if v]:
         t_load = time.perf_counter()
         c = _load(folder, a.device, variant)
@@ -215,11 +212,9 @@ def main(argv=None) -> int:
                     want = ref_unet(x.float(), t500, encoder_hidden_states=e.float()).sample
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cuda
                 step_err = float((out - want).norm() / want.norm())
-            if b not in step_flops:  # counted on an eager model (the counter cannot see inside compiled code)
-                unet = c.unet if "compile" not in variant else _load(folder, a.device, variant.split("+")[0]).unet
-                step_flops[b] = unet_step_flops(unet, 2 * b, frames, h8, w8, text_dim)
-                unet = None
-            flops = step_flops[b]
+            # counted through the eager forward: the counter cannot see inside compiled code
+            flops = unet_step_flops(c.unet, 2 * b, frames, h8, w8, text_dim,
+                                    forward=getattr(c.unet.forward, "eager", None))
             r = dict(what="v2v sampler", variant=variant, batch=b, s_per_clip=s / b, clips_per_hour=3600 * b / s,
                      step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12, peak_gib=peak,
                      peak_gib_per_clip=peak / b, load_s=load_s)
@@ -300,9 +295,8 @@ def main(argv=None) -> int:
                          runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
             cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
                             model=folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
-                            batch_size=batch, dtype=dtype, channels_last=switches.channels_last,
-                            compile=switches.compile, num_actors=gpus if cuda else 1, codec="h264",
-                            max_clips=per_video)
+                            batch_size=batch, dtype=dtype, num_actors=gpus if cuda else 1, codec="h264",
+                            max_clips=per_video, **switches)
             t0 = time.perf_counter()
             s = run_job(cfg, log=lambda m: print(m, flush=True))
             wall = time.perf_counter() - t0

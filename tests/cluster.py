@@ -37,10 +37,10 @@ def start_head(temp_dir: str, num_cpus: int = 4) -> dict:
             break
         except OSError:
             time.sleep(0.5)
-    return {"address": f"127.0.0.1:{gcs}", "dashboard": dashboard, "temp_dir": temp_dir}
+    return {"address": f"127.0.0.1:{gcs}", "dashboard": dashboard}
 
 
-def stop(temp_dir: str) -> None:
+def stop() -> None:
     """Stop the cluster. `ray stop` stops every Ray on the machine (its dashboard and agent processes do not
     all name the temp dir, so nothing narrower catches them): run one test session per machine at a time."""
     subprocess.run(ray_cli() + ["stop", "--force"], capture_output=True, timeout=120)

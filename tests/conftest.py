@@ -69,4 +69,4 @@ def ray_cluster(cache_dir, s3_endpoint, tmp_path_factory):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield head
     ray.shutdown()
-    stop(head["temp_dir"])
+    stop()

@@ -15,6 +15,7 @@ import pytest
 from v2v.config import JobConfig
 from v2v.pipeline import run_job
 from v2v.samples import make_video
+from v2v.storage import sha256_file
 from v2v.video import read_frames
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,13 +118,19 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
     assert s.rendered_now == 8  # changed settings are not "done": every clip is rendered again
 
 
-def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inputs, tmp_path):
-    out = tmp_path / "out"
+def _start_driver(inputs, out, ray_cluster) -> subprocess.Popen:
+    """The CLI as a separate driver process (its own process group, so it can be killed with all it started),
+    with the baseline's settings and a 2-second lease so a rerun can take over soon after a kill."""
     cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "mixed"), "--output", str(out),
            "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
            "--ray-address", ray_cluster["address"], "--lease-ttl-s", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inputs, tmp_path):
+    out = tmp_path / "out"
+    proc = _start_driver(inputs, out, ray_cluster)
     deadline = time.time() + 180
     # the first part holds the bad video's row (written before rendering); the second, rendered clips
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("_progress/*/part-*"))) < 2:
@@ -162,12 +169,8 @@ def test_ray_job_submit(ray_cluster, inputs, tmp_path):
 def test_driver_killed_at_five_moments_then_finished(baseline, ray_cluster, inputs, tmp_path):
     """Kill the driver (and everything it started) at five different moments, rerunning each time."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "mixed"), "--output", str(out),
-           "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
-           "--ray-address", ray_cluster["address"], "--lease-ttl-s", "2"]
     for delay in (0.5, 4.0, 7.0, 9.0, 11.0):  # before Ray connects, while planning, mid-render, ...
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = _start_driver(inputs, out, ray_cluster)
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -178,8 +181,6 @@ def test_driver_killed_at_five_moments_then_finished(baseline, ray_cluster, inpu
     assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
     assert not list(out.rglob(".tmp-*"))  # killed writers' partial files were cleaned up
     for r in df[df.status == "ok"].itertuples():
-        from v2v.storage import sha256_file
-
         assert sha256_file(str(out / r.output)) == r.output_sha256
 
 
@@ -269,5 +270,5 @@ def test_benchmark_runs_under_ray_job_submit(ray_cluster, tmp_path):
     out = tmp_path / "work" / "e2e-1"
     df = pd.read_parquet(out / "index")
     assert len(df) == 4 and (df.status == "ok").all()
-    # it ran on the test cluster (whose temp dir holds this job's logs), not on a cluster of its own
+    # it joined the test cluster instead of starting a local Ray of its own
     assert "Started a local Ray instance" not in r.stdout + r.stderr

@@ -31,10 +31,10 @@ def test_whole_job_on_s3(ray_cluster, bucket, tmp_path):
     cfg = JobConfig(manifest="s3://v2v-test/in/m.parquet", output="s3://v2v-test/out",
                     model="s3://v2v-test/models/tiny", steps=2, codec="ffv1", max_failures=1, stitch=True)
     s = run_job(cfg, log=logs.append)
-    df0 = pd.read_parquet(bucket.open("v2v-test/out/index/index.parquet", "rb"))
-    assert (s.ok, s.failed) == (4, 1), df0[["id", "clip_index", "status", "num_frames", "error"]].to_string()  # 12 frames -> 8 + 4 per video; the broken file is one failed row
     with bucket.open("v2v-test/out/index/index.parquet", "rb") as f:
         df = pd.read_parquet(f)
+    # 12 frames -> clips of 8 + 4 per video; the broken file is one failed row
+    assert (s.ok, s.failed) == (4, 1), df[["id", "clip_index", "status", "num_frames", "error"]].to_string()
     assert len(df) == 5 and set(df.status) == {"ok", "failed"}
     for r in df[df.status == "ok"].itertuples():
         assert bucket.info(f"v2v-test/out/{r.output}")["size"] == r.output_bytes

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -60,7 +59,7 @@ def test_fixed_batch_pads_short_calls_and_cuts_the_result(tiny):
 def test_fused_projections_compute_the_same_latents(cache_dir):
     c = load_components("tiny", cache_dir=cache_dir)
     want = restyle(c, _video(2), CLIPS, output="latents")
-    apply_perf_settings(c, SimpleNamespace(channels_last=False, fuse_qkv=True, compile=False))
+    apply_perf_settings(c, fuse_qkv=True)
     assert any(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in c.unet.modules())  # really fused
     got = restyle(c, _video(2), CLIPS, output="latents")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
@@ -69,7 +68,7 @@ def test_fused_projections_compute_the_same_latents(cache_dir):
 def test_channels_last_computes_the_same_latents(cache_dir):
     c = load_components("tiny", cache_dir=cache_dir)
     want = restyle(c, _video(2), CLIPS, output="latents")
-    apply_perf_settings(c, SimpleNamespace(channels_last=True, fuse_qkv=False, compile=False))
+    apply_perf_settings(c, channels_last=True)
     conv = next(m for m in c.unet.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     got = restyle(c, _video(2), CLIPS, output="latents")
@@ -82,12 +81,13 @@ _ACTOR = """
 import json, sys, time
 import numpy as np, torch
 from torch._dynamo.utils import counters
-from v2v.config import JobConfig
+from v2v.config import JobConfig, resources
 from v2v.sampler import ClipSettings, restyle
 from v2v.stages import Restyle
 
 t0 = time.perf_counter()
-actor = Restyle(JobConfig(manifest="-", output="-", batch_size=2, compile=True), "cpu", "float32")
+cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False)
+actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
 graphs_after_start = counters["stats"]["unique_graphs"]
 video = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 8, 64, 64, 3), dtype=np.uint8))

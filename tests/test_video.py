@@ -10,6 +10,8 @@ from fractions import Fraction
 import fsspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from v2v.plan import PlanError, PlanSettings, plan_clips
 from v2v.samples import frame_index, make_video, pattern_frame
@@ -254,25 +256,16 @@ def test_audio_only_and_truncated_files(tmp_path):
         decode_clip(str(cut), [k / 24 for k in range(40, 48)], 64, 64)
 
 
-_GOOD = {}
+@pytest.fixture(scope="module")
+def good_mp4(tmp_path_factory) -> bytes:
+    return open(make_video(str(tmp_path_factory.mktemp("fuzz") / "good.mp4"), 24, 64, 64, audio=True), "rb").read()
 
 
-def _good_bytes(tmp_path_factory) -> bytes:
-    if "mp4" not in _GOOD:
-        p = tmp_path_factory.mktemp("fuzz") / "good.mp4"
-        _GOOD["mp4"] = open(make_video(str(p), 24, 64, 64, audio=True), "rb").read()
-    return _GOOD["mp4"]
-
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None)
 @given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=20))
-def test_fuzzed_video_bytes_decode_or_raise_video_error(tmp_path_factory, cut, flips):
+def test_fuzzed_video_bytes_decode_or_raise_video_error(good_mp4, tmp_path_factory, cut, flips):
     """Truncated or corrupted mp4 bytes: probe and decode either work or raise VideoError; never anything else."""
-    data = bytearray(_good_bytes(tmp_path_factory))
+    data = bytearray(good_mp4)
     for pos, val in flips:
         data[int(pos * (len(data) - 1))] = val
     data = bytes(data[: max(1, int(len(data) * cut))]) if cut < 1 else bytes(data)

@@ -24,12 +24,10 @@ def random_zeroscope(folder: str, device: str = "cuda") -> None:
     from pathlib import Path
 
     import torch
-    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from v2v.tiny import _SCHEDULER_CONFIG, save_components, tiny_tokenizer
-
-    from diffusers import DDIMScheduler
 
     tok = tiny_tokenizer()  # ids < 514 fit the 49408-token embedding; the weights are random anyway
     torch.manual_seed(0)
@@ -43,15 +41,18 @@ def random_zeroscope(folder: str, device: str = "cuda") -> None:
     (Path(folder) / "v2v.json").write_text(json.dumps({"width": 576, "height": 320, "frames": 24}))
 
 
-def unet_step_flops(unet, batch: int, frames: int, h: int, w: int, text_dim: int) -> float:
-    """FLOPs of one UNet forward on `batch` latents (B, 4, F, h, w), counted by torch's FlopCounterMode."""
+def unet_step_flops(unet, batch: int, frames: int, h: int, w: int, text_dim: int, forward=None) -> float:
+    """FLOPs of one UNet forward on `batch` latents (B, 4, F, h, w), counted by torch's FlopCounterMode.
+
+    forward: the UNet's eager forward where `unet` is compiled (the counter cannot see inside compiled code).
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.randn(batch, 4, frames, h, w, device=unet.device, dtype=unet.dtype)
     e = torch.randn(batch, 77, text_dim, device=unet.device, dtype=unet.dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, torch.tensor(500, device=unet.device), encoder_hidden_states=e)
+        (forward or unet)(x, torch.tensor(500, device=unet.device), encoder_hidden_states=e)
     return float(counter.get_total_flops())
 
 

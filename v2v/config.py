@@ -101,6 +101,10 @@ class JobConfig:
             if not ok:
                 raise ConfigError(f"{name} must be {want}, got {getattr(self, name)!r}")
 
+    def clip_shape(self, native: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(width, height, frames) of every clip: these settings where given, else the model's native ones."""
+        return self.width or native[0], self.height or native[1], self.clip_frames or native[2]
+
     def allowed_failures(self, planned: int) -> int:
         return int(self.max_failures * planned) if self.max_failures < 1 else int(self.max_failures)
 

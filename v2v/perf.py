@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 
-def apply_perf_settings(components, cfg, unet_batch: int | None = None) -> None:
-    """cfg: anything with `channels_last`, `fuse_qkv` and `compile` booleans (a JobConfig).
+def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
+                        compile: bool = False, unet_batch: int | None = None) -> None:
+    """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
     smaller calls are padded up to it so a short last batch does not trigger a second compile.
@@ -22,18 +23,18 @@ def apply_perf_settings(components, cfg, unet_batch: int | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if cfg.channels_last:
+    if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
         # Only rank-4 (Conv2d) weights: the temporal Conv3d layers have no channels-last layout.
         for model in (unet, components.vae):
             for m in model.modules():
                 if isinstance(m, torch.nn.Conv2d):
                     m.to(memory_format=torch.channels_last)
-    if getattr(cfg, "fuse_qkv", False):
+    if fuse_qkv:
         # One (D, 3D) projection instead of three (D, D) in self-attention, one (D', 2D) for cross-attention's
         # key and value: fewer, larger matrix products over the same weights.
         unet.fuse_qkv_projections()
-    if cfg.compile:
+    if compile:
         # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
         # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
         from v2v.models import default_cache_dir

@@ -5,8 +5,6 @@ This module is the only library code that touches Ray; `ray.init` itself happens
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import logging
 import platform
@@ -216,9 +214,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
             warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
             ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
                                 ray_remote_args_fn=lambda: cpu_task)
-        actor_cfg = dataclasses.replace(cfg, compile=res.compile)  # settings left to the cluster, decided
-        ds = ds.map_batches(Restyle, fn_constructor_args=(actor_cfg, res.device, res.dtype, res.torch_threads,
-                                                          res.batch_invariant),
+        ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res),
                             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
                             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor)
         ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from v2v.config import JobConfig
+from v2v.config import JobConfig, Resources
 from v2v.index import clip_seed
 from v2v.plan import PlanSettings, plan_clips
 from v2v.storage import join, safe_name
@@ -40,7 +40,7 @@ def video_path(rid: str, codec: str) -> str:
 def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
     """One manifest row -> one row per planned clip (status 'planned'), plus 'skipped' rows for dropped
     remainders, or a single 'failed' row (clip_index -1) when the video cannot be read."""
-    width, height, frames = cfg.width or geometry[0], cfg.height or geometry[1], cfg.clip_frames or geometry[2]
+    width, height, frames = cfg.clip_shape(geometry)
     base = {k: row[k] for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
                                 "guidance_scale")}
     base.update(width=width, height=height, error=None)
@@ -101,32 +101,33 @@ def _column(arrays: list[np.ndarray]):
 
 
 class Restyle:
-    """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time."""
+    """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time.
 
-    def __init__(self, cfg: JobConfig, device: str, dtype: str, torch_threads: int | None = None,
-                 batch_invariant: bool = False):
+    res: what `config.resources` decided for this cluster (device, dtype, threads, batch invariance, compile).
+    """
+
+    def __init__(self, cfg: JobConfig, res: Resources):
         import torch
 
         from v2v.models import load_components, model_fingerprint, model_geometry
         from v2v.perf import apply_perf_settings, warm_up
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        torch.set_num_threads(res.torch_threads)
         self.cfg = cfg
-        self.batch_invariant = batch_invariant
-        self.components = load_components(cfg.model, device=device, dtype=dtype, scheduler=cfg.scheduler,
+        self.batch_invariant = res.batch_invariant
+        self.components = load_components(cfg.model, device=res.device, dtype=res.dtype, scheduler=cfg.scheduler,
                                           allow_pickle=cfg.allow_pickle)
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
-        unet_batch = 2 * (1 if batch_invariant else cfg.batch_size)
-        apply_perf_settings(self.components, cfg, unet_batch)
-        if cfg.compile:  # compile (or load the cached kernels) now, not inside the first batch
-            width, height, frames = model_geometry(str(self.components.folder))
-            warm_up(self.components, unet_batch, cfg.clip_frames or frames, cfg.height or height,
-                    cfg.width or width)
+        unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
+        apply_perf_settings(self.components, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
+                            compile=res.compile, unet_batch=unet_batch)
+        if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
+            width, height, frames = cfg.clip_shape(model_geometry(str(self.components.folder)))
+            warm_up(self.components, unet_batch, frames, height, width)
         self.model_sha256 = model_fingerprint(self.components.folder)
         self.scheduler_name = type(self.components.scheduler).__name__
         # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
-        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else None
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None
         self.worker = f"{socket.gethostname()}/{os.getpid()}" + (f"/gpu{gpu}" if gpu else "")
 
     def __call__(self, batch: dict) -> dict:
@@ -165,11 +166,11 @@ class Restyle:
                         continue
                     errors[g[0]] = f"restyle: {type(e).__name__}: {e}"
                     continue
-                dt = (time.perf_counter() - t0) / len(g)
+                elapsed = time.perf_counter() - t0
                 for j, i in enumerate(g):
                     frames_out[i] = out[j]
-                    secs[i] = dt
-                    started[i], ended[i] = wall0, wall0 + dt * len(g)
+                    secs[i] = elapsed / len(g)
+                    started[i], ended[i] = wall0, wall0 + elapsed
         return {**batch, "frames": _column(frames_out), "restyle_s": secs, "restyle_started_at": started,
                 "restyle_finished_at": ended, "worker": np.array([self.worker] * n, object),
                 "error": np.array(errors, object),
