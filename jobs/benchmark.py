@@ -32,7 +32,9 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+compile] ('' for none)")
+                   help="comma list of DTYPE[+PART...], PART one of channels_last, fuse_qkv, compile, and (each "
+                        "implying compile) cudagraphs, autotune, freeze, tuning, vae ('' for none)")
+    p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
     p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
@@ -61,10 +63,24 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
+# Variant parts after the dtype, as JobConfig settings. Any compile_* part implies compile.
+_PARTS = {"channels_last": {"channels_last": True}, "fuse_qkv": {"fuse_qkv": True}, "compile": {"compile": True},
+          "cudagraphs": {"compile_mode": "reduce-overhead"}, "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+          "freeze": {"compile_freeze": True}, "tuning": {"compile_tuning": True}, "vae": {"compile_vae": True}}
+
+
 def _variant_cfg(variant: str) -> tuple[str, dict]:
-    """'bfloat16+compile' -> ('bfloat16', the perf switches as JobConfig names them)."""
-    parts = variant.split("+")
-    return parts[0], {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
+    """'bfloat16+compile+freeze' -> ('bfloat16', the perf switches as JobConfig names them)."""
+    dtype, *parts = variant.split("+")
+    unknown = [p for p in parts if p not in _PARTS]
+    if unknown:
+        raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {sorted(_PARTS)}")
+    switches = {"channels_last": False, "fuse_qkv": False, "compile": False}
+    for p in parts:
+        switches.update(_PARTS[p])
+    if any(k.startswith("compile_") for k in switches):
+        switches["compile"] = True
+    return dtype, switches
 
 
 def _load(folder: str, device: str, variant: str):
@@ -97,224 +113,299 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    import torch
+class Bench:
+    """What every section uses: the arguments, the model folder and clip geometry, and the rows so far."""
 
+    def __init__(self, a, folder: str, argv: list[str]):
+        import torch
+
+        from v2v.models import model_geometry
+        from v2v.pipeline import versions
+
+        self.a, self.folder = a, folder
+        self.width, self.height, self.frames = model_geometry(folder)
+        self.cuda = a.device == "cuda"
+        self.clip = dict(strength=a.strength, num_inference_steps=a.steps, guidance_scale=a.guidance_scale)
+        self.rows: list[dict] = []
+        self.info = {"card": _card(), "versions": versions(),
+                     "command": "python -m jobs.benchmark " + shlex.join(argv),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        self._torch = torch
+
+    def record(self, **r) -> dict:
+        self.rows.append(r)
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+        return r
+
+    def mem_reset(self) -> None:
+        if self.cuda:
+            self._torch.cuda.empty_cache()
+            self._torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float:
+        return self._torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+
+    def video(self, b: int, seed: int = 0):
+        return _video(b, self.frames, self.height, self.width, seed)
+
+
+def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_actor"]:
         return _actor(*argv[1:])
 
-    from v2v.bench import actor_rates, matmul_tflops, random_zeroscope, timed, unet_step_flops
-    from v2v.models import model_geometry, resolve_model
-    from v2v.perf import FixedBatch
-    from v2v.pipeline import versions
-    from v2v.sampler import ClipSettings, restyle
+    from v2v.bench import matmul_tflops, random_zeroscope
+    from v2v.models import resolve_model
 
     a = _args(argv)
     work = a.work_dir or tempfile.mkdtemp(prefix="v2v-bench-")
     os.makedirs(work, exist_ok=True)
-    rows: list[dict] = []
-    info = {"card": _card(), "versions": versions(), "command": "python -m jobs.benchmark " + shlex.join(argv or sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-
-    def record(**r):
-        rows.append(r)
-        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
-
-    # 0. The model.
+    built = None
     if a.model == "random-576w":
         folder = os.path.join(work, "random-576w")
         if not os.path.exists(os.path.join(folder, "model_index.json")):
             t0 = time.perf_counter()
             random_zeroscope(folder, a.device)
-            record(what="build random 576w model", seconds=time.perf_counter() - t0)
+            built = time.perf_counter() - t0
     else:
         folder = str(resolve_model(a.model))
-    width, height, frames = model_geometry(folder)
-    cuda = a.device == "cuda"
-    if cuda:
-        info["bf16_matmul_tflops"] = matmul_tflops()
-        record(what="bf16 matmul 8192^3", tflops=info["bf16_matmul_tflops"])
-    clip = dict(strength=a.strength, num_inference_steps=a.steps, guidance_scale=a.guidance_scale)
-
-    def mem_reset():
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak_gib():
-        return torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-
-    # 1. The seed pipeline, one clip (it cannot batch).
+    b = Bench(a, folder, argv)
+    if built is not None:
+        b.record(what="build random 576w model", seconds=built)
+    if b.cuda:
+        b.info["bf16_matmul_tflops"] = matmul_tflops()
+        b.record(what="bf16 matmul 8192^3", tflops=b.info["bf16_matmul_tflops"])
     if a.reference:
-        from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth_img2img import (
-            VideoToVideoSDPipeline,
-        )
-
-        c = _load(folder, a.device, "float16" if cuda else "float32")
-        pipe = VideoToVideoSDPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                      scheduler=c.scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        video = (_video(1, frames, height, width).numpy().astype(np.float32) / 255.0)
-        mem_reset()
-        s, _ = timed(lambda: pipe("a watercolor painting", video=video, generator=torch.Generator().manual_seed(0),
-                                  **clip), repeat=2)
-        record(what="reference pipeline", variant="float16" if cuda else "float32", batch=1, s_per_clip=s,
-               clips_per_hour=3600 / s, peak_gib=peak_gib())
-        info["reference_s_per_clip"] = s
-        info["reference_peak_gib"] = peak_gib()
-        pipe = c = None
-
-    # 2. float32 eager latents: the quality guard's reference.
-    ref_latents = ref_unet = None
-    if a.quality:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        c = _load(folder, a.device, "float32")
-        clips = [ClipSettings("a watercolor painting", seed=7, **clip)]
-        ref_latents = restyle(c, _video(1, frames, height, width), clips, output="latents").float().cpu()
-        ref_unet = c.unet
-        c = None
-
-    # 3. v2v's sampler: each variant at each batch size.
-    best = None
-    batch_sizes = [int(b) for b in a.batch_sizes.split(",") if b]
-    for variant in [v for v in a.variants.split(",") if v]:
-        t_load = time.perf_counter()
-        c = _load(folder, a.device, variant)
-        load_s = time.perf_counter() - t_load
-        text_dim = c.text_encoder.config.hidden_size
-        h8, w8 = height // c.vae_scale_factor, width // c.vae_scale_factor
-        for b in batch_sizes:
-            if isinstance(c.unet.forward, FixedBatch):
-                c.unet.forward.size = 2 * b  # the compiled graph's batch: cond + uncond latents
-            clips = [ClipSettings(f"style {i}", seed=i, **clip) for i in range(b)]
-            video = _video(b, frames, height, width, seed=b)
-            mem_reset()
-            try:
-                s, _ = timed(lambda: restyle(c, video, clips), repeat=1, warmup=1)  # a call lasts seconds
-            except torch.OutOfMemoryError:
-                record(what="sampler", variant=variant, batch=b, note="out of memory")
-                continue
-            peak = peak_gib()
-            # One guided UNet step alone: 2B latents (cond + uncond).
-            x = torch.randn(2 * b, 4, frames, h8, w8, device=c.device, dtype=c.dtype)
-            e = torch.randn(2 * b, 77, text_dim, device=c.device, dtype=c.dtype)
-            t500 = torch.tensor(500)  # as the sampler passes timesteps (0-d CPU int64): the compiled graph's input
-            with torch.no_grad():
-                step_s, _ = timed(lambda: c.unet(x, t500, encoder_hidden_states=e, return_dict=False),
-                                  repeat=5, warmup=2)
-            step_err = None
-            if ref_unet is not None:  # one UNet forward against float32 on the same input: local error
-                with torch.no_grad():
-                    out = c.unet(x, t500, encoder_hidden_states=e, return_dict=False)[0].float()
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-                    want = ref_unet(x.float(), t500, encoder_hidden_states=e.float()).sample
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cuda
-                step_err = float((out - want).norm() / want.norm())
-            # counted through the eager forward: the counter cannot see inside compiled code
-            flops = unet_step_flops(c.unet, 2 * b, frames, h8, w8, text_dim,
-                                    forward=getattr(c.unet.forward, "eager", None))
-            r = dict(what="v2v sampler", variant=variant, batch=b, s_per_clip=s / b, clips_per_hour=3600 * b / s,
-                     step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12, peak_gib=peak,
-                     peak_gib_per_clip=peak / b, load_s=load_s)
-            if "reference_s_per_clip" in info:
-                r["speedup_vs_reference"] = info["reference_s_per_clip"] / (s / b)
-            if step_err is not None:
-                r["step_rel_err_vs_fp32"] = step_err
-            if ref_latents is not None and b == 1:
-                lat = restyle(c, _video(1, frames, height, width), [ClipSettings("a watercolor painting", seed=7,
-                                                                                  **clip)], output="latents")
-                r["rel_err_vs_fp32"] = float((lat.float().cpu() - ref_latents).norm() / ref_latents.norm())
-            record(**r)
-            if a.profile:  # where a step's time goes, kernel by kernel: the guide for the next speed-up
-                with torch.no_grad(), torch.profiler.profile() as prof:
-                    c.unet(x, t500, encoder_hidden_states=e, return_dict=False)
-                    if cuda:
-                        torch.cuda.synchronize()
-                by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-                with open(a.profile, "a") as f:
-                    f.write(f"## {variant} batch {b}\n{prof.key_averages().table(sort_by=by, row_limit=40)}\n\n")
-            if best is None or r["s_per_clip"] < best["s_per_clip"]:
-                best = r
-        c = None
-        if cuda:
-            torch.cuda.empty_cache()
-    info["best_sampler"] = best
-
-    # 4. Actor start-up: a fresh process builds a restyle actor (imports, model load, perf switches, compile or
-    #    cached kernels, warm-up forward), twice over one empty compile cache: cold, then the second start.
+        reference(b)
+    ref = quality_reference(b) if a.quality else None
+    best = sampler(b, ref)
+    b.info["best_sampler"] = best
     if a.startup:
-        variant = a.startup_variant or (best["variant"] if best else "bfloat16+compile")
-        batch = a.startup_batch or (best["batch"] if best else 4)
-        cache = os.path.join(work, f"inductor-startup-{int(time.time())}")
-        for attempt in ("first start", "second start"):
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--_actor", folder, a.device, variant,
-                                  str(batch)], capture_output=True, text=True,
-                                 env={**os.environ, "V2V_COMPILE_CACHE": cache})
-            wall = time.perf_counter() - t0
-            ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
-            record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
-                   note=ready[0][6:] if ready else "failed: " + out.stderr[-300:].replace("\n", " "))
-
-    # 5. The whole Ray job over generated videos, against the bare sampler's clips per hour.
+        startup(b, work, best)
     if a.e2e_clips:
-        import ray
-
-        from v2v.config import JobConfig
-        from v2v.pipeline import run_job
-        from v2v.samples import make_video
-
-        vids = os.path.join(work, "videos")
-        os.makedirs(vids, exist_ok=True)
-        per_video = 4
-        n_videos = -(-a.e2e_clips // per_video)
-        with open(os.path.join(vids, "manifest.csv"), "w") as f:
-            f.write("video,prompt\n")
-            for i in range(n_videos):
-                make_video(os.path.join(vids, f"v{i}.mp4"), frames * per_video, width, height, seed=i)
-                f.write(f"v{i}.mp4,style {i}\n")
-        variant = a.e2e_variant or (best["variant"] if best else "float16")
-        batch = a.e2e_batch or (best["batch"] if best else 1)
-        dtype, switches = _variant_cfg(variant)
-        bare = next((r["clips_per_hour"] for r in rows if r.get("what") == "v2v sampler"
-                     and r["variant"] == variant and r["batch"] == batch), None)
-        base_rate = None
-        address = a.ray_address or os.environ.get("RAY_ADDRESS")
-        for gpus in [int(g) for g in a.e2e_gpus.split(",")]:
-            if address:  # `ray job submit` or --ray-address: the cluster has what it has; ask for `gpus` actors
-                ray.init(address=address)
-                have = int(ray.cluster_resources().get("GPU", 0))
-                if cuda and have < gpus:
-                    record(what="ray job end to end", gpus=gpus, note=f"skipped: the cluster has {have} GPU(s)")
-                    ray.shutdown()
-                    continue
-            else:  # a local cluster of exactly `gpus` GPUs
-                ray.init(num_gpus=gpus if cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
-                         runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
-            cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
-                            model=folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
-                            batch_size=batch, dtype=dtype, num_actors=gpus if cuda else 1, codec="h264",
-                            max_clips=per_video, **switches)
-            t0 = time.perf_counter()
-            s = run_job(cfg, log=lambda m: print(m, flush=True))
-            wall = time.perf_counter() - t0
-            ray.shutdown()
-            import pyarrow.parquet as pq
-
-            steady = actor_rates(pq.read_table(os.path.join(cfg.output, "index")).to_pylist())
-            rate = steady["clips_per_hour"]
-            base_rate = base_rate or rate
-            busy = [v["busy"] for v in steady["actors"].values()]
-            record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,
-                   wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
-                   gpu_busy=min(busy) if busy else float("nan"),
-                   steady_vs_bare_sampler=(rate / (bare * gpus)) if bare else float("nan"),
-                   scaling_vs_1gpu=rate / base_rate)
-
-    _report(a, info, rows)
+        ray_job(b, work, best)
+    _report(a, b.info, b.rows)
     return 0
+
+
+def reference(b: Bench) -> None:
+    """The seed pipeline (diffusers' VideoToVideoSDPipeline, fp16), one clip per call: it cannot batch."""
+    import torch
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth_img2img import (
+        VideoToVideoSDPipeline,
+    )
+
+    from v2v.bench import timed
+
+    variant = "float16" if b.cuda else "float32"
+    c = _load(b.folder, b.a.device, variant)
+    pipe = VideoToVideoSDPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                  scheduler=c.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    video = b.video(1).numpy().astype(np.float32) / 255.0  # (1, F, H, W, 3) in [0, 1], as the pipeline takes it
+    b.mem_reset()
+    s, _ = timed(lambda: pipe("a watercolor painting", video=video, generator=torch.Generator().manual_seed(0),
+                              **b.clip), repeat=2)
+    b.record(what="reference pipeline", variant=variant, batch=1, s_per_clip=s, clips_per_hour=3600 / s,
+             peak_gib=b.peak_gib())
+    b.info["reference_s_per_clip"] = s
+    b.info["reference_peak_gib"] = b.peak_gib()
+
+
+def quality_reference(b: Bench) -> dict:
+    """float32 eager (TF32 off): one clip's final latents and the UNet, the quality guard's reference."""
+    import torch
+
+    from v2v.sampler import ClipSettings, restyle
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    c = _load(b.folder, b.a.device, "float32")
+    clips = [ClipSettings("a watercolor painting", seed=7, **b.clip)]
+    return {"latents": restyle(c, b.video(1), clips, output="latents").float().cpu(), "unet": c.unet}
+
+
+def sampler(b: Bench, ref: dict | None) -> dict | None:
+    """v2v's sampler, each variant at each batch size: seconds per clip, one UNet step, FLOPs, memory; the
+    quality guard against `ref`; a kernel table with --profile. Returns the fastest row."""
+    import torch
+
+    from v2v.perf import FixedBatch
+
+    best = None
+    for variant in [v for v in b.a.variants.split(",") if v]:
+        freezing = torch._inductor.config.freezing  # a process-wide flag that compile_freeze sets
+        t_load = time.perf_counter()
+        c = _load(b.folder, b.a.device, variant)
+        load_s = time.perf_counter() - t_load
+        for batch in [int(x) for x in b.a.batch_sizes.split(",") if x]:
+            if isinstance(c.unet.forward, FixedBatch):
+                c.unet.forward.size = 2 * batch  # the compiled graph's batch: cond + uncond latents
+            r = _sampler_row(b, c, variant, batch, ref)
+            if r is not None:
+                r["load_s"] = load_s
+                if best is None or r["s_per_clip"] < best["s_per_clip"]:
+                    best = r
+        c = None
+        torch._inductor.config.freezing = freezing
+        if b.cuda:
+            torch.cuda.empty_cache()
+    return best
+
+
+def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None) -> dict | None:
+    import torch
+
+    from v2v.bench import timed, unet_step_flops
+    from v2v.sampler import ClipSettings, restyle
+
+    clips = [ClipSettings(f"style {i}", seed=i, **b.clip) for i in range(batch)]
+    video = b.video(batch, seed=batch)
+    b.mem_reset()
+    t0 = time.perf_counter()
+    try:
+        restyle(c, video, clips)  # warm-up: compiles where compiled
+        first_s = time.perf_counter() - t0
+        s, _ = timed(lambda: restyle(c, video, clips), repeat=b.a.repeat, warmup=0)  # a call lasts seconds
+    except torch.OutOfMemoryError:
+        b.record(what="v2v sampler", variant=variant, batch=batch, note="out of memory")
+        return None
+    peak = b.peak_gib()
+    # One guided UNet step alone: 2B latents (cond + uncond).
+    text_dim = c.text_encoder.config.hidden_size
+    h8, w8 = b.height // c.vae_scale_factor, b.width // c.vae_scale_factor
+    x = torch.randn(2 * batch, 4, b.frames, h8, w8, device=c.device, dtype=c.dtype)
+    e = torch.randn(2 * batch, 77, text_dim, device=c.device, dtype=c.dtype)
+    t500 = torch.tensor(500)  # as the sampler passes timesteps (0-d CPU int64): the compiled graph's input
+
+    def step():
+        return c.unet(x, t500, encoder_hidden_states=e, return_dict=False)
+
+    with torch.no_grad():
+        step_s, _ = timed(step, repeat=5, warmup=2)
+    # counted through the eager forward: the counter cannot see inside compiled code
+    flops = unet_step_flops(c.unet, 2 * batch, b.frames, h8, w8, text_dim,
+                            forward=getattr(c.unet.forward, "eager", None))
+    r = dict(what="v2v sampler", variant=variant, batch=batch, s_per_clip=s / batch,
+             clips_per_hour=3600 * batch / s, step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12,
+             peak_gib=peak, peak_gib_per_clip=peak / batch, first_call_s=first_s)
+    if "reference_s_per_clip" in b.info:
+        r["speedup_vs_reference"] = b.info["reference_s_per_clip"] / (s / batch)
+    if ref is not None:
+        with torch.no_grad():  # one UNet forward against float32 on the same input: the local error
+            out = step()[0].float()
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            want = ref["unet"](x.float(), t500, encoder_hidden_states=e.float()).sample
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = b.cuda
+        r["step_rel_err_vs_fp32"] = float((out - want).norm() / want.norm())
+        if batch == 1:  # the final latents of the reference's clip
+            lat = restyle(c, b.video(1), [ClipSettings("a watercolor painting", seed=7, **b.clip)],
+                          output="latents")
+            r["rel_err_vs_fp32"] = float((lat.float().cpu() - ref["latents"]).norm() / ref["latents"].norm())
+    if b.a.profile:
+        r.update(_profile(b, step, f"{variant} batch {batch}"))
+    return b.record(**r)
+
+
+def _profile(b: Bench, step, title: str) -> dict:
+    """Where one step's time goes, kernel by kernel (the guide for the next speed-up): appends the kernel
+    table and the time per kernel kind to --profile; returns the kinds' shares for the row."""
+    import torch
+
+    from v2v.bench import kernel_kinds
+
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        step()
+        if b.cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    if b.cuda:
+        kernels = [(e.key, e.self_device_time_total / 1e6) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+    else:
+        kernels = [(e.key, e.self_cpu_time_total / 1e6) for e in events if e.self_cpu_time_total > 0]
+    kinds = kernel_kinds(kernels)
+    total = sum(kinds.values()) or float("nan")
+    by = "self_cuda_time_total" if b.cuda else "self_cpu_time_total"
+    with open(b.a.profile, "a") as f:
+        f.write(f"## {title}\n\nkernel time {total * 1e3:.1f} ms in {len(kernels)} kernels; by kind:\n")
+        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            f.write(f"  {k:50s} {v * 1e3:9.1f} ms  {100 * v / total:5.1f} %\n")
+        f.write(f"\n{events.table(sort_by=by, row_limit=40)}\n\n")
+    return {"kernel_ms": total * 1e3}
+
+
+def startup(b: Bench, work: str, best: dict | None) -> None:
+    """A fresh process builds a restyle actor (imports, model load, perf switches, compile or cached kernels,
+    warm-up), twice over one empty compile cache: the first start, then the second."""
+    variant = b.a.startup_variant or (best["variant"] if best else "bfloat16+compile")
+    batch = b.a.startup_batch or (best["batch"] if best else 4)
+    cache = os.path.join(work, f"inductor-startup-{int(time.time())}")
+    for attempt in ("first start", "second start"):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--_actor", b.folder, b.a.device, variant,
+                              str(batch)], capture_output=True, text=True,
+                             env={**os.environ, "V2V_COMPILE_CACHE": cache})
+        wall = time.perf_counter() - t0
+        ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
+        b.record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
+                 note=ready[0][6:] if ready else "failed: " + out.stderr[-300:].replace("\n", " "))
+
+
+def ray_job(b: Bench, work: str, best: dict | None) -> None:
+    """The whole Ray job over generated videos (4 clips each), per GPU count, against the bare sampler."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from v2v.bench import actor_rates
+    from v2v.config import JobConfig
+    from v2v.pipeline import run_job
+    from v2v.samples import make_video
+
+    a = b.a
+    vids = os.path.join(work, "videos")
+    os.makedirs(vids, exist_ok=True)
+    per_video = 4
+    with open(os.path.join(vids, "manifest.csv"), "w") as f:
+        f.write("video,prompt\n")
+        for i in range(-(-a.e2e_clips // per_video)):
+            make_video(os.path.join(vids, f"v{i}.mp4"), b.frames * per_video, b.width, b.height, seed=i)
+            f.write(f"v{i}.mp4,style {i}\n")
+    variant = a.e2e_variant or (best["variant"] if best else "float16")
+    batch = a.e2e_batch or (best["batch"] if best else 1)
+    dtype, switches = _variant_cfg(variant)
+    bare = next((r["clips_per_hour"] for r in b.rows if r.get("what") == "v2v sampler"
+                 and r["variant"] == variant and r["batch"] == batch), None)
+    base_rate = None
+    address = a.ray_address or os.environ.get("RAY_ADDRESS")
+    for gpus in [int(g) for g in a.e2e_gpus.split(",")]:
+        if address:  # `ray job submit` or --ray-address: the cluster has what it has; ask for `gpus` actors
+            ray.init(address=address)
+            have = int(ray.cluster_resources().get("GPU", 0))
+            if b.cuda and have < gpus:
+                b.record(what="ray job end to end", gpus=gpus, note=f"skipped: the cluster has {have} GPU(s)")
+                ray.shutdown()
+                continue
+        else:  # a local cluster of exactly `gpus` GPUs
+            ray.init(num_gpus=gpus if b.cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
+                     runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
+        cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
+                        model=b.folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
+                        batch_size=batch, dtype=dtype, num_actors=gpus if b.cuda else 1, codec="h264",
+                        max_clips=per_video, **switches)
+        t0 = time.perf_counter()
+        s = run_job(cfg, log=lambda m: print(m, flush=True))
+        wall = time.perf_counter() - t0
+        ray.shutdown()
+        steady = actor_rates(pq.read_table(os.path.join(cfg.output, "index")).to_pylist())
+        rate = steady["clips_per_hour"]
+        base_rate = base_rate or rate
+        busy = [v["busy"] for v in steady["actors"].values()]
+        b.record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,
+                 wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
+                 gpu_busy=min(busy) if busy else float("nan"),
+                 steady_vs_bare_sampler=(rate / (bare * gpus)) if bare else float("nan"),
+                 scaling_vs_1gpu=rate / base_rate)
 
 
 def _fmt(v):
@@ -326,7 +417,7 @@ def _fmt(v):
 def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
-            "step_rel_err_vs_fp32",
+            "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
             "gpu_busy", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]

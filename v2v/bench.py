@@ -118,3 +118,28 @@ def actor_rates(rows: list[dict]) -> dict:
             per_actor[worker] = {"clips_per_hour": 3600 * clips / span, "busy": inside / span, "batches": len(order)}
     return {"clips_per_hour": sum(v["clips_per_hour"] for v in per_actor.values()) if per_actor else float("nan"),
             "actors": per_actor}
+
+
+# Kernel kinds by name, first match wins (lower-case substrings of the names the CUDA profiler reports).
+# Inductor's generated kernels come first: their names carry what they fuse only loosely.
+KERNEL_KINDS = [
+    ("generated: reduction (norm + fused elementwise)", ("triton_red", "triton_per")),
+    ("generated: pointwise", ("triton_poi",)),
+    ("generated: template matmul/conv", ("triton_tem",)),
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("layout conversion", ("nchwtonhwc", "nhwctonchw", "transpose")),
+    ("convolution", ("conv", "fprop", "implicit", "winograd")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "addmm", "aten::mm", "bmm")),
+    ("norm (eager)", ("norm",)),
+    ("elementwise (eager)", ("elementwise", "vectorized", "reduce", "copy", "cat", "fill", "memcpy", "memset")),
+]
+
+
+def kernel_kinds(kernels: list[tuple[str, float]]) -> dict[str, float]:
+    """[(kernel name, seconds)] -> {kind: seconds}, kinds as KERNEL_KINDS names them, the rest 'other'."""
+    out: dict[str, float] = {}
+    for name, secs in kernels:
+        low = name.lower()
+        kind = next((k for k, keys in KERNEL_KINDS if any(key in low for key in keys)), "other")
+        out[kind] = out.get(kind, 0.0) + secs
+    return out

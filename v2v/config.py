@@ -61,6 +61,11 @@ class JobConfig:
     # torch.compile the UNet. None: on for GPU actors (1.5x per clip on an H200; the first start on a machine
     # compiles for ~2.5 min, later starts load the cached kernels), off for CPU actors.
     compile: bool | None = None
+    # What the compile does (see v2v.perf.apply_perf_settings; gains in benchmarks/RESULTS.md).
+    compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs
+    compile_freeze: bool = False  # inductor freezing: weights as constants
+    compile_tuning: bool = False  # coordinate-descent tuning of generated kernels, 1x1 convolutions as matmuls
+    compile_vae: bool = False  # also compile the VAE encoder and decoder
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
 
@@ -96,6 +101,8 @@ class JobConfig:
             ("codec", self.codec in ("h264", "h265", "av1", "ffv1"), "h264, h265, av1 or ffv1"),
             ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
             ("seed", 0 <= self.seed < 2**63, "in [0, 2**63)"),
+            ("compile_mode", self.compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+             "default, reduce-overhead or max-autotune-no-cudagraphs"),
         ]
         for name, ok, want in checks:
             if not ok:

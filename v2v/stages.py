@@ -120,7 +120,9 @@ class Restyle:
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
         apply_perf_settings(self.components, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
-                            compile=res.compile, unet_batch=unet_batch)
+                            compile=res.compile, unet_batch=unet_batch, compile_mode=cfg.compile_mode,
+                            compile_freeze=cfg.compile_freeze, compile_tuning=cfg.compile_tuning,
+                            compile_vae=cfg.compile_vae, vae_chunk=cfg.vae_chunk)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape(model_geometry(str(self.components.folder)))
             warm_up(self.components, unet_batch, frames, height, width)
