@@ -50,6 +50,8 @@ def test_cluster_launcher_config_validates_against_rays_schema():
 def test_runtime_env_and_dockerfile():
     env = _load("runtime_env.yaml")
     assert env["working_dir"] == "." and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    # the compile cache stays where the image and the RayJob's node volume put it
+    assert "V2V_CACHE" not in env["env_vars"]
     from ray.runtime_env import RuntimeEnv
 
     RuntimeEnv(**env)  # Ray's own validation of the fields
