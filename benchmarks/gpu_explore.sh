@@ -4,7 +4,7 @@
 # works, then sends back everything so far. Issue the next call within the machine's 30-s warm window.
 #   call 1:  bash benchmarks/gpu_explore.sh start QUEUE_FILE
 #   later:   bash benchmarks/gpu_explore.sh wait [SECONDS]
-# QUEUE_FILE: one line per run, `NAME [VAR=VALUE...] jobs.benchmark-arguments...`; each run is a fresh process (inductor
+# QUEUE_FILE: one line per run (# starts a comment line), `NAME [VAR=VALUE...] jobs.benchmark-arguments...`; each run is a fresh process (inductor
 # settings are per process) over one model and one compile cache. Results: $OUT/explore.tar.gz holding
 # RESULTS-NAME.md, bench-NAME.json, log-NAME.txt (and what --profile wrote), plus runner.log.
 set -uo pipefail
@@ -22,7 +22,7 @@ start)
     export V2V_COMPILE_CACHE=/tmp/bench/inductor
     python3 -c "import torch, diffusers, ray, av; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"diffusers\", diffusers.__version__, \"ray\", ray.__version__, \"av\", av.__version__)"
     while read -r name args; do
-      [ -z "$name" ] && continue
+      [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
       envs=""; while [[ "$args" =~ ^([A-Z_]+=[^ ]*)\ (.*)$ ]]; do envs="$envs ${BASH_REMATCH[1]}"; args=${BASH_REMATCH[2]}; done
       echo "$(date -u +%T) start $name: $args"
       t0=$(date +%s)

@@ -32,8 +32,7 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
-                   help="comma list of DTYPE[+PART...], PART one of channels_last, fuse_qkv, compile, and (each "
-                        "implying compile) cudagraphs, autotune, freeze, tuning, vae ('' for none)")
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+compile[+vae]] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -63,23 +62,21 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-# Variant parts after the dtype, as JobConfig settings. Any compile_* part implies compile.
-_PARTS = {"channels_last": {"channels_last": True}, "fuse_qkv": {"fuse_qkv": True}, "compile": {"compile": True},
-          "cudagraphs": {"compile_mode": "reduce-overhead"}, "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
-          "freeze": {"compile_freeze": True}, "tuning": {"compile_tuning": True}, "vae": {"compile_vae": True}}
+_PARTS = ("channels_last", "fuse_qkv", "compile", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
-    """'bfloat16+compile+freeze' -> ('bfloat16', the perf switches as JobConfig names them)."""
+    """'bfloat16+compile+vae' -> ('bfloat16', the perf switches as JobConfig names them).
+
+    `compile` alone compiles the UNet only; `+vae` also the VAE (the job's default when compiling)."""
     dtype, *parts = variant.split("+")
     unknown = [p for p in parts if p not in _PARTS]
     if unknown:
-        raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {sorted(_PARTS)}")
-    switches = {"channels_last": False, "fuse_qkv": False, "compile": False}
-    for p in parts:
-        switches.update(_PARTS[p])
-    if any(k.startswith("compile_") for k in switches):
-        switches["compile"] = True
+        raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
+    switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
+    switches["compile_vae"] = "vae" in parts
+    if switches["compile_vae"] and not switches["compile"]:
+        raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
     return dtype, switches
 
 
@@ -234,7 +231,6 @@ def sampler(b: Bench, ref: dict | None) -> dict | None:
 
     best = None
     for variant in [v for v in b.a.variants.split(",") if v]:
-        freezing = torch._inductor.config.freezing  # a process-wide flag that compile_freeze sets
         t_load = time.perf_counter()
         c = _load(b.folder, b.a.device, variant)
         load_s = time.perf_counter() - t_load
@@ -247,7 +243,6 @@ def sampler(b: Bench, ref: dict | None) -> dict | None:
                 if best is None or r["s_per_clip"] < best["s_per_clip"]:
                     best = r
         c = None
-        torch._inductor.config.freezing = freezing
         if b.cuda:
             torch.cuda.empty_cache()
     return best

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import torch
 
-from v2v.bench import actor_rates
+from v2v.bench import actor_rates, kernel_kinds
 from v2v.models import load_components
-from v2v.perf import FixedBatch, apply_perf_settings
+from v2v.perf import FixedBatch, PadFrames, apply_perf_settings
 from v2v.sampler import ClipSettings, restyle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +56,70 @@ def test_fixed_batch_pads_short_calls_and_cuts_the_result(tiny):
     assert seen[-1] == 3
 
 
+def test_pad_frames_pads_short_vae_chunks_and_cuts_the_result(tiny):
+    decoder = tiny.vae.decoder
+    seen = []
+
+    def forward(z):  # the real decoder, recording the frames and layout it was given
+        seen.append((z.shape[0], z.is_contiguous()))
+        return decoder.forward(z)
+
+    def eager(z):
+        seen.append(("eager", z.shape[0]))
+        return decoder.forward(z)
+
+    c = tiny.vae.config.latent_channels
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, c, 8, 8, generator=g)
+    strided = torch.randn(8, 8, 8, c, generator=g).permute(0, 3, 1, 2)  # (8, C, 8, 8) as a channels-last view
+    pad = PadFrames(forward, 8, eager)
+    with torch.no_grad():
+        want = decoder(z)
+        got = pad(z)
+        full = pad(strided)
+        pad(torch.randn(9, *z.shape[1:]))  # more frames than the compiled size
+        pad(torch.randn(2, c, 4, 4))  # another frame size
+    # the compiled forward only ever sees 8 contiguous frames: one graph
+    assert seen == [(8, True), (8, True), ("eager", 9), ("eager", 2)]
+    assert got.shape == want.shape
+    # each frame is decoded alone (per-frame GroupNorm), so the padding frames change nothing
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(full, decoder(strided), rtol=0, atol=1e-5)
+
+
+def test_kernel_kinds_sort_profiler_kernel_names():
+    kinds = kernel_kinds([
+        ("triton_red_fused_add_clone_native_group_norm_permute_12", 1.0),
+        ("triton_poi_fused_gelu_mul_split_view_33", 2.0),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64", 4.0),  # not a conv
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x256x64", 8.0),
+        ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float>", 16.0),
+        ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT", 32.0),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", 64.0),
+        ("void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<c10::BFloat16>", 0.5),
+        ("some_new_kernel", 128.0),
+    ])
+    assert kinds == {"generated: reduction (norm + fused elementwise)": 1.0, "generated: pointwise": 2.0,
+                     "attention": 4.0, "convolution": 8.0, "layout conversion": 16.0, "matmul": 32.0,
+                     "elementwise (eager)": 64.0, "norm (eager)": 0.5, "other": 128.0}
+
+
+def test_benchmark_variants_name_config_switches():
+    from jobs.benchmark import _variant_cfg
+
+    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {"channels_last": False, "fuse_qkv": False,
+                                                                 "compile": True, "compile_vae": True})
+    assert _variant_cfg("float16")[1] == {"channels_last": False, "fuse_qkv": False, "compile": False,
+                                          "compile_vae": False}
+    for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
+        try:
+            _variant_cfg(bad)
+        except ValueError as e:
+            assert says in str(e) and bad in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
 def test_fused_projections_compute_the_same_latents(cache_dir):
     c = load_components("tiny", cache_dir=cache_dir)
     want = restyle(c, _video(2), CLIPS, output="latents")
@@ -75,8 +139,9 @@ def test_channels_last_computes_the_same_latents(cache_dir):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other convolution algorithms, other rounding
 
 
-# The child builds the job's restyle actor with --compile (which compiles and warms up in its constructor),
-# restyles a full batch of 2 clips and a short batch of 1, and reports outputs and torch's compile counters.
+# The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
+# decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
+# shorter clip, and reports outputs and torch's compile counters.
 _ACTOR = """
 import json, sys, time
 import numpy as np, torch
@@ -95,7 +160,9 @@ clips = [ClipSettings("a red fox", seed=1, num_inference_steps=4), ClipSettings(
 two = restyle(actor.components, video, clips, output="latents")
 one = restyle(actor.components, video[1:], clips[1:], output="latents")
 short = restyle(actor.components, video[1:, :5], clips[1:], output="latents")  # a shorter last clip: eager
+frames = restyle(actor.components, video, clips)  # through the compiled VAE decoder
 np.save(sys.argv[1], torch.cat([two, one]).numpy())
+np.save(sys.argv[1] + ".frames.npy", frames.numpy())
 np.save(sys.argv[1] + ".short.npy", short.numpy())
 print("RESULT " + json.dumps({"ready_s": ready_s, "graphs_after_start": graphs_after_start,
                               "graphs_at_end": counters["stats"]["unique_graphs"],
@@ -111,23 +178,25 @@ def _start_actor(tmp_path, name, cache):
                        text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[7:]), torch.from_numpy(np.load(out)), torch.from_numpy(np.load(f"{out}.short.npy"))
+    return (json.loads(line[7:]), torch.from_numpy(np.load(out)), torch.from_numpy(np.load(f"{out}.short.npy")),
+            torch.from_numpy(np.load(f"{out}.frames.npy")))
 
 
 def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(tiny, tmp_path):
     cache = tmp_path / "inductor"
-    first, got, short = _start_actor(tmp_path, "first", cache)
-    # one graph, compiled in the constructor; the 1-clip batch was padded onto it, and the 5-frame clip ran
-    # eager: neither compiled again
-    assert first["graphs_after_start"] == 1 and first["graphs_at_end"] == 1, first
+    first, got, short, frames = _start_actor(tmp_path, "first", cache)
+    # three graphs (UNet, VAE encoder, VAE decoder), compiled in the constructor; the 1-clip batch was padded
+    # onto the UNet's, the 5-frame clip's UNet calls ran eager and its VAE chunks were padded: none compiled again
+    assert first["graphs_after_start"] == 3 and first["graphs_at_end"] == 3, first
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     video = _video(2)
     want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
                       restyle(tiny, video[1:], CLIPS[1:], output="latents")])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # inductor's fused kernels round differently
-    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-6)
+    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
+    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
 
-    second, again, _ = _start_actor(tmp_path, "second", cache)
+    second, again, _, _ = _start_actor(tmp_path, "second", cache)
     assert second["cache_hits"] >= 1 and second["cache_misses"] == 0, second  # no kernel compiled again
     assert second["ready_s"] < first["ready_s"], (first, second)
     torch.testing.assert_close(again, got, rtol=0, atol=1e-6)
@@ -153,7 +222,10 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
 
     gpu = resources(JobConfig(manifest="m", output="o"), {"CPU": 16, "GPU": 2})
     cpu = resources(JobConfig(manifest="m", output="o"), {"CPU": 16})
-    assert (gpu.device, gpu.compile, gpu.batch_invariant, gpu.num_actors) == ("cuda", True, False, 2)
-    assert (cpu.device, cpu.compile, cpu.batch_invariant) == ("cpu", False, True)
+    assert (gpu.device, gpu.compile, gpu.compile_vae, gpu.batch_invariant, gpu.num_actors) == ("cuda", True, True,
+                                                                                                False, 2)
+    assert (cpu.device, cpu.compile, cpu.compile_vae, cpu.batch_invariant) == ("cpu", False, False, True)
     forced = resources(JobConfig(manifest="m", output="o", compile=False, batch_invariant=True), {"GPU": 1})
-    assert (forced.compile, forced.batch_invariant) == (False, True)
+    assert (forced.compile, forced.compile_vae, forced.batch_invariant) == (False, False, True)
+    unet_only = resources(JobConfig(manifest="m", output="o", compile_vae=False), {"GPU": 1})
+    assert (unet_only.compile, unet_only.compile_vae) == (True, False)

@@ -130,7 +130,7 @@ KERNEL_KINDS = [
     ("layout conversion", ("nchwtonhwc", "nhwctonchw", "transpose")),
     ("convolution", ("conv", "fprop", "implicit", "winograd")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "addmm", "aten::mm", "bmm")),
-    ("norm (eager)", ("norm",)),
+    ("norm (eager)", ("norm", "moments")),  # GroupNorm statistics: RowwiseMoments
     ("elementwise (eager)", ("elementwise", "vectorized", "reduce", "copy", "cat", "fill", "memcpy", "memset")),
 ]
 

@@ -59,13 +59,11 @@ class JobConfig:
     # batching pays and results agree to float rounding instead).
     batch_invariant: bool | None = None
     # torch.compile the UNet. None: on for GPU actors (1.5x per clip on an H200; the first start on a machine
-    # compiles for ~2.5 min, later starts load the cached kernels), off for CPU actors.
+    # compiles for ~2.5-3 min, later starts load the cached kernels), off for CPU actors.
     compile: bool | None = None
-    # What the compile does (see v2v.perf.apply_perf_settings; gains in benchmarks/RESULTS.md).
-    compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs
-    compile_freeze: bool = False  # inductor freezing: weights as constants
-    compile_tuning: bool = False  # coordinate-descent tuning of generated kernels, 1x1 convolutions as matmuls
-    compile_vae: bool = False  # also compile the VAE encoder and decoder
+    # With compile, also the VAE's encoder and decoder (None: yes; 5 % per clip on an H100, ~1 min more of
+    # first compile).
+    compile_vae: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
 
@@ -101,8 +99,6 @@ class JobConfig:
             ("codec", self.codec in ("h264", "h265", "av1", "ffv1"), "h264, h265, av1 or ffv1"),
             ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
             ("seed", 0 <= self.seed < 2**63, "in [0, 2**63)"),
-            ("compile_mode", self.compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
-             "default, reduce-overhead or max-autotune-no-cudagraphs"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -149,6 +145,7 @@ class Resources:
     torch_threads: int  # per CPU actor, so actors do not fight over cores
     batch_invariant: bool
     compile: bool
+    compile_vae: bool
 
 
 def resources(cfg: JobConfig, cluster: dict) -> Resources:
@@ -168,5 +165,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
     invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
     compile_ = cfg.compile if cfg.compile is not None else device == "cuda"
+    compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_)
+                     invariant, compile_, compile_vae)

@@ -9,25 +9,17 @@ from __future__ import annotations
 import os
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-
-
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
-                        compile: bool = False, unet_batch: int | None = None, compile_mode: str = "default",
-                        compile_freeze: bool = False, compile_tuning: bool = False, compile_vae: bool = False,
+                        compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8) -> None:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
     smaller calls are padded up to it so a short last batch does not trigger a second compile.
-    compile_mode: torch.compile's mode ("reduce-overhead" replays CUDA graphs; "max-autotune-no-cudagraphs"
-    benchmarks Triton templates against cuBLAS/cuDNN for every product and convolution: a far longer compile).
-    compile_freeze: inductor freezing (weights become constants: folded, and laid out for the convolutions).
-    compile_tuning: coordinate-descent tuning of the generated kernels' launch configs, 1x1 convolutions as
-    matrix products. compile_vae: the VAE's encoder and decoder too, padded to `vae_chunk` frames per call.
+    compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
+    Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
+    coordinate-descent tuning, max-autotune.
     """
-    if compile_mode not in COMPILE_MODES:
-        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
     import torch
 
     unet = components.unet
@@ -55,23 +47,12 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-        options = dict(torch._inductor.list_mode_options(compile_mode))
-        if compile_tuning:
-            options.update(coordinate_descent_tuning=True, conv_1x1_as_mm=True)
-        if compile_freeze:
-            # Dynamo reads this flag while tracing (not only inductor), so it is set for the process: an
-            # actor process holds one model. Freezing applies to graphs traced under no_grad.
-            torch._inductor.config.freezing = True
         eager = unet.forward
-        compiled = torch.compile(eager, fullgraph=False, dynamic=False, options=options or None)
-        # CUDA graphs need every input on the GPU: the sampler's 0-d CPU timestep moves there first.
-        unet.forward = FixedBatch(compiled, unet_batch, eager,
-                                  timestep_to_device=bool(options.get("triton.cudagraphs")))
+        unet.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), unet_batch, eager)
         if compile_vae:
-            vae = components.vae
-            for part in (vae.encoder, vae.decoder):
-                part.forward = PadFrames(torch.compile(part.forward, fullgraph=False, dynamic=False,
-                                                       options=options or None), vae_chunk, part.forward)
+            for part in (components.vae.encoder, components.vae.decoder):
+                part.forward = PadFrames(torch.compile(part.forward, fullgraph=False, dynamic=False), vae_chunk,
+                                         part.forward)
 
 
 class FixedBatch:
@@ -84,12 +65,11 @@ class FixedBatch:
     go to `eager` when given: each new frame count would otherwise cost a full compile.
     """
 
-    def __init__(self, forward, size: int | None, eager=None, timestep_to_device: bool = False):
+    def __init__(self, forward, size: int | None, eager=None):
         self.forward = forward
         self.size = size
         self.eager = eager
         self.shape = None
-        self.timestep_to_device = timestep_to_device
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
         import torch
@@ -98,8 +78,6 @@ class FixedBatch:
             self.shape = tuple(sample.shape[1:])
         elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
-        if self.timestep_to_device and isinstance(timestep, torch.Tensor):
-            timestep = timestep.to(sample.device)
         n = sample.shape[0]
         pad = (self.size or n) - n
         if pad <= 0:
@@ -118,7 +96,7 @@ class FixedBatch:
 
 
 class PadFrames:
-    """Calls a shape-specialized (compiled) VAE encoder or decoder on exactly `size` frames.
+    """Calls a shape-specialized (compiled) VAE encoder or decoder on exactly `size` contiguous frames.
 
     The VAE is 2-D: each frame is computed alone (its GroupNorms are per frame), so a short chunk (a batch's
     last) is padded with copies of its last frame and the result cut back; larger chunks and other frame
@@ -139,7 +117,9 @@ class PadFrames:
             return self.eager(sample, *args, **kwargs)
         if n < self.size:
             sample = torch.cat([sample, sample[-1:].expand(self.size - n, *sample.shape[1:])])
-        return self.forward(sample, *args, **kwargs)[:n]
+        # One memory layout too: the sampler's pixels are a permuted view of (F, H, W, 3) frames, and a graph
+        # is specialized to its input's strides (another layout would compile a second graph mid-job).
+        return self.forward(sample.contiguous(), *args, **kwargs)[:n]
 
 
 def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -> None:

@@ -103,7 +103,8 @@ def _column(arrays: list[np.ndarray]):
 class Restyle:
     """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time.
 
-    res: what `config.resources` decided for this cluster (device, dtype, threads, batch invariance, compile).
+    res: what `config.resources` decided for this cluster (device, dtype, threads, batch invariance,
+    compile).
     """
 
     def __init__(self, cfg: JobConfig, res: Resources):
@@ -120,9 +121,8 @@ class Restyle:
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
         apply_perf_settings(self.components, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
-                            compile=res.compile, unet_batch=unet_batch, compile_mode=cfg.compile_mode,
-                            compile_freeze=cfg.compile_freeze, compile_tuning=cfg.compile_tuning,
-                            compile_vae=cfg.compile_vae, vae_chunk=cfg.vae_chunk)
+                            compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
+                            vae_chunk=cfg.vae_chunk)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape(model_geometry(str(self.components.folder)))
             warm_up(self.components, unet_batch, frames, height, width)
