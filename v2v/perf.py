@@ -142,9 +142,9 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     vae = components.vae
     with torch.no_grad():
         unet(x, t, encoder_hidden_states=e, return_dict=False)
-        for part, channels, size in ((vae.encoder, 3, (height, width)), (vae.decoder, vae.config.latent_channels,
-                                                                        (h8, w8))):
+        # (frames, C, H, W) pixels into the encoder, latents into the decoder, `vae_chunk` frames a call
+        for part, shape in ((vae.encoder, (3, height, width)), (vae.decoder, (vae.config.latent_channels, h8, w8))):
             if isinstance(part.forward, PadFrames):
-                part(torch.randn(part.forward.size, channels, *size, generator=g).to(vae.device, vae.dtype))
+                part(torch.randn(part.forward.size, *shape, generator=g).to(vae.device, vae.dtype))
     if unet.device.type == "cuda":
         torch.cuda.synchronize()

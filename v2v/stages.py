@@ -103,8 +103,7 @@ def _column(arrays: list[np.ndarray]):
 class Restyle:
     """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time.
 
-    res: what `config.resources` decided for this cluster (device, dtype, threads, batch invariance,
-    compile).
+    res: what `config.resources` decided for this cluster (device, dtype, threads, batch invariance, compile).
     """
 
     def __init__(self, cfg: JobConfig, res: Resources):
