@@ -114,8 +114,6 @@ class Bench:
     """What every section uses: the arguments, the model folder and clip geometry, and the rows so far."""
 
     def __init__(self, a, folder: str, argv: list[str]):
-        import torch
-
         from v2v.models import model_geometry
         from v2v.pipeline import versions
 
@@ -127,7 +125,6 @@ class Bench:
         self.info = {"card": _card(), "versions": versions(),
                      "command": "python -m jobs.benchmark " + shlex.join(argv),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        self._torch = torch
 
     def record(self, **r) -> dict:
         self.rows.append(r)
@@ -135,12 +132,16 @@ class Bench:
         return r
 
     def mem_reset(self) -> None:
+        import torch
+
         if self.cuda:
-            self._torch.cuda.empty_cache()
-            self._torch.cuda.reset_peak_memory_stats()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
 
     def peak_gib(self) -> float:
-        return self._torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
 
     def video(self, b: int, seed: int = 0):
         return _video(b, self.frames, self.height, self.width, seed)

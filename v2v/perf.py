@@ -55,6 +55,13 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                                          part.forward)
 
 
+def pad_rows(x, size: int):
+    """(n, ...) -> (size, ...) by repeating the last row (n <= size): what the padded rows compute is cut away."""
+    import torch
+
+    return x if x.shape[0] >= size else torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
+
+
 class FixedBatch:
     """Calls a shape-specialized (compiled) UNet forward at one batch size and one clip shape.
 
@@ -79,16 +86,12 @@ class FixedBatch:
         elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         n = sample.shape[0]
-        pad = (self.size or n) - n
-        if pad <= 0:
+        if self.size is None or n >= self.size:
             return self.forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
-
-        def grow(x):  # (n, ...) -> (size, ...)
-            return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
-
         if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and timestep.shape[0] == n:
-            timestep = grow(timestep)
-        out = self.forward(grow(sample), timestep, encoder_hidden_states=grow(encoder_hidden_states), **kwargs)
+            timestep = pad_rows(timestep, self.size)
+        out = self.forward(pad_rows(sample, self.size), timestep,
+                           encoder_hidden_states=pad_rows(encoder_hidden_states, self.size), **kwargs)
         if isinstance(out, tuple):  # return_dict=False
             return (out[0][:n],) + tuple(out[1:])
         out.sample = out.sample[:n]
@@ -108,18 +111,14 @@ class PadFrames:
         self.shape = None
 
     def __call__(self, sample, *args, **kwargs):
-        import torch
-
         if self.shape is None:
             self.shape = tuple(sample.shape[1:])
         n = sample.shape[0]
         if n > self.size or tuple(sample.shape[1:]) != self.shape:
             return self.eager(sample, *args, **kwargs)
-        if n < self.size:
-            sample = torch.cat([sample, sample[-1:].expand(self.size - n, *sample.shape[1:])])
         # One memory layout too: the sampler's pixels are a permuted view of (F, H, W, 3) frames, and a graph
         # is specialized to its input's strides (another layout would compile a second graph mid-job).
-        return self.forward(sample.contiguous(), *args, **kwargs)[:n]
+        return self.forward(pad_rows(sample, self.size).contiguous(), *args, **kwargs)[:n]
 
 
 def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -> None:
