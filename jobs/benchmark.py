@@ -36,6 +36,8 @@ def _args(argv=None):
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
+    p.add_argument("--attention", action="store_true",
+                   help="time each attention shape of a UNet step under every SDPA backend (fastest variant's dtype)")
     p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
     p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
     p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
@@ -178,6 +180,8 @@ def main(argv=None) -> int:
     ref = quality_reference(b) if a.quality else None
     best = sampler(b, ref)
     b.info["best_sampler"] = best
+    if a.attention:
+        attention(b, best)
     if a.startup:
         startup(b, work, best)
     if a.e2e_clips:
@@ -211,16 +215,45 @@ def reference(b: Bench) -> None:
 
 
 def quality_reference(b: Bench) -> dict:
-    """float32 eager (TF32 off): one clip's final latents and the UNet, the quality guard's reference."""
+    """float32 eager (TF32 off), the quality guard's reference: one clip's final latents, and one guided UNet
+    step's output per batch size on `_step_inputs`. Computed up front, so the float32 model leaves the card
+    before the variants are measured (their peak memory stays their own)."""
     import torch
 
-    from v2v.sampler import ClipSettings, restyle
+    from v2v.sampler import restyle
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     c = _load(b.folder, b.a.device, "float32")
-    clips = [ClipSettings("a watercolor painting", seed=7, **b.clip)]
-    return {"latents": restyle(c, b.video(1), clips, output="latents").float().cpu(), "unet": c.unet}
+    ref = {"latents": restyle(c, b.video(1), [_quality_clip(b)], output="latents").float().cpu(), "steps": {}}
+    with torch.no_grad():
+        for batch in _batch_sizes(b):
+            x, e, t = _step_inputs(b, c, batch)
+            ref["steps"][batch] = c.unet(x, t, encoder_hidden_states=e).sample.float().cpu()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = b.cuda
+    return ref
+
+
+def _quality_clip(b: Bench):
+    from v2v.sampler import ClipSettings
+
+    return ClipSettings("a watercolor painting", seed=7, **b.clip)
+
+
+def _batch_sizes(b: Bench) -> list[int]:
+    return [int(x) for x in b.a.batch_sizes.split(",") if x]
+
+
+def _step_inputs(b: Bench, c, batch: int):
+    """One guided UNet step's inputs for `batch` clips: 2 * batch latents (cond + uncond) (2B, 4, F, h, w) and
+    text embeddings (2B, 77, D), seeded, with values exact in bf16 and fp16 so that every dtype's step starts
+    from the same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
+    import torch
+
+    g = torch.Generator().manual_seed(batch)
+    h8, w8 = b.height // c.vae_scale_factor, b.width // c.vae_scale_factor
+    x = torch.randn(2 * batch, c.unet.config.in_channels, b.frames, h8, w8, generator=g).bfloat16()
+    e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
+    return x.to(c.device, c.dtype), e.to(c.device, c.dtype), torch.tensor(500)
 
 
 def sampler(b: Bench, ref: dict | None) -> dict | None:
@@ -235,10 +268,10 @@ def sampler(b: Bench, ref: dict | None) -> dict | None:
         t_load = time.perf_counter()
         c = _load(b.folder, b.a.device, variant)
         load_s = time.perf_counter() - t_load
-        for batch in [int(x) for x in b.a.batch_sizes.split(",") if x]:
+        for i, batch in enumerate(_batch_sizes(b)):
             if isinstance(c.unet.forward, FixedBatch):
                 c.unet.forward.size = 2 * batch  # the compiled graph's batch: cond + uncond latents
-            r = _sampler_row(b, c, variant, batch, ref)
+            r = _sampler_row(b, c, variant, batch, ref, final_latents=i == 0)
             if r is not None:
                 r["load_s"] = load_s
                 if best is None or r["s_per_clip"] < best["s_per_clip"]:
@@ -249,7 +282,7 @@ def sampler(b: Bench, ref: dict | None) -> dict | None:
     return best
 
 
-def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None) -> dict | None:
+def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_latents: bool) -> dict | None:
     import torch
 
     from v2v.bench import timed, unet_step_flops
@@ -268,14 +301,12 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None) -> dic
         return None
     peak = b.peak_gib()
     # One guided UNet step alone: 2B latents (cond + uncond).
+    x, e, t = _step_inputs(b, c, batch)
     text_dim = c.text_encoder.config.hidden_size
-    h8, w8 = b.height // c.vae_scale_factor, b.width // c.vae_scale_factor
-    x = torch.randn(2 * batch, 4, b.frames, h8, w8, device=c.device, dtype=c.dtype)
-    e = torch.randn(2 * batch, 77, text_dim, device=c.device, dtype=c.dtype)
-    t500 = torch.tensor(500)  # as the sampler passes timesteps (0-d CPU int64): the compiled graph's input
+    h8, w8 = x.shape[-2:]
 
     def step():
-        return c.unet(x, t500, encoder_hidden_states=e, return_dict=False)
+        return c.unet(x, t, encoder_hidden_states=e, return_dict=False)
 
     with torch.no_grad():
         step_s, _ = timed(step, repeat=5, warmup=2)
@@ -289,15 +320,12 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None) -> dic
         r["speedup_vs_reference"] = b.info["reference_s_per_clip"] / (s / batch)
     if ref is not None:
         with torch.no_grad():  # one UNet forward against float32 on the same input: the local error
-            out = step()[0].float()
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            want = ref["unet"](x.float(), t500, encoder_hidden_states=e.float()).sample
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = b.cuda
+            out = step()[0].float().cpu()
+        want = ref["steps"][batch]
         r["step_rel_err_vs_fp32"] = float((out - want).norm() / want.norm())
-        if batch == 1:  # the final latents of the reference's clip
-            lat = restyle(c, b.video(1), [ClipSettings("a watercolor painting", seed=7, **b.clip)],
-                          output="latents")
-            r["rel_err_vs_fp32"] = float((lat.float().cpu() - ref["latents"]).norm() / ref["latents"].norm())
+        if final_latents:  # the reference clip's final latents, once per variant
+            lat = restyle(c, b.video(1), [_quality_clip(b)], output="latents").float().cpu()
+            r["rel_err_vs_fp32"] = float((lat - ref["latents"]).norm() / ref["latents"].norm())
     if b.a.profile:
         r.update(_profile(b, step, f"{variant} batch {batch}"))
     return b.record(**r)
@@ -329,6 +357,38 @@ def _profile(b: Bench, step, title: str) -> dict:
             f.write(f"  {k:50s} {v * 1e3:9.1f} ms  {100 * v / total:5.1f} %\n")
         f.write(f"\n{events.table(sort_by=by, row_limit=40)}\n\n")
     return {"kernel_ms": total * 1e3}
+
+
+def attention(b: Bench, best: dict | None) -> None:
+    """Every attention shape one guided UNet step calls (eager, in the fastest variant's dtype and batch), each
+    timed under each SDPA backend: what attention costs a step, and which backend would serve each shape best.
+    Rows go to a table of their own (info["attention"])."""
+    import torch
+
+    from v2v.bench import SDPA_BACKENDS, attention_flops, sdpa_calls, time_sdpa
+
+    dtype = _variant_cfg(best["variant"])[0] if best else ("bfloat16" if b.cuda else "float32")
+    batch = best["batch"] if best else 1
+    c = _load(b.folder, b.a.device, dtype)
+    x, e, t = _step_inputs(b, c, batch)
+    rows, total = [], dict.fromkeys([*SDPA_BACKENDS, "best"], 0.0)
+    for call in sdpa_calls(lambda: c.unet(x, t, encoder_hidden_states=e)):
+        secs = time_sdpa(call, c.device.type)
+        fastest = min((k for k in SDPA_BACKENDS if secs[k] == secs[k]), key=secs.get)
+        for k in SDPA_BACKENDS:
+            total[k] += call["calls"] * secs[k]  # NaN where the backend cannot run some shape
+        total["best"] += call["calls"] * secs[fastest]
+        rows.append({"q (N, heads, L, D)": "×".join(map(str, call["q"][0])), "kv_len": call["k"][0][2],
+                     "calls": call["calls"], **{f"{k}_ms": 1e3 * secs[k] for k in SDPA_BACKENDS},
+                     "fastest": fastest, "default_tflops": attention_flops(call) / secs["default"] / 1e12})
+    rows.append({"q (N, heads, L, D)": "per step", "calls": sum(r["calls"] for r in rows),
+                 **{f"{k}_ms": 1e3 * total[k] for k in SDPA_BACKENDS}, "fastest": f"{1e3 * total['best']:.1f} ms"})
+    b.info["attention"] = {"dtype": dtype, "batch": batch, "rows": rows}
+    b.record(what="attention per step", variant=dtype, batch=batch,
+             note=f"torch's choice {1e3 * total['default']:.1f} ms, fastest per shape {1e3 * total['best']:.1f} ms")
+    c = None
+    if b.cuda:
+        torch.cuda.empty_cache()
 
 
 def startup(b: Bench, work: str, best: dict | None) -> None:
@@ -410,7 +470,14 @@ def _fmt(v):
     return "" if v is None else str(v)
 
 
+def _table(rows: list[dict], cols: list[str]) -> list[str]:
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
 def _report(a, info, rows) -> None:
+    from v2v.bench import target_verdicts
+
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
@@ -423,10 +490,15 @@ def _report(a, info, rows) -> None:
     if "bf16_matmul_tflops" in info:
         lines.append(f"Measured bf16 matmul ceiling: {info['bf16_matmul_tflops']:.0f} TFLOP/s.")
         lines.append("")
-    lines.append("| " + " | ".join(used) + " |")
-    lines.append("|" + "---|" * len(used))
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in used) + " |")
+    lines += _table(rows, used)
+    if "attention" in info:
+        att = info["attention"]
+        lines += ["", f"Attention in one guided UNet step ({att['dtype']}, batch {att['batch']}, eager): ms per call "
+                      "by SDPA backend ('default' is torch's own choice; – where the backend cannot run it)", ""]
+        lines += _table(att["rows"], list(att["rows"][0]))
+    info["targets"] = target_verdicts(info, rows)
+    lines += ["", "Issue 5's targets, as this run measured them:", ""]
+    lines += _table(info["targets"], ["target", "measured", "verdict"])
     text = "\n".join(lines) + "\n\n"
     print(text)
     if a.results:

@@ -143,3 +143,133 @@ def kernel_kinds(kernels: list[tuple[str, float]]) -> dict[str, float]:
         kind = next((k for k, keys in KERNEL_KINDS if any(key in low for key in keys)), "other")
         out[kind] = out.get(kind, 0.0) + secs
     return out
+
+
+def sdpa_calls(forward) -> list[dict]:
+    """The attention calls one `forward()` makes, grouped by their inputs' shapes and strides.
+
+    Returns [{"q": (shape, strides), "k": ..., "v": ..., "dtype", "calls"}] in first-seen order. Wraps
+    torch.nn.functional.scaled_dot_product_attention for the call (diffusers looks it up on each call).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    seen: dict[tuple, dict] = {}
+    sdpa = F.scaled_dot_product_attention
+
+    def record(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+        if attn_mask is not None or is_causal or dropout_p or kw.get("enable_gqa"):
+            raise NotImplementedError("sdpa_calls times plain attention only (no mask, causality or dropout)")
+        key = tuple((tuple(t.shape), t.stride()) for t in (q, k, v)) + (q.dtype,)
+        seen.setdefault(key, {"q": key[0], "k": key[1], "v": key[2], "dtype": q.dtype, "calls": 0})["calls"] += 1
+        return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw)
+
+    F.scaled_dot_product_attention = record
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    return list(seen.values())
+
+
+# torch's own choice, then each backend alone (torch.nn.attention.SDPBackend names)
+SDPA_BACKENDS = {"default": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
+                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def time_sdpa(call: dict, device: str, repeat: int = 10) -> dict[str, float]:
+    """Seconds per call of one attention shape (an `sdpa_calls` entry) under each of SDPA_BACKENDS, on random
+    inputs laid out with the recorded strides. NaN where a backend cannot run the shape on this device."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def strided(shape, stride):  # the smallest storage that holds every element the strides reach
+        n = 1 + sum((size - 1) * st for size, st in zip(shape, stride))
+        return torch.randn(n, device=device, dtype=call["dtype"]).as_strided(shape, stride)
+
+    q, k, v = (strided(*call[name]) for name in "qkv")
+
+    def attend():
+        return F.scaled_dot_product_attention(q, k, v)
+
+    out = {}
+    for name, backend in SDPA_BACKENDS.items():
+        only = sdpa_kernel([getattr(SDPBackend, backend)]) if backend else contextlib.nullcontext()
+        try:
+            with torch.no_grad(), only:
+                if device == "cpu":
+                    out[name] = timed(attend, repeat=repeat)[0]
+                    continue
+                attend(), attend()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeat):  # back to back, as in a step: kernel time without a sync per call
+                    attend()
+                end.record()
+                torch.cuda.synchronize()
+                out[name] = start.elapsed_time(end) / 1000 / repeat
+        except RuntimeError:  # "No available kernel": this backend rejects the shape, dtype or device
+            out[name] = float("nan")
+    return out
+
+
+def attention_flops(call: dict) -> float:
+    """FLOPs of one attention call: QK^T and PV, 2 * B*H * L * S * D each (D: q's last dim)."""
+    (b, h, lq, d), (_, _, s, _) = call["q"][0], call["k"][0]
+    return 4.0 * b * h * lq * s * d
+
+
+# Issue 5's targets: (what, threshold, whether higher is better); target_verdicts reads them off a run's rows.
+TARGETS = (
+    ("sampler ≥ 2.5 × the reference's clips/hour", 2.5, True),
+    ("UNet steps ≥ 60 % of the measured bf16 matmul rate", 0.60, True),
+    ("peak memory per clip ≤ the reference's", 1.0, False),
+    ("Ray job ≥ 90 % of the bare sampler's clips/hour", 0.90, True),
+    ("actor ready ≤ 60 s on its second start", 60.0, False),
+    ("two GPUs ≥ 1.9 × one", 1.9, True),
+)
+
+
+def target_verdicts(info: dict, rows: list[dict]) -> list[dict]:
+    """Issue 5's six targets against one benchmark run: [{target, measured, verdict}], the verdict 'met',
+    'missed' or 'not measured' (the run lacked the section, or the figure needs a GPU)."""
+    best = info.get("best_sampler") or {}
+    ref_s, ref_peak = info.get("reference_s_per_clip"), info.get("reference_peak_gib")
+    ceiling = info.get("bf16_matmul_tflops")
+    ray = {r.get("gpus"): r for r in rows if r.get("what") == "ray job end to end" and "steady_clips_per_hour" in r}
+    second = [r for r in rows if r.get("what") == "actor ready (second start)"
+              and not str(r.get("note", "")).startswith("failed")]
+    tag = f"{best.get('variant')}, batch {best.get('batch')}"
+    got: list[tuple[float, str] | None] = [None] * len(TARGETS)  # (value compared, what the table says)
+    if best and ref_s:
+        x = ref_s / best["s_per_clip"]
+        got[0] = x, f"{x:.2f} × ({tag}: {best['s_per_clip']:.3g} s vs {ref_s:.3g} s per clip)"
+    if best.get("tflops") and ceiling:
+        x = best["tflops"] / ceiling
+        got[1] = x, f"{best['tflops']:.0f} of {ceiling:.0f} TFLOP/s = {100 * x:.0f} % ({tag})"
+    if best.get("peak_gib_per_clip") is not None and ref_peak:
+        x = best["peak_gib_per_clip"] / ref_peak
+        got[2] = x, (f"{best['peak_gib_per_clip']:.1f} GiB per clip ({best['peak_gib']:.1f} GiB for "
+                     f"{best['batch']}) vs {ref_peak:.1f} GiB")
+    if 1 in ray:
+        x = ray[1]["steady_vs_bare_sampler"]
+        got[3] = x, f"{x:.3f} of the bare sampler (1 GPU, steady rate, actors {ray[1]['gpu_busy']:.1%} busy)"
+    if second:
+        x = second[0]["seconds"]
+        got[4] = x, f"{x:.1f} s ({second[0]['variant']}, batch {second[0]['batch']})"
+    if 1 in ray and 2 in ray:
+        x = ray[2]["scaling_vs_1gpu"]
+        got[5] = x, (f"{x:.2f} × ({ray[2]['steady_clips_per_hour']:.0f} vs {ray[1]['steady_clips_per_hour']:.0f} "
+                     "clips/hour, steady)")
+    out = []
+    for (name, threshold, higher), g in zip(TARGETS, got):
+        if g is None or g[0] != g[0]:  # absent or NaN (e.g. peak memory on CPU)
+            out.append({"target": name, "measured": "not measured in this run", "verdict": "not measured"})
+        else:
+            met = g[0] >= threshold if higher else g[0] <= threshold
+            out.append({"target": name, "measured": g[1], "verdict": "met" if met else "missed"})
+    return out
