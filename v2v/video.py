@@ -38,6 +38,17 @@ class Probe:
     has_audio: bool
 
 
+def _av_open(src):
+    """av.open for reading, with non-UTF-8 metadata replaced where this PyAV asks for it: PyAV 18 takes
+    `metadata_errors`, later releases dropped the argument."""
+    try:
+        return av.open(src, "r", metadata_errors="replace")
+    except TypeError as e:
+        if "metadata_errors" not in str(e):
+            raise
+        return av.open(src, "r")
+
+
 @contextlib.contextmanager
 def open_video(uri: str):
     """av.open for reading, with every failure turned into one VideoError naming `uri`.
@@ -52,7 +63,7 @@ def open_video(uri: str):
                 raise VideoError(f"{uri}: file not found")
             if os.path.getsize(lp) == 0:
                 raise VideoError(f"{uri}: empty file (0 bytes)")
-            container = av.open(lp, "r", metadata_errors="replace")
+            container = _av_open(lp)
             f = None
         else:
             fs, path = url_to_fs(uri)
@@ -61,7 +72,7 @@ def open_video(uri: str):
             if fs.size(path) == 0:
                 raise VideoError(f"{uri}: empty file (0 bytes)")
             f = fs.open(path, "rb")
-            container = av.open(f, "r", metadata_errors="replace")
+            container = _av_open(f)
     except VideoError:
         raise
     except (av.error.FFmpegError, OSError, EOFError) as e:
