@@ -175,18 +175,24 @@ def main(argv=None) -> int:
     if b.cuda:
         b.info["bf16_matmul_tflops"] = matmul_tflops()
         b.record(what="bf16 matmul 8192^3", tflops=b.info["bf16_matmul_tflops"])
-    if a.reference:
-        reference(b)
-    ref = quality_reference(b) if a.quality else None
-    best = sampler(b, ref)
-    b.info["best_sampler"] = best
-    if a.attention:
-        attention(b, best)
-    if a.startup:
-        startup(b, work, best)
-    if a.e2e_clips:
-        ray_job(b, work, best)
-    _report(a, b.info, b.rows)
+    # A run lasts many GPU minutes: when a section fails, the table still reports what came before it.
+    try:
+        if a.reference:
+            reference(b)
+        ref = quality_reference(b) if a.quality else None
+        best = sampler(b, ref)
+        b.info["best_sampler"] = best
+        if a.attention:
+            attention(b, best)
+        if a.startup:
+            startup(b, work, best)
+        if a.e2e_clips:
+            ray_job(b, work, best)
+    except BaseException as e:
+        b.record(what="run stopped", note=f"{type(e).__name__}: {e}"[:300])
+        raise
+    finally:
+        _report(a, b.info, b.rows)
     return 0
 
 
