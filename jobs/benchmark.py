@@ -107,8 +107,10 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     dtype, switches = _variant_cfg(variant)
     cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype, **switches)
     t1 = time.perf_counter()
-    Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
-    print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s", flush=True)
+    actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in actor.start_s.items())
+    print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s ({phases})",
+          flush=True)
     return 0
 
 

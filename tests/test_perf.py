@@ -164,7 +164,7 @@ frames = restyle(actor.components, video, clips)  # through the compiled VAE dec
 np.save(sys.argv[1], torch.cat([two, one]).numpy())
 np.save(sys.argv[1] + ".frames.npy", frames.numpy())
 np.save(sys.argv[1] + ".short.npy", short.numpy())
-print("RESULT " + json.dumps({"ready_s": ready_s, "graphs_after_start": graphs_after_start,
+print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "graphs_after_start": graphs_after_start,
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}))
@@ -189,6 +189,10 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     # onto the UNet's, the 5-frame clip's UNet calls ran eager and its VAE chunks were padded: none compiled again
     assert first["graphs_after_start"] == 3 and first["graphs_at_end"] == 3, first
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
+    # the start's phases, each timed once: they add up to (at most) the whole start
+    assert list(first["start_s"]) == ["load", "switches", "warm_up_unet", "warm_up_vae_encoder",
+                                      "warm_up_vae_decoder", "fingerprint"], first
+    assert 0 < sum(first["start_s"].values()) <= first["ready_s"]
     video = _video(2)
     want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
                       restyle(tiny, video[1:], CLIPS[1:], output="latents")])

@@ -121,15 +121,22 @@ class PadFrames:
         return self.forward(pad_rows(sample, self.size).contiguous(), *args, **kwargs)[:n]
 
 
-def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -> None:
+def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -> dict[str, float]:
     """One UNet forward at the working shape (and one VAE encoder and decoder call where those are compiled),
     so compilation and autotuning happen at actor start-up rather than inside the first batch (the actor is
-    'ready' once this returns)."""
+    'ready' once this returns). Returns each part's seconds (compile or cached-kernel load included)."""
+    import time
+
     import torch
 
     from v2v.sampler import schedule
 
     unet = components.unet
+
+    def sync():  # so each part's time is its own, not queued GPU work of the one before
+        if unet.device.type == "cuda":
+            torch.cuda.synchronize()
+
     h8, w8 = height // components.vae_scale_factor, width // components.vae_scale_factor
     g = torch.Generator("cpu").manual_seed(0)
     x = torch.randn(unet_batch, unet.config.in_channels, frames, h8, w8, generator=g).to(unet.device, unet.dtype)
@@ -139,11 +146,18 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     # dtype would be another compiled graph.
     t = schedule(components.scheduler, 10, 1.0)[1][0]
     vae = components.vae
+    seconds = {}
     with torch.no_grad():
+        t0 = time.perf_counter()
         unet(x, t, encoder_hidden_states=e, return_dict=False)
+        sync()
+        seconds["unet"] = time.perf_counter() - t0
         # (frames, C, H, W) pixels into the encoder, latents into the decoder, `vae_chunk` frames a call
-        for part, shape in ((vae.encoder, (3, height, width)), (vae.decoder, (vae.config.latent_channels, h8, w8))):
+        for name, part, shape in (("vae_encoder", vae.encoder, (3, height, width)),
+                                  ("vae_decoder", vae.decoder, (vae.config.latent_channels, h8, w8))):
             if isinstance(part.forward, PadFrames):
+                t0 = time.perf_counter()
                 part(torch.randn(part.forward.size, *shape, generator=g).to(vae.device, vae.dtype))
-    if unet.device.type == "cuda":
-        torch.cuda.synchronize()
+                sync()
+                seconds[name] = time.perf_counter() - t0
+    return seconds

@@ -115,17 +115,28 @@ class Restyle:
         torch.set_num_threads(res.torch_threads)
         self.cfg = cfg
         self.batch_invariant = res.batch_invariant
+        # Seconds per start-up phase (logged; the benchmark's start-up rows show them): an actor's start is
+        # mostly host CPU work (loading, tracing, compiling or loading cached kernels).
+        self.start_s: dict[str, float] = {}
+        t0 = time.perf_counter()
         self.components = load_components(cfg.model, device=res.device, dtype=res.dtype, scheduler=cfg.scheduler,
                                           allow_pickle=cfg.allow_pickle)
+        self.start_s["load"] = time.perf_counter() - t0
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
+        t0 = time.perf_counter()
         apply_perf_settings(self.components, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
                             compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
                             vae_chunk=cfg.vae_chunk)
+        self.start_s["switches"] = time.perf_counter() - t0
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape(model_geometry(str(self.components.folder)))
-            warm_up(self.components, unet_batch, frames, height, width)
+            for part, secs in warm_up(self.components, unet_batch, frames, height, width).items():
+                self.start_s[f"warm_up_{part}"] = secs
+        t0 = time.perf_counter()
         self.model_sha256 = model_fingerprint(self.components.folder)
+        self.start_s["fingerprint"] = time.perf_counter() - t0
+        logger.info("restyle actor ready: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items()))
         self.scheduler_name = type(self.components.scheduler).__name__
         # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None
