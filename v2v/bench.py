@@ -196,22 +196,24 @@ def time_sdpa(call: dict, device: str, repeat: int = 10) -> dict[str, float]:
     def attend():
         return F.scaled_dot_product_attention(q, k, v)
 
+    def seconds_per_call():
+        if device == "cpu":
+            return timed(attend, repeat=repeat)[0]
+        attend(), attend()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):  # back to back, as in a step: kernel time without a sync per call
+            attend()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000 / repeat
+
     out = {}
     for name, backend in SDPA_BACKENDS.items():
         only = sdpa_kernel([getattr(SDPBackend, backend)]) if backend else contextlib.nullcontext()
         try:
             with torch.no_grad(), only:
-                if device == "cpu":
-                    out[name] = timed(attend, repeat=repeat)[0]
-                    continue
-                attend(), attend()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(repeat):  # back to back, as in a step: kernel time without a sync per call
-                    attend()
-                end.record()
-                torch.cuda.synchronize()
-                out[name] = start.elapsed_time(end) / 1000 / repeat
+                out[name] = seconds_per_call()
         except RuntimeError:  # "No available kernel": this backend rejects the shape, dtype or device
             out[name] = float("nan")
     return out

@@ -38,23 +38,17 @@ class Probe:
     has_audio: bool
 
 
-def _av_open(src):
-    """av.open for reading, with non-UTF-8 metadata replaced where this PyAV asks for it: PyAV 18 takes
-    `metadata_errors`, later releases dropped the argument."""
-    try:
-        return av.open(src, "r", metadata_errors="replace")
-    except TypeError as e:
-        if "metadata_errors" not in str(e):
-            raise
-        return av.open(src, "r")
+# Non-UTF-8 metadata tags: PyAV 18 raises on them unless told to replace; PyAV 19 dropped the argument (it reads
+# every tag as UTF-8 with surrogateescape, which cannot raise).
+_READ_OPTIONS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
 @contextlib.contextmanager
 def open_video(uri: str):
     """av.open for reading, with every failure turned into one VideoError naming `uri`.
 
-    Metadata tags that are not UTF-8 (corrupt or legacy files) are read with replacement characters: PyAV's
-    strict default raises UnicodeDecodeError on them, which would fail a video whose frames are fine.
+    Metadata tags that are not UTF-8 (corrupt or legacy files) are read without raising (_READ_OPTIONS): PyAV
+    18's strict default raises UnicodeDecodeError on them, which would fail a video whose frames are fine.
     """
     lp = local_path(uri)
     try:
@@ -63,7 +57,7 @@ def open_video(uri: str):
                 raise VideoError(f"{uri}: file not found")
             if os.path.getsize(lp) == 0:
                 raise VideoError(f"{uri}: empty file (0 bytes)")
-            container = _av_open(lp)
+            container = av.open(lp, "r", **_READ_OPTIONS)
             f = None
         else:
             fs, path = url_to_fs(uri)
@@ -72,7 +66,7 @@ def open_video(uri: str):
             if fs.size(path) == 0:
                 raise VideoError(f"{uri}: empty file (0 bytes)")
             f = fs.open(path, "rb")
-            container = _av_open(f)
+            container = av.open(f, "r", **_READ_OPTIONS)
     except VideoError:
         raise
     except (av.error.FFmpegError, OSError, EOFError) as e:
