@@ -32,7 +32,7 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+compile[+vae]] ('' for none)")
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+compile|+aot[+vae]] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -46,6 +46,9 @@ def _args(argv=None):
                    help="time a restyle actor's first and second start in fresh processes (compile cache)")
     p.add_argument("--startup-variant", default=None, help="variant for --startup (default: fastest measured)")
     p.add_argument("--startup-batch", type=int, default=None, help="batch size for --startup (default: fastest)")
+    p.add_argument("--startup-cache", default=None,
+                   help="compile cache for --startup (default: a new empty one); one that already holds this "
+                        "variant's kernels or packages makes the first start a cached one too")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster for the job (default: RAY_ADDRESS, as `ray job submit` sets it, else a local one "
                         "per GPU count); the sampler figures are measured in this process, on this node")
@@ -64,18 +67,21 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "compile", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "compile", "aot", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
     """'bfloat16+compile+vae' -> ('bfloat16', the perf switches as JobConfig names them).
 
-    `compile` alone compiles the UNet only; `+vae` also the VAE (the job's default when compiling)."""
+    `compile` alone compiles the UNet only; `+vae` also the VAE (the job's default when compiling); `aot` compiles
+    ahead of time into stored packages (implies compile)."""
     dtype, *parts = variant.split("+")
     unknown = [p for p in parts if p not in _PARTS]
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
     switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
+    switches["compile_aot"] = "aot" in parts
+    switches["compile"] |= switches["compile_aot"]
     switches["compile_vae"] = "vae" in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
@@ -102,6 +108,7 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took."""
     t0 = time.perf_counter()
     from v2v.config import JobConfig, resources
+    from v2v.perf import aot_status
     from v2v.stages import Restyle
 
     dtype, switches = _variant_cfg(variant)
@@ -109,6 +116,8 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     t1 = time.perf_counter()
     actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
     phases = ", ".join(f"{k} {v:.1f}" for k, v in actor.start_s.items())
+    # ahead-of-time packages: built in this start, loaded from the cache, or failed over to torch.compile
+    phases += "".join(f"; {k} {v[:160]}" for k, v in aot_status(actor.components).items())
     print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s ({phases})",
           flush=True)
     return 0
@@ -404,7 +413,7 @@ def startup(b: Bench, work: str, best: dict | None) -> None:
     warm-up), twice over one empty compile cache: the first start, then the second."""
     variant = b.a.startup_variant or (best["variant"] if best else "bfloat16+compile")
     batch = b.a.startup_batch or (best["batch"] if best else 4)
-    cache = os.path.join(work, f"inductor-startup-{int(time.time())}")
+    cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{int(time.time())}")
     for attempt in ("first start", "second start"):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--_actor", b.folder, b.a.device, variant,

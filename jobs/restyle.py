@@ -54,6 +54,7 @@ HELP = {
     "batch_invariant": "one UNet forward per clip: results independent of batching (default: on for CPU)",
     "compile": "torch.compile the UNet, kernels cached on disk (default: on for GPU actors, off on CPU)",
     "compile_vae": "with --compile, also compile the VAE encoder and decoder (default: on)",
+    "compile_aot": "with --compile, compile ahead of time into packages in the cache: later starts skip tracing",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",

@@ -108,9 +108,13 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {"channels_last": False, "fuse_qkv": False,
-                                                                 "compile": True, "compile_vae": True})
+                                                                 "compile": True, "compile_aot": False,
+                                                                 "compile_vae": True})
     assert _variant_cfg("float16")[1] == {"channels_last": False, "fuse_qkv": False, "compile": False,
-                                          "compile_vae": False}
+                                          "compile_aot": False, "compile_vae": False}
+    # aot is a way of compiling: it implies compile
+    assert _variant_cfg("bfloat16+aot+vae")[1] == {"channels_last": False, "fuse_qkv": False, "compile": True,
+                                                   "compile_aot": True, "compile_vae": True}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
         try:
             _variant_cfg(bad)
@@ -141,17 +145,20 @@ def test_channels_last_computes_the_same_latents(cache_dir):
 
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
 # decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
-# shorter clip, and reports outputs and torch's compile counters.
+# shorter clip, and reports outputs, torch's compile counters and, with --compile-aot, what each part's
+# ahead-of-time package did.
 _ACTOR = """
 import json, sys, time
 import numpy as np, torch
 from torch._dynamo.utils import counters
 from v2v.config import JobConfig, resources
+from v2v.perf import aot_parts
 from v2v.sampler import ClipSettings, restyle
 from v2v.stages import Restyle
 
 t0 = time.perf_counter()
-cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False)
+cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False,
+                compile_aot=sys.argv[2] == "aot")
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
 graphs_after_start = counters["stats"]["unique_graphs"]
@@ -167,14 +174,16 @@ np.save(sys.argv[1] + ".short.npy", short.numpy())
 print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "graphs_after_start": graphs_after_start,
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
-                              "cache_misses": counters["inductor"]["fxgraph_cache_miss"]}))
+                              "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
+                              "aot": {k: {"built": len(a.built), "loaded": len(a.runners), "failed": a.failed}
+                                      for k, a in aot_parts(actor.components).items()}}))
 """
 
 
-def _start_actor(tmp_path, name, cache):
+def _start_actor(tmp_path, name, cache, mode="jit"):
     out = tmp_path / f"{name}.npy"
     env = {**os.environ, "V2V_COMPILE_CACHE": str(cache), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", _ACTOR, str(out)], cwd=REPO, env=env, capture_output=True,
+    p = subprocess.run([sys.executable, "-c", _ACTOR, str(out), mode], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
@@ -188,6 +197,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     # three graphs (UNet, VAE encoder, VAE decoder), compiled in the constructor; the 1-clip batch was padded
     # onto the UNet's, the 5-frame clip's UNet calls ran eager and its VAE chunks were padded: none compiled again
     assert first["graphs_after_start"] == 3 and first["graphs_at_end"] == 3, first
+    assert first["aot"] == {}, first
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
     assert list(first["start_s"]) == ["load", "switches", "warm_up_unet", "warm_up_vae_encoder",
@@ -204,6 +214,75 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert second["cache_hits"] >= 1 and second["cache_misses"] == 0, second  # no kernel compiled again
     assert second["ready_s"] < first["ready_s"], (first, second)
     torch.testing.assert_close(again, got, rtol=0, atol=1e-6)
+
+
+def test_aot_actor_matches_eager_and_its_second_start_loads_the_packages(tiny, tmp_path):
+    cache = tmp_path / "compiled"
+    first, got, short, frames = _start_actor(tmp_path, "first", cache, "aot")
+    # each part exported and compiled once into a package at start; no dynamo graph (no tracing at run time)
+    built = {"built": 1, "loaded": 1, "failed": None}
+    assert first["aot"] == {"unet": built, "vae_encoder": built, "vae_decoder": built}, first
+    assert first["graphs_at_end"] == 0, first
+    assert len(list((cache / "aot").glob("*.pt2"))) == 3
+    video = _video(2)
+    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
+                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
+    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
+
+    second, again, _, _ = _start_actor(tmp_path, "second", cache, "aot")
+    loaded = {"built": 0, "loaded": 1, "failed": None}
+    assert second["aot"] == {"unet": loaded, "vae_encoder": loaded, "vae_decoder": loaded}, second
+    assert second["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, second)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)  # the same kernels on the same weights
+
+
+class _SmallHead(torch.nn.Module):
+    """A 1x1 convolution to 4 channels: inductor writes a bias of 4 values into its kernel as literals."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return torch.nn.functional.silu(self.conv(x))
+
+
+def test_aot_package_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path):
+    from v2v.aot import AotForward
+
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        part = AotForward(head, head.forward, "head", {"model": "a"}, tmp_path, fallback=None)
+        torch.testing.assert_close(part(x), head(x))
+        # the package reads the module's own weight tensor (shared, not a copy): an in-place update shows
+        head.conv.weight.mul_(2)
+        torch.testing.assert_close(part(x), head(x))
+        # other weights (a fine-tune of the same architecture) are another model: another package
+        head.conv.bias.add_(1)
+        other = AotForward(head, head.forward, "head", {"model": "b"}, tmp_path, fallback=None)
+        torch.testing.assert_close(other(x), head(x))
+    assert len(other.built) == 1 and len(list(tmp_path.glob("head-*.pt2"))) == 2
+
+
+class _DataDependent(torch.nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x * 3  # a branch on values: torch.export cannot trace it
+
+
+def test_aot_part_that_cannot_be_exported_runs_through_the_fallback(tmp_path, caplog):
+    from v2v.aot import AotForward
+
+    m = _DataDependent()
+    part = AotForward(m, m.forward, "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
+    x = torch.ones(3)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(part(x), x * 2) and torch.equal(part(-x), -x * 3)
+    assert part.failed and "branchy" in caplog.text and "torch.compile instead" in caplog.text
+    assert not list(tmp_path.glob("*.pt2"))  # nothing half-written left behind
 
 
 def test_actor_rates_count_batches_after_each_actors_first():

@@ -64,6 +64,9 @@ class JobConfig:
     # With compile, also the VAE's encoder and decoder (None: yes; 5 % per clip on an H100, ~1 min more of
     # first compile).
     compile_vae: bool | None = None
+    # With compile, build each compiled part ahead of time (AOTInductor) into a package in the compile cache:
+    # later starts load it instead of tracing the model again (v2v.aot). None: off (see benchmarks/RESULTS.md).
+    compile_aot: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
 
@@ -146,6 +149,7 @@ class Resources:
     batch_invariant: bool
     compile: bool
     compile_vae: bool
+    compile_aot: bool
 
 
 def resources(cfg: JobConfig, cluster: dict) -> Resources:
@@ -166,5 +170,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
     compile_ = cfg.compile if cfg.compile is not None else device == "cuda"
     compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
+    compile_aot = compile_ and bool(cfg.compile_aot)
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae)
+                     invariant, compile_, compile_vae, compile_aot)

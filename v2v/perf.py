@@ -11,12 +11,14 @@ import os
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8) -> None:
+                        vae_chunk: int = 8, compile_aot: bool = False) -> None:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
     smaller calls are padded up to it so a short last batch does not trigger a second compile.
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
+    compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
+    later starts load it instead of tracing the model again.
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
     coordinate-descent tuning, max-autotune.
     """
@@ -48,12 +50,53 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
         eager = unet.forward
-        unet.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), unet_batch, eager)
-        if compile_vae:
-            for part in (components.vae.encoder, components.vae.decoder):
-                part.forward = PadFrames(torch.compile(part.forward, fullgraph=False, dynamic=False), vae_chunk,
-                                         part.forward)
+        unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
+        parts = [(components.vae.encoder, "vae_encoder"), (components.vae.decoder, "vae_decoder")]
+        vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
+        if compile_aot:
+            from pathlib import Path
 
+            from v2v.aot import AotForward, device_id
+            from v2v.models import model_fingerprint
+
+            # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
+            base = {"model": model_fingerprint(components.folder), "dtype": str(unet.dtype),
+                    "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv}
+            aot_dir = Path(cache) / "aot"
+            unet_fn = UNetCall(AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"},
+                                          aot_dir, fallback=UNetCall.tensors_only(unet_fn)), eager)
+            vae_fns = [AotForward(p, p.forward, name, {**base, "part": name}, aot_dir, fallback=fn)
+                       for (p, name), fn in zip(parts, vae_fns)]
+        unet.forward = FixedBatch(unet_fn, unet_batch, eager)
+        if compile_vae:
+            for (part, _), fn in zip(parts, vae_fns):
+                part.forward = PadFrames(fn, vae_chunk, part.forward)
+
+
+class UNetCall:
+    """The UNet's call convention (sample, timestep, encoder_hidden_states=..., return_dict=...) over a function
+    of three tensors (an AOTInductor package takes tensors only, all on the model's device)."""
+
+    def __init__(self, fn, eager):
+        self.fn, self.eager = fn, eager
+
+    @staticmethod
+    def tensors_only(forward):
+        return lambda sample, t, e: forward(sample, t, encoder_hidden_states=e, return_dict=False)[0]
+
+    def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **kwargs):
+        import torch
+
+        if kwargs:  # the sampler passes none; anything else (e.g. cross_attention_kwargs) runs eager
+            return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              return_dict=return_dict, **kwargs)
+        # diffusers moves a 0-d timestep to the sample's device itself: same values either way
+        out = self.fn(sample, torch.as_tensor(timestep, device=sample.device), encoder_hidden_states)
+        if return_dict:
+            from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
+
+            return UNet3DConditionOutput(sample=out)
+        return (out,)
 
 def pad_rows(x, size: int):
     """(n, ...) -> (size, ...) by repeating the last row (n <= size): what the padded rows compute is cut away."""
@@ -161,3 +204,22 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
                 sync()
                 seconds[name] = time.perf_counter() - t0
     return seconds
+
+
+def aot_parts(components) -> dict:
+    """{part name: v2v.aot.AotForward} of a model set up with compile_aot (empty otherwise): what each part's
+    packages did (built here, loaded from the cache, or failed over to torch.compile)."""
+    found = {}
+    unet_fn = getattr(components.unet.forward, "forward", None)  # FixedBatch -> UNetCall -> AotForward
+    if isinstance(unet_fn, UNetCall):
+        found["unet"] = unet_fn.fn
+    for name, part in (("vae_encoder", components.vae.encoder), ("vae_decoder", components.vae.decoder)):
+        if isinstance(part.forward, PadFrames) and hasattr(part.forward.forward, "runners"):
+            found[name] = part.forward.forward
+    return found
+
+
+def aot_status(components) -> dict[str, str]:
+    """{part: 'built' (compiled in this process) | 'loaded' (from the cache) | 'failed: why'} for the log."""
+    return {k: f"failed: {p.failed}" if p.failed else "built" if p.built else "loaded"
+            for k, p in aot_parts(components).items()}

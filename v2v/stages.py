@@ -110,7 +110,7 @@ class Restyle:
         import torch
 
         from v2v.models import load_components, model_fingerprint, model_geometry
-        from v2v.perf import apply_perf_settings, warm_up
+        from v2v.perf import aot_status, apply_perf_settings, warm_up
 
         torch.set_num_threads(res.torch_threads)
         self.cfg = cfg
@@ -127,7 +127,7 @@ class Restyle:
         t0 = time.perf_counter()
         apply_perf_settings(self.components, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
                             compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
-                            vae_chunk=cfg.vae_chunk)
+                            vae_chunk=cfg.vae_chunk, compile_aot=res.compile_aot)
         self.start_s["switches"] = time.perf_counter() - t0
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape(model_geometry(str(self.components.folder)))
@@ -136,7 +136,8 @@ class Restyle:
         t0 = time.perf_counter()
         self.model_sha256 = model_fingerprint(self.components.folder)
         self.start_s["fingerprint"] = time.perf_counter() - t0
-        logger.info("restyle actor ready: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items()))
+        logger.info("restyle actor ready: %s%s", ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items()),
+                    "".join(f"; {k} package {v}" for k, v in aot_status(self.components).items()))
         self.scheduler_name = type(self.components.scheduler).__name__
         # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None

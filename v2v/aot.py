@@ -1,0 +1,142 @@
+"""Ahead-of-time compiled parts (AOTInductor): an actor's later starts load kernels instead of tracing.
+
+`torch.compile` caches its kernels on disk, but every start still traces the model with dynamo and replays
+inductor's graph passes before it finds them in the cache — tens of seconds for the 1.4 B-parameter UNet3D,
+more on a slow host CPU. Here a part is exported once (`torch.export`) and compiled by AOTInductor into a
+package (a shared library plus its GPU kernels) stored under the compile cache; a later start loads the
+package and is ready after one call.
+
+The package holds no weights: the running module's own parameters are handed to it (shared, not copied), so
+one copy of the weights sits in GPU memory. Inductor still writes tensors of a few values (e.g. the 4 output
+biases of the UNet's last convolution) into its kernels as literals, so a package is only valid for the exact
+weights it was built from: the model's fingerprint is part of its key, with the input shapes, dtypes, torch
+version and device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Bump when what a package computes for the same key changes (the wrappers below, how inputs are passed).
+AOT_VERSION = 1
+
+
+def device_id(device) -> str:
+    """What compiled kernels are specific to: the GPU's name and compute capability, or the CPU's ISA."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} sm_{major}{minor} cuda {torch.version.cuda}"
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+
+
+def signature(tensors) -> list:
+    """[(shape, dtype, device type, contiguous)] of a call's inputs: a package serves exactly these."""
+    return [(list(t.shape), str(t.dtype), t.device.type, t.is_contiguous()) for t in tensors]
+
+
+def package_key(base: dict, tensors) -> str:
+    key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "inputs": signature(tensors)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class _Call(torch.nn.Module):
+    """Lets torch.export trace a plain function of tensors whose weights live in `owner`."""
+
+    def __init__(self, owner, fn):
+        super().__init__()
+        self.owner = owner  # registered: the package's constants are named owner.<parameter name>
+        self.fn = fn
+
+    def forward(self, *tensors):
+        return self.fn(*tensors)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock next to `path`: actors starting together on one machine build a package once; the
+    others wait, then load it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_package(owner, fn, tensors, path: Path) -> None:
+    """Export `fn(*tensors)` and compile it with AOTInductor into `path` (written whole, then renamed)."""
+    exported = torch.export.export(_Call(owner, fn), tuple(tensors), strict=False)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
+    try:
+        torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(tmp),
+            # weights stay out of the package: they are the running module's, handed over at load
+            inductor_configs={"aot_inductor.package_constants_in_so": False})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_package(owner, path: Path):
+    """The compiled part at `path`, running on `owner`'s own parameters and buffers (no copy)."""
+    runner = torch._inductor.aoti_load_package(str(path))
+    own = {f"owner.{k}": v for k, v in owner.named_parameters()}
+    own.update({f"owner.{k}": v for k, v in owner.named_buffers()})
+    wanted = runner.get_constant_fqns()
+    missing = [k for k in wanted if k not in own]
+    if missing:  # a tensor made inside forward, or a package built for another module
+        raise RuntimeError(f"{path.name}: constants {missing[:5]} are not among the module's parameters")
+    runner.load_constants({k: own[k] for k in wanted}, check_full_update=True, user_managed=True)
+    return runner
+
+
+class AotForward:
+    """Calls fn(*tensors) through an AOTInductor package built for exactly these input shapes.
+
+    owner: the nn.Module whose parameters fn uses. base: what else the package depends on (model fingerprint,
+    dtype, perf switches, device), see `package_key`. A part that cannot be exported or compiled runs through
+    `fallback` (torch.compile) instead, with a warning: the job still runs, only its starts stay slow.
+    """
+
+    def __init__(self, owner, fn, name: str, base: dict, cache_dir: str | Path, fallback):
+        self.owner, self.fn, self.name, self.base = owner, fn, name, base
+        self.cache_dir = Path(cache_dir)
+        self.fallback = fallback
+        self.runners: dict[str, object] = {}  # package key -> loaded package
+        self.failed: str | None = None  # why this part runs through the fallback, once it does
+        self.built: list[Path] = []  # packages this process compiled (not found in the cache)
+
+    def __call__(self, *tensors):
+        if self.failed is not None:
+            return self.fallback(*tensors)
+        key = package_key(self.base, tensors)
+        runner = self.runners.get(key)
+        if runner is None:
+            try:
+                runner = self.runners[key] = self._runner(key, tensors)
+            except Exception as e:  # export or AOTInductor cannot take this model: run it the JIT way
+                self.failed = f"{type(e).__name__}: {e}"
+                logger.warning("%s: ahead-of-time compile failed, using torch.compile instead: %s",
+                               self.name, self.failed)
+                return self.fallback(*tensors)
+        return runner(*tensors)
+
+    def _runner(self, key: str, tensors):
+        path = self.cache_dir / f"{self.name}-{key}.pt2"
+        with _locked(path):
+            if not path.exists():
+                logger.info("%s: compiling ahead of time into %s", self.name, path)
+                build_package(self.owner, self.fn, tensors, path)
+                self.built.append(path)
+        return load_package(self.owner, path)
