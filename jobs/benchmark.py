@@ -421,8 +421,11 @@ def startup(b: Bench, work: str, best: dict | None) -> None:
                              env={**os.environ, "V2V_COMPILE_CACHE": cache})
         wall = time.perf_counter() - t0
         ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
+        # a crash (e.g. a segmentation fault, exit code -11) leaves no traceback: say the code, and the last
+        # lines other than progress bars
+        said = [ln for ln in out.stderr.splitlines() if ln.strip() and "it/s]" not in ln]
         b.record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
-                 note=ready[0][6:] if ready else "failed: " + out.stderr[-300:].replace("\n", " "))
+                 note=ready[0][6:] if ready else f"failed (exit code {out.returncode}): " + " ".join(said[-3:])[-300:])
 
 
 def ray_job(b: Bench, work: str, best: dict | None) -> None:

@@ -285,6 +285,28 @@ def test_aot_part_that_cannot_be_exported_runs_through_the_fallback(tmp_path, ca
     assert not list(tmp_path.glob("*.pt2"))  # nothing half-written left behind
 
 
+def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, caplog):
+    from v2v.aot import AotForward
+
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        AotForward(head, head.forward, "head", {"model": "a"}, tmp_path, fallback=None)(x)
+        (package,) = tmp_path.glob("head-*.pt2")
+        assert package.with_suffix(".loads").exists()  # checked in a test process once
+        # a package cut short (a full disk, a copy interrupted): found, checked again, not loaded in-process
+        package.write_bytes(package.read_bytes()[:1000])
+        package.with_suffix(".loads").unlink()
+        calls = []
+        part = AotForward(head, head.forward, "head", {"model": "a"}, tmp_path,
+                          fallback=lambda t: calls.append(t) or head(t))
+        with caplog.at_level("WARNING"):
+            torch.testing.assert_close(part(x), head(x))
+    assert calls and part.failed and package.name in part.failed and "delete the file" in part.failed
+    assert not part.built and package.name in caplog.text
+
+
 def test_actor_rates_count_batches_after_each_actors_first():
     rows = []
     # actor A: batches of 2 clips every 10 s, the first after a long start-up; actor B: one batch only

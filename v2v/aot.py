@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -88,6 +90,17 @@ def build_package(owner, fn, tensors, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def check_loads(path: Path) -> None:
+    """Load the package once in a child process, so that a loader that crashes (seen with torch 2.11 on the
+    GPU machines: a segmentation fault inside torch's package loader, benchmarks/RESULTS.md) costs a warning
+    and torch.compile instead of the actor. Raises RuntimeError naming the file when the child fails."""
+    code = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])"
+    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        raise RuntimeError(f"{path}: loading it failed in a test process (exit code {p.returncode}; delete the "
+                           f"file to rebuild it): {p.stderr.strip()[-500:]}")
+
+
 def load_package(owner, path: Path):
     """The compiled part at `path`, running on `owner`'s own parameters and buffers (no copy)."""
     runner = torch._inductor.aoti_load_package(str(path))
@@ -134,9 +147,13 @@ class AotForward:
 
     def _runner(self, key: str, tensors):
         path = self.cache_dir / f"{self.name}-{key}.pt2"
+        checked = path.with_suffix(".loads")  # this package loaded in a test process once: no need again
         with _locked(path):
             if not path.exists():
                 logger.info("%s: compiling ahead of time into %s", self.name, path)
                 build_package(self.owner, self.fn, tensors, path)
                 self.built.append(path)
+            if not checked.exists():
+                check_loads(path)
+                checked.touch()
         return load_package(self.owner, path)
