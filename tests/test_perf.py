@@ -285,6 +285,21 @@ def test_aot_part_that_cannot_be_exported_runs_through_the_fallback(tmp_path, ca
     assert not list(tmp_path.glob("*.pt2"))  # nothing half-written left behind
 
 
+def test_aot_package_key_names_what_the_package_depends_on(monkeypatch):
+    from v2v.aot import package_key
+
+    x = torch.zeros(2, 3)
+    key = package_key({"model": "a"}, [x])
+    assert package_key({"model": "b"}, [x]) != key  # other weights
+    assert package_key({"model": "a"}, [torch.zeros(2, 4)]) != key  # another shape
+    assert package_key({"model": "a"}, [torch.zeros(3, 2).t()]) != key  # same shape, another layout
+    assert package_key({"model": "a"}, [x.half()]) != key  # another dtype
+    monkeypatch.setenv("CXX", "clang++")
+    assert package_key({"model": "a"}, [x]) != key  # another C++ compiler
+    monkeypatch.delenv("CXX")
+    assert package_key({"model": "a"}, [torch.ones(2, 3)]) == key  # values do not matter
+
+
 def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, caplog):
     from v2v.aot import AotForward
 

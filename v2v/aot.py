@@ -47,7 +47,10 @@ def signature(tensors) -> list:
 
 
 def package_key(base: dict, tensors) -> str:
-    key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "inputs": signature(tensors)}
+    # CXX: the C++ compiler inductor builds the package's wrapper with (a package one compiler built may not load,
+    # benchmarks/RESULTS.md): choosing another one builds anew
+    key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "cxx": os.environ.get("CXX", ""),
+           "inputs": signature(tensors)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
