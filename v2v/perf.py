@@ -98,6 +98,7 @@ class UNetCall:
             return UNet3DConditionOutput(sample=out)
         return (out,)
 
+
 def pad_rows(x, size: int):
     """(n, ...) -> (size, ...) by repeating the last row (n <= size): what the padded rows compute is cut away."""
     import torch
