@@ -108,18 +108,14 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took."""
     t0 = time.perf_counter()
     from v2v.config import JobConfig, resources
-    from v2v.perf import aot_status
     from v2v.stages import Restyle
 
     dtype, switches = _variant_cfg(variant)
     cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype, **switches)
     t1 = time.perf_counter()
     actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
-    phases = ", ".join(f"{k} {v:.1f}" for k, v in actor.start_s.items())
-    # ahead-of-time packages: built in this start, loaded from the cache, or failed over to torch.compile
-    phases += "".join(f"; {k} {v[:160]}" for k, v in aot_status(actor.components).items())
-    print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s ({phases})",
-          flush=True)
+    print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s "
+          f"({actor.start_report()})", flush=True)
     return 0
 
 
@@ -319,8 +315,6 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_
     peak = b.peak_gib()
     # One guided UNet step alone: 2B latents (cond + uncond).
     x, e, t = _step_inputs(b, c, batch)
-    text_dim = c.text_encoder.config.hidden_size
-    h8, w8 = x.shape[-2:]
 
     def step():
         return c.unet(x, t, encoder_hidden_states=e, return_dict=False)
@@ -328,8 +322,7 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_
     with torch.no_grad():
         step_s, _ = timed(step, repeat=5, warmup=2)
     # counted through the eager forward: the counter cannot see inside compiled code
-    flops = unet_step_flops(c.unet, 2 * batch, b.frames, h8, w8, text_dim,
-                            forward=getattr(c.unet.forward, "eager", None))
+    flops = unet_step_flops(getattr(c.unet.forward, "eager", c.unet), x, t, e)
     r = dict(what="v2v sampler", variant=variant, batch=batch, s_per_clip=s / batch,
              clips_per_hour=3600 * batch / s, step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12,
              peak_gib=peak, peak_gib_per_clip=peak / batch, first_call_s=first_s)

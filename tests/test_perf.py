@@ -152,7 +152,6 @@ import json, sys, time
 import numpy as np, torch
 from torch._dynamo.utils import counters
 from v2v.config import JobConfig, resources
-from v2v.perf import aot_parts
 from v2v.sampler import ClipSettings, restyle
 from v2v.stages import Restyle
 
@@ -176,7 +175,7 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "gra
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
                               "aot": {k: {"built": len(a.built), "loaded": len(a.runners), "failed": a.failed}
-                                      for k, a in aot_parts(actor.components).items()}}))
+                                      for k, a in actor.aot.items()}}))
 """
 
 

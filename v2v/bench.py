@@ -41,18 +41,16 @@ def random_zeroscope(folder: str, device: str = "cuda") -> None:
     (Path(folder) / "v2v.json").write_text(json.dumps({"width": 576, "height": 320, "frames": 24}))
 
 
-def unet_step_flops(unet, batch: int, frames: int, h: int, w: int, text_dim: int, forward=None) -> float:
-    """FLOPs of one UNet forward on `batch` latents (B, 4, F, h, w), counted by torch's FlopCounterMode.
+def unet_step_flops(forward, sample, timestep, encoder_hidden_states) -> float:
+    """FLOPs of one UNet forward on these inputs, counted by torch's FlopCounterMode.
 
-    forward: the UNet's eager forward where `unet` is compiled (the counter cannot see inside compiled code).
+    forward: the UNet's eager forward where the UNet is compiled (the counter cannot see inside compiled code).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(batch, 4, frames, h, w, device=unet.device, dtype=unet.dtype)
-    e = torch.randn(batch, 77, text_dim, device=unet.device, dtype=unet.dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        (forward or unet)(x, torch.tensor(500, device=unet.device), encoder_hidden_states=e)
+        forward(sample, timestep, encoder_hidden_states=encoder_hidden_states)
     return float(counter.get_total_flops())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import functools
 import re
 import shutil
 import tempfile
@@ -61,6 +62,11 @@ class Components:
     @property
     def dtype(self):
         return self.unet.dtype
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """model_fingerprint of the folder: which weights ran (index rows), what compiled packages are for."""
+        return model_fingerprint(self.folder)
 
     @property
     def vae_scale_factor(self) -> int:

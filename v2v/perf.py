@@ -11,7 +11,7 @@ import os
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8, compile_aot: bool = False) -> None:
+                        vae_chunk: int = 8, compile_aot: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -19,12 +19,15 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
+    Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
+    what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
     coordinate-descent tuning, max-autotune.
     """
     import torch
 
     unet = components.unet
+    aot: dict = {}
     if unet.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -51,27 +54,28 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
         eager = unet.forward
         unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
-        parts = [(components.vae.encoder, "vae_encoder"), (components.vae.decoder, "vae_decoder")]
+        vae = components.vae
+        parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if compile_vae else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
         if compile_aot:
             from pathlib import Path
 
             from v2v.aot import AotForward, device_id
-            from v2v.models import model_fingerprint
 
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
-            base = {"model": model_fingerprint(components.folder), "dtype": str(unet.dtype),
+            base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv}
             aot_dir = Path(cache) / "aot"
-            unet_fn = UNetCall(AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"},
-                                          aot_dir, fallback=UNetCall.tensors_only(unet_fn)), eager)
-            vae_fns = [AotForward(p, p.forward, name, {**base, "part": name}, aot_dir, fallback=fn)
-                       for (p, name), fn in zip(parts, vae_fns)]
+            aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
+                                     fallback=UNetCall.tensors_only(unet_fn))
+            unet_fn = UNetCall(aot["unet"], eager)
+            for i, (p, name) in enumerate(parts):
+                vae_fns[i] = aot[name] = AotForward(p, p.forward, name, {**base, "part": name}, aot_dir,
+                                                    fallback=vae_fns[i])
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
-        if compile_vae:
-            for (part, _), fn in zip(parts, vae_fns):
-                part.forward = PadFrames(fn, vae_chunk, part.forward)
-
+        for (part, _), fn in zip(parts, vae_fns):
+            part.forward = PadFrames(fn, vae_chunk, part.forward)
+    return aot
 
 class UNetCall:
     """The UNet's call convention (sample, timestep, encoder_hidden_states=..., return_dict=...) over a function
@@ -207,20 +211,8 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     return seconds
 
 
-def aot_parts(components) -> dict:
-    """{part name: v2v.aot.AotForward} of a model set up with compile_aot (empty otherwise): what each part's
-    packages did (built here, loaded from the cache, or failed over to torch.compile)."""
-    found = {}
-    unet_fn = getattr(components.unet.forward, "forward", None)  # FixedBatch -> UNetCall -> AotForward
-    if isinstance(unet_fn, UNetCall):
-        found["unet"] = unet_fn.fn
-    for name, part in (("vae_encoder", components.vae.encoder), ("vae_decoder", components.vae.decoder)):
-        if isinstance(part.forward, PadFrames) and hasattr(part.forward.forward, "runners"):
-            found[name] = part.forward.forward
-    return found
 
-
-def aot_status(components) -> dict[str, str]:
-    """{part: 'built' (compiled in this process) | 'loaded' (from the cache) | 'failed: why'} for the log."""
-    return {k: f"failed: {p.failed}" if p.failed else "built" if p.built else "loaded"
-            for k, p in aot_parts(components).items()}
+def aot_status(aot: dict) -> dict[str, str]:
+    """{part: 'built' (compiled in this process) | 'loaded' (from the cache) | 'failed: why'} of what
+    apply_perf_settings returned, for the start-up log."""
+    return {k: f"failed: {p.failed}" if p.failed else "built" if p.built else "loaded" for k, p in aot.items()}

@@ -7,6 +7,7 @@ later stages pass it through untouched. Bad inputs become errors on rows; progra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -109,8 +110,8 @@ class Restyle:
     def __init__(self, cfg: JobConfig, res: Resources):
         import torch
 
-        from v2v.models import load_components, model_fingerprint, model_geometry
-        from v2v.perf import aot_status, apply_perf_settings, warm_up
+        from v2v.models import load_components
+        from v2v.perf import apply_perf_settings, warm_up
 
         torch.set_num_threads(res.torch_threads)
         self.cfg = cfg
@@ -118,30 +119,39 @@ class Restyle:
         # Seconds per start-up phase (logged; the benchmark's start-up rows show them): an actor's start is
         # mostly host CPU work (loading, tracing, compiling or loading cached kernels).
         self.start_s: dict[str, float] = {}
-        t0 = time.perf_counter()
-        self.components = load_components(cfg.model, device=res.device, dtype=res.dtype, scheduler=cfg.scheduler,
-                                          allow_pickle=cfg.allow_pickle)
-        self.start_s["load"] = time.perf_counter() - t0
+        with self._phase("load"):
+            self.components = c = load_components(cfg.model, device=res.device, dtype=res.dtype,
+                                                  scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
-        t0 = time.perf_counter()
-        apply_perf_settings(self.components, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
-                            compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
-                            vae_chunk=cfg.vae_chunk, compile_aot=res.compile_aot)
-        self.start_s["switches"] = time.perf_counter() - t0
+        with self._phase("switches"):
+            self.aot = apply_perf_settings(c, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
+                                           compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
+                                           vae_chunk=cfg.vae_chunk, compile_aot=res.compile_aot)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
-            width, height, frames = cfg.clip_shape(model_geometry(str(self.components.folder)))
-            for part, secs in warm_up(self.components, unet_batch, frames, height, width).items():
+            width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
+            for part, secs in warm_up(c, unet_batch, frames, height, width).items():
                 self.start_s[f"warm_up_{part}"] = secs
-        t0 = time.perf_counter()
-        self.model_sha256 = model_fingerprint(self.components.folder)
-        self.start_s["fingerprint"] = time.perf_counter() - t0
-        logger.info("restyle actor ready: %s%s", ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items()),
-                    "".join(f"; {k} package {v}" for k, v in aot_status(self.components).items()))
+        with self._phase("fingerprint"):  # cached on disk; already taken where compile_aot keyed packages by it
+            self.model_sha256 = c.sha256
+        logger.info("restyle actor ready: %s", self.start_report())
         self.scheduler_name = type(self.components.scheduler).__name__
         # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None
         self.worker = f"{socket.gethostname()}/{os.getpid()}" + (f"/gpu{gpu}" if gpu else "")
+
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.start_s[name] = time.perf_counter() - t0
+
+    def start_report(self) -> str:
+        """Where the start went, and what each ahead-of-time package did (built, loaded or failed over)."""
+        from v2v.perf import aot_status
+
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items()) + "".join(
+            f"; {k} package {v}" for k, v in aot_status(self.aot).items())
 
     def __call__(self, batch: dict) -> dict:
         import torch
