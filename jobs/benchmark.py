@@ -411,12 +411,12 @@ def startup(b: Bench, work: str, best: dict | None) -> None:
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--_actor", b.folder, b.a.device, variant,
                               str(batch)], capture_output=True, text=True,
-                             env={**os.environ, "V2V_COMPILE_CACHE": cache})
+                             env={**os.environ, "V2V_COMPILE_CACHE": cache, "TQDM_DISABLE": "1"})
         wall = time.perf_counter() - t0
         ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
-        # a crash (e.g. a segmentation fault, exit code -11) leaves no traceback: say the code, and the last
-        # lines other than progress bars
-        said = [ln for ln in out.stderr.splitlines() if ln.strip() and "it/s]" not in ln]
+        # a crash (e.g. a segmentation fault, exit code -11) leaves no traceback: say the code and the last lines
+        # (no progress bars in them: TQDM_DISABLE)
+        said = [ln for ln in out.stderr.splitlines() if ln.strip()]
         b.record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
                  note=ready[0][6:] if ready else f"failed (exit code {out.returncode}): " + " ".join(said[-3:])[-300:])
 
