@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from v2v.storage import atomic_output
+
 logger = logging.getLogger(__name__)
 
 # Bump when what a package computes for the same key changes (the wrappers below, how inputs are passed).
@@ -82,15 +84,11 @@ def _locked(path: Path):
 def build_package(owner, fn, tensors, path: Path) -> None:
     """Export `fn(*tensors)` and compile it with AOTInductor into `path` (written whole, then renamed)."""
     exported = torch.export.export(_Call(owner, fn), tuple(tensors), strict=False)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
-    try:
+    with atomic_output(str(path), suffix=".pt2") as tmp:
         torch._inductor.aoti_compile_and_package(
-            exported, package_path=str(tmp),
+            exported, package_path=tmp,
             # weights stay out of the package: they are the running module's, handed over at load
             inductor_configs={"aot_inductor.package_constants_in_so": False})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_loads(path: Path) -> None:
