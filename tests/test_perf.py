@@ -199,7 +199,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert first["aot"] == {}, first
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
-    assert list(first["start_s"]) == ["load", "switches", "warm_up_unet", "warm_up_vae_encoder",
+    assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
                                       "warm_up_vae_decoder", "fingerprint"], first
     assert 0 < sum(first["start_s"].values()) <= first["ready_s"]
     video = _video(2)

@@ -95,16 +95,29 @@ def check_loads(path: Path) -> None:
     """Load the package once in a child process, so that a loader that crashes (seen with torch 2.11 on the
     GPU machines: a segmentation fault inside torch's package loader, benchmarks/RESULTS.md) costs a warning
     and torch.compile instead of the actor. Raises RuntimeError naming the file when the child fails."""
-    code = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])"
+    code = "import sys; from v2v.aot import _open_package; _open_package(sys.argv[1])"
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
         raise RuntimeError(f"{path}: loading it failed in a test process (exit code {p.returncode}; delete the "
                            f"file to rebuild it): {p.stderr.strip()[-500:]}")
 
 
+def _open_package(path, device_index: int = -1):
+    """The package's runner, from torch's C++ package loader directly. `torch._inductor.aoti_load_package` took
+    50-68 s over the UNet's package on the H100 machines against 0.3 s for this loader (benchmarks/RESULTS.md):
+    before loading, it compares the package's build machine with this one, and to name this CPU's vector ISA
+    inductor compiles and test-runs a C++ program per ISA, each test in a new Python process importing torch
+    (17-34 s on this project's CI machine). The package key already names the device (`device_id`).
+    device_index -1: the current CUDA device."""
+    from torch._inductor.package import AOTICompiledModel
+
+    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
+
+
 def load_package(owner, path: Path):
     """The compiled part at `path`, running on `owner`'s own parameters and buffers (no copy)."""
-    runner = torch._inductor.aoti_load_package(str(path))
+    device = next(owner.parameters()).device
+    runner = _open_package(path, device.index if device.type == "cuda" and device.index is not None else -1)
     own = {f"owner.{k}": v for k, v in owner.named_parameters()}
     own.update({f"owner.{k}": v for k, v in owner.named_buffers()})
     wanted = runner.get_constant_fqns()

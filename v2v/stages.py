@@ -119,6 +119,9 @@ class Restyle:
         # Seconds per start-up phase (logged; the benchmark's start-up rows show them): an actor's start is
         # mostly host CPU work (loading, tracing, compiling or loading cached kernels).
         self.start_s: dict[str, float] = {}
+        with self._phase("imports"):  # diffusers and transformers: seconds on their own, apart from the load
+            from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: F401
+            from transformers import CLIPTextModel  # noqa: F401
         with self._phase("load"):
             self.components = c = load_components(cfg.model, device=res.device, dtype=res.dtype,
                                                   scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
