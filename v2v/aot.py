@@ -96,7 +96,10 @@ def check_loads(path: Path) -> None:
     GPU machines: a segmentation fault inside torch's package loader, benchmarks/RESULTS.md) costs a warning
     and torch.compile instead of the actor. Raises RuntimeError naming the file when the child fails."""
     code = "import sys; from v2v.aot import _open_package; _open_package(sys.argv[1])"
-    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900)
+    # the child finds v2v where this process did (an installed package, a Ray working dir, a PYTHONPATH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900,
+                       env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{path}: loading it failed in a test process (exit code {p.returncode}; delete the "
                            f"file to rebuild it): {p.stderr.strip()[-500:]}")
