@@ -97,7 +97,7 @@ def check_loads(path: Path) -> None:
     and torch.compile instead of the actor. Raises RuntimeError naming the file when the child fails."""
     code = "import sys; from v2v.aot import _open_package; _open_package(sys.argv[1])"
     # the child finds v2v where this process did (an installed package, a Ray working dir, a PYTHONPATH)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(d for d in sys.path if d)}
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900,
                        env=env)
     if p.returncode != 0:
