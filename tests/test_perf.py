@@ -284,7 +284,9 @@ def test_aot_part_that_cannot_be_exported_runs_through_the_fallback(tmp_path, ca
     assert not list(tmp_path.glob("*.pt2"))  # nothing half-written left behind
 
 
-def test_aot_package_key_names_what_the_package_depends_on(monkeypatch):
+def test_aot_package_key_names_what_the_package_depends_on(tmp_path):
+    import torch._inductor.config
+
     from v2v.aot import package_key
 
     x = torch.zeros(2, 3)
@@ -293,9 +295,16 @@ def test_aot_package_key_names_what_the_package_depends_on(monkeypatch):
     assert package_key({"model": "a"}, [torch.zeros(2, 4)]) != key  # another shape
     assert package_key({"model": "a"}, [torch.zeros(3, 2).t()]) != key  # same shape, another layout
     assert package_key({"model": "a"}, [x.half()]) != key  # another dtype
-    monkeypatch.setenv("CXX", "clang++")
-    assert package_key({"model": "a"}, [x]) != key  # another C++ compiler
-    monkeypatch.delenv("CXX")
+    # another C++ compiler (inductor's setting, which CXX gives at import; the key's compiler only answers --version)
+    other = tmp_path / "other-c++"
+    other.write_text("#!/bin/sh\necho other-c++ 1.0\n")
+    other.chmod(0o755)
+    (tmp_path / "alias-c++").symlink_to(other)
+    with torch._inductor.config.patch({"cpp.cxx": (None, str(other))}):
+        other_key = package_key({"model": "a"}, [x])
+    assert other_key != key
+    with torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "alias-c++"))}):
+        assert package_key({"model": "a"}, [x]) == other_key  # one compiler under two names
     assert package_key({"model": "a"}, [torch.ones(2, 3)]) == key  # values do not matter
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,15 +44,23 @@ def device_id(device) -> str:
     return f"cpu {torch.backends.cpu.get_cpu_capability()}"
 
 
-def signature(tensors) -> list:
-    """[(shape, dtype, device type, contiguous)] of a call's inputs: a package serves exactly these."""
-    return [(list(t.shape), str(t.dtype), t.device.type, t.is_contiguous()) for t in tensors]
+def signature(tensors) -> tuple:
+    """((shape, dtype, device type, contiguous), ...) of a call's inputs: a package serves exactly these."""
+    return tuple((tuple(t.shape), str(t.dtype), t.device.type, t.is_contiguous()) for t in tensors)
+
+
+def cxx() -> str:
+    """The C++ compiler inductor builds a package's wrapper with (its `cpp.cxx` setting, from `CXX` or `g++` on
+    PATH), as the file it resolves to: a package one compiler built may not load (benchmarks/RESULTS.md), and
+    one compiler under two names (g++, g++-13) is one compiler."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    name = get_cpp_compiler()
+    return os.path.realpath(shutil.which(name) or name)
 
 
 def package_key(base: dict, tensors) -> str:
-    # CXX: the C++ compiler inductor builds the package's wrapper with (a package one compiler built may not load,
-    # benchmarks/RESULTS.md): choosing another one builds anew
-    key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "cxx": os.environ.get("CXX", ""),
+    key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "cxx": cxx(),
            "inputs": signature(tensors)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -119,8 +128,8 @@ def _open_package(path, device_index: int = -1):
 
 def load_package(owner, path: Path):
     """The compiled part at `path`, running on `owner`'s own parameters and buffers (no copy)."""
-    device = next(owner.parameters()).device
-    runner = _open_package(path, device.index if device.type == "cuda" and device.index is not None else -1)
+    index = next(owner.parameters()).device.index
+    runner = _open_package(path, -1 if index is None else index)
     own = {f"owner.{k}": v for k, v in owner.named_parameters()}
     own.update({f"owner.{k}": v for k, v in owner.named_buffers()})
     wanted = runner.get_constant_fqns()
@@ -143,18 +152,18 @@ class AotForward:
         self.owner, self.fn, self.name, self.base = owner, fn, name, base
         self.cache_dir = Path(cache_dir)
         self.fallback = fallback
-        self.runners: dict[str, object] = {}  # package key -> loaded package
+        self.runners: dict[tuple, object] = {}  # input signature -> loaded package
         self.failed: str | None = None  # why this part runs through the fallback, once it does
         self.built: list[Path] = []  # packages this process compiled (not found in the cache)
 
     def __call__(self, *tensors):
         if self.failed is not None:
             return self.fallback(*tensors)
-        key = package_key(self.base, tensors)
-        runner = self.runners.get(key)
+        sig = signature(tensors)  # per UNet step: the package key (a hash) only once per input signature
+        runner = self.runners.get(sig)
         if runner is None:
             try:
-                runner = self.runners[key] = self._runner(key, tensors)
+                runner = self.runners[sig] = self._runner(package_key(self.base, tensors), tensors)
             except Exception as e:  # export or AOTInductor cannot take this model: run it the JIT way
                 self.failed = f"{type(e).__name__}: {e}"
                 logger.warning("%s: ahead-of-time compile failed, using torch.compile instead: %s",
