@@ -114,7 +114,7 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype, **switches)
     t1 = time.perf_counter()
     actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
-    print(f"READY imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s "
+    print(f"READY v2v imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s "
           f"({actor.start_report()})", flush=True)
     return 0
 

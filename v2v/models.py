@@ -6,10 +6,10 @@ are safetensors only unless pickles are explicitly allowed; no remote code is ev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import functools
 import re
 import shutil
 import tempfile

@@ -77,6 +77,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     return aot
 
+
 class UNetCall:
     """The UNet's call convention (sample, timestep, encoder_hidden_states=..., return_dict=...) over a function
     of three tensors (an AOTInductor package takes tensors only, all on the model's device)."""
@@ -209,7 +210,6 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
                 sync()
                 seconds[name] = time.perf_counter() - t0
     return seconds
-
 
 
 def aot_status(aot: dict) -> dict[str, str]:
