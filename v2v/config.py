@@ -69,9 +69,6 @@ class JobConfig:
     compile_aot: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
-    # The UNet's temporal (3, 1, 1) Conv3d layers as the same convolution in 2D over (B, C, F, H*W): spares a
-    # compiled UNet cuDNN's layout conversions around them (v2v.perf.temporal_convs_as_2d).
-    temporal_conv2d: bool = False
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8, compile_aot: bool = False, temporal_conv2d: bool = False) -> dict:
+                        vae_chunk: int = 8, compile_aot: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -21,12 +19,12 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
-    temporal_conv2d: the temporal (3, 1, 1) Conv3d layers as Conv2d over (B, C, F, H*W) (`temporal_convs_as_2d`).
     Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
-    coordinate-descent tuning, max-autotune.
+    coordinate-descent tuning, max-autotune, the temporal Conv3d layers run as Conv2d (seventh section).
     """
+    import torch
 
     unet = components.unet
     aot: dict = {}
@@ -34,8 +32,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if temporal_conv2d:
-        temporal_convs_as_2d(unet)
     if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
         # Only rank-4 (Conv2d) weights: the temporal Conv3d layers have no channels-last layout.
@@ -68,8 +64,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
 
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
-                    "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
-                    "temporal_conv2d": temporal_conv2d}
+                    "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv}
             aot_dir = Path(cache) / "aot"
             aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
                                      fallback=UNetCall.tensors_only(unet_fn))
@@ -81,43 +76,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     return aot
-
-
-def temporal_convs_as_2d(model) -> int:
-    """Swap each Conv3d whose kernel is (k, 1, 1) (UNet3D's temporal convolutions) for `TemporalConv2d`, the same
-    convolution over a (B, C, F, H*W) view. Returns how many were swapped.
-
-    Why: a compiled UNet keeps its 2D activations channels-last, (B*F, H, W, C) in memory, and cuDNN then runs
-    the Conv2d layers without layout conversions; a 5-D Conv3d input gets no such layout, so cuDNN converted the
-    input and output of each of the 88 temporal convolutions of a step (the `layout conversion` kernels in
-    benchmarks/RESULTS.md, third section). Over (B, C, F, H*W) the same memory is a channels-last 4-D tensor.
-    """
-    swaps = [(parent, name, conv) for parent in model.modules() for name, conv in parent.named_children()
-             if isinstance(conv, torch.nn.Conv3d) and conv.kernel_size[1:] == (1, 1) and conv.groups == 1
-             and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
-             and isinstance(conv.padding, tuple) and conv.padding[1:] == (0, 0)]
-    for parent, name, conv in swaps:
-        setattr(parent, name, TemporalConv2d(conv))
-    return len(swaps)
-
-
-class TemporalConv2d(torch.nn.Module):
-    """A Conv3d with a (k, 1, 1) kernel, computed as a Conv2d with a (k, 1) kernel on (B, C, F, H*W).
-
-    Shares the Conv3d's weight (O, I, k, 1, 1) as a (O, I, k, 1) view: no copy, same state-dict values.
-    """
-
-    def __init__(self, conv):
-        super().__init__()
-        self.weight = conv.weight  # the Parameter itself; viewed as 4-D in forward
-        self.bias = conv.bias
-        self.padding = (conv.padding[0], 0)
-
-    def forward(self, x):  # x: (B, C, F, H, W) -> (B, O, F, H, W)
-        from torch.nn import functional as F
-
-        y = F.conv2d(x.flatten(3), self.weight.flatten(3), self.bias, padding=self.padding)  # (B, O, F, H*W)
-        return y.unflatten(3, x.shape[3:])
 
 
 class UNetCall:
@@ -132,6 +90,7 @@ class UNetCall:
         return lambda sample, t, e: forward(sample, t, encoder_hidden_states=e, return_dict=False)[0]
 
     def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **kwargs):
+        import torch
 
         if kwargs:  # the sampler passes none; anything else (e.g. cross_attention_kwargs) runs eager
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states,
@@ -147,6 +106,7 @@ class UNetCall:
 
 def pad_rows(x, size: int):
     """(n, ...) -> (size, ...) by repeating the last row (n <= size): what the padded rows compute is cut away."""
+    import torch
 
     return x if x.shape[0] >= size else torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
 
@@ -168,6 +128,7 @@ class FixedBatch:
         self.shape = None
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        import torch
 
         if self.shape is None:
             self.shape = tuple(sample.shape[1:])
@@ -215,6 +176,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     'ready' once this returns). Returns each part's seconds (compile or cached-kernel load included)."""
     import time
 
+    import torch
 
     from v2v.sampler import schedule
 
