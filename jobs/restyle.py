@@ -57,7 +57,6 @@ HELP = {
     "compile_aot": "with --compile, compile ahead of time into packages in the cache: later starts skip tracing",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
-    "temporal_conv2d": "run the UNet's temporal convolutions as 2D convolutions (no layout conversions)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",

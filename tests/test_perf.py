@@ -15,7 +15,7 @@ import torch
 
 from v2v.bench import actor_rates, kernel_kinds
 from v2v.models import load_components
-from v2v.perf import FixedBatch, PadFrames, TemporalConvLayer4d, apply_perf_settings
+from v2v.perf import FixedBatch, PadFrames, apply_perf_settings
 from v2v.sampler import ClipSettings, restyle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,14 +107,14 @@ def test_kernel_kinds_sort_profiler_kernel_names():
 def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
-    off = {"channels_last": False, "fuse_qkv": False, "temporal_conv2d": False}
-    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_aot": False,
+    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {"channels_last": False, "fuse_qkv": False,
+                                                                 "compile": True, "compile_aot": False,
                                                                  "compile_vae": True})
-    assert _variant_cfg("float16")[1] == {**off, "compile": False, "compile_aot": False, "compile_vae": False}
+    assert _variant_cfg("float16")[1] == {"channels_last": False, "fuse_qkv": False, "compile": False,
+                                          "compile_aot": False, "compile_vae": False}
     # aot is a way of compiling: it implies compile
-    assert _variant_cfg("bfloat16+aot+vae")[1] == {**off, "compile": True, "compile_aot": True, "compile_vae": True}
-    assert _variant_cfg("bfloat16+temporal_conv2d+compile")[1] == {**off, "temporal_conv2d": True, "compile": True,
-                                                                   "compile_aot": False, "compile_vae": False}
+    assert _variant_cfg("bfloat16+aot+vae")[1] == {"channels_last": False, "fuse_qkv": False, "compile": True,
+                                                   "compile_aot": True, "compile_vae": True}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
         try:
             _variant_cfg(bad)
@@ -141,33 +141,6 @@ def test_channels_last_computes_the_same_latents(cache_dir):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     got = restyle(c, _video(2), CLIPS, output="latents")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other convolution algorithms, other rounding
-
-
-def test_temporal_conv2d_computes_the_same_latents(cache_dir):
-    from diffusers.models.resnet import TemporalConvLayer
-
-    c = load_components("tiny", cache_dir=cache_dir)
-    layers = [m for m in c.unet.modules() if isinstance(m, TemporalConvLayer)]
-    # the tiny model's temporal layers start as an identity (diffusers zeroes each one's last convolution):
-    # give their convolutions weights, so the swapped layers change the latents and a wrong swap shows
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for m in c.unet.modules():
-            if isinstance(m, torch.nn.Conv3d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
-    keys = set(c.unet.state_dict())
-    want = restyle(c, _video(2), CLIPS, output="latents")
-    apply_perf_settings(c, temporal_conv2d=True)
-    swapped = [m for m in c.unet.modules() if isinstance(m, TemporalConvLayer4d)]
-    assert len(swapped) == len(layers) > 0
-    assert not any(isinstance(m, TemporalConvLayer) for m in c.unet.modules())
-    assert set(c.unet.state_dict()) == keys  # the same parameters under the same names
-    got = restyle(c, _video(2), CLIPS, output="latents")
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # another convolution routine, other rounding
-    with torch.no_grad():  # and a swap that went wrong would move the latents far more than that
-        for m in swapped:
-            m.conv2[-1].weight.mul_(-1)
-    assert (restyle(c, _video(2), CLIPS, output="latents") - want).abs().max() > 1e-2
 
 
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and

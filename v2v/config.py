@@ -69,9 +69,6 @@ class JobConfig:
     compile_aot: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
-    # The UNet's temporal convolution layers on 4-D (B, C, F, H*W) tensors, their (3, 1, 1) Conv3d as Conv2d:
-    # spares a compiled UNet cuDNN's layout conversions around them (v2v.perf.temporal_layers_in_4d).
-    temporal_conv2d: bool = False
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8, compile_aot: bool = False, temporal_conv2d: bool = False) -> dict:
+                        vae_chunk: int = 8, compile_aot: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -21,13 +19,12 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
-    temporal_conv2d: UNet3D's temporal convolution layers computed on 4-D (B, C, F, H*W) tensors, their (3, 1, 1)
-    Conv3d as Conv2d (`temporal_layers_in_4d`).
     Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
-    coordinate-descent tuning, max-autotune.
+    coordinate-descent tuning, max-autotune, the temporal convolution layers run in 2-D (seventh section).
     """
+    import torch
 
     unet = components.unet
     aot: dict = {}
@@ -35,8 +32,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if temporal_conv2d:
-        temporal_layers_in_4d(unet)
     if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
         # Only rank-4 (Conv2d) weights: the temporal Conv3d layers have no channels-last layout.
@@ -69,8 +64,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
 
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
-                    "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
-                    "temporal_conv2d": temporal_conv2d}
+                    "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv}
             aot_dir = Path(cache) / "aot"
             aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
                                      fallback=UNetCall.tensors_only(unet_fn))
@@ -82,61 +76,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     return aot
-
-
-def temporal_layers_in_4d(unet) -> int:
-    """Swap each of UNet3D's temporal convolution layers (diffusers' `TemporalConvLayer`) for `TemporalConvLayer4d`,
-    the same computation on 4-D tensors. Returns how many were swapped.
-
-    Why: a compiled UNet keeps its 2-D activations channels-last, (B*F, H, W, C) in memory, and cuDNN runs the
-    Conv2d layers on them without layout conversions; the temporal layers' 5-D (B, C, F, H, W) tensors get no such
-    layout, so cuDNN converted the input and output of each of the 88 temporal (3, 1, 1) Conv3d of a step (the
-    `layout conversion` kernels in benchmarks/RESULTS.md, third section). Swapping the Conv3d alone for a 2-D one
-    (seventh section) removed those conversions but left the layer's GroupNorms on 5-D tensors, for which inductor
-    then copied the data and ran slower norms: a net loss. Here the whole layer is 4-D.
-    """
-    from diffusers.models.resnet import TemporalConvLayer
-
-    swaps = [(parent, name, layer) for parent in unet.modules() for name, layer in parent.named_children()
-             if isinstance(layer, TemporalConvLayer)]
-    for parent, name, layer in swaps:
-        setattr(parent, name, TemporalConvLayer4d(layer))
-    return len(swaps)
-
-
-class TemporalConvLayer4d(torch.nn.Module):
-    """diffusers' TemporalConvLayer — four stages of GroupNorm, SiLU, (Dropout,) Conv3d with a (3, 1, 1) kernel,
-    then a residual add — computed on (B, C, F, H*W) instead of (B, C, F, H, W).
-
-    The same arithmetic: a GroupNorm's statistics cover (C/G, F, H, W) either way, and a (k, 1, 1) Conv3d is a
-    (k, 1) Conv2d over (F, H*W). Holds the layer's own stages (same modules, same state-dict keys); each Conv3d's
-    weight (O, I, k, 1, 1) is used as a (O, I, k, 1) view, no copy.
-    """
-
-    def __init__(self, layer):
-        super().__init__()
-        for name in ("conv1", "conv2", "conv3", "conv4"):
-            stage = getattr(layer, name)
-            conv = stage[-1]
-            if not (isinstance(conv, torch.nn.Conv3d) and conv.kernel_size[1:] == (1, 1) and conv.groups == 1
-                    and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
-                    and conv.padding[1:] == (0, 0)):
-                raise ValueError(f"TemporalConvLayer4d: {name} ends in {conv!r}, not a (k, 1, 1) Conv3d")
-            setattr(self, name, stage)
-
-    def forward(self, hidden_states, num_frames: int = 1):  # (B*F, C, H, W) -> (B*F, C, H, W)
-        from torch.nn import functional as F
-
-        bf, c, h, w = hidden_states.shape
-        # (B, C, F, H*W): a view both of NCHW memory and of channels-last memory, (B, F, H, W, C)
-        x = hidden_states.reshape(bf // num_frames, num_frames, c, h * w).permute(0, 2, 1, 3)
-        y = x
-        for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
-            *pointwise, conv = stage  # GroupNorm, SiLU (, Dropout): the same on 4-D as on 5-D
-            for m in pointwise:
-                y = m(y)
-            y = F.conv2d(y, conv.weight.flatten(3), conv.bias, padding=(conv.padding[0], 0))
-        return (x + y).permute(0, 2, 1, 3).reshape(bf, c, h, w)
 
 
 class UNetCall:
@@ -151,6 +90,7 @@ class UNetCall:
         return lambda sample, t, e: forward(sample, t, encoder_hidden_states=e, return_dict=False)[0]
 
     def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **kwargs):
+        import torch
 
         if kwargs:  # the sampler passes none; anything else (e.g. cross_attention_kwargs) runs eager
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states,
@@ -166,6 +106,7 @@ class UNetCall:
 
 def pad_rows(x, size: int):
     """(n, ...) -> (size, ...) by repeating the last row (n <= size): what the padded rows compute is cut away."""
+    import torch
 
     return x if x.shape[0] >= size else torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
 
@@ -187,6 +128,7 @@ class FixedBatch:
         self.shape = None
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        import torch
 
         if self.shape is None:
             self.shape = tuple(sample.shape[1:])
@@ -234,6 +176,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     'ready' once this returns). Returns each part's seconds (compile or cached-kernel load included)."""
     import time
 
+    import torch
 
     from v2v.sampler import schedule
 
