@@ -105,8 +105,9 @@ def check_loads(path: Path) -> None:
     GPU machines: a segmentation fault inside torch's package loader, benchmarks/RESULTS.md) costs a warning
     and torch.compile instead of the actor. Raises RuntimeError naming the file when the child fails."""
     code = "import sys; from v2v.aot import _open_package; _open_package(sys.argv[1])"
-    # the child finds v2v where this process did (an installed package, a Ray working dir, a PYTHONPATH)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(d for d in sys.path if d)}
+    # the child imports v2v from the folder this process did (installed, a Ray working dir, a PYTHONPATH)
+    here = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900,
                        env=env)
     if p.returncode != 0:
