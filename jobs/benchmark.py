@@ -32,7 +32,8 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+compile|+aot[+vae]] ('' for none)")
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal_norms][+temporal_cl3d]"
+                        "[+compile|+aot[+vae]] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -67,7 +68,7 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "compile", "aot", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "temporal_norms", "temporal_cl3d", "compile", "aot", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -79,7 +80,8 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     unknown = [p for p in parts if p not in _PARTS]
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
-    switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
+    switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "temporal_norms", "temporal_cl3d",
+                                                 "compile")}
     switches["compile_aot"] = "aot" in parts
     switches["compile"] |= switches["compile_aot"]
     switches["compile_vae"] = "vae" in parts
@@ -354,10 +356,11 @@ def _profile(b: Bench, step, title: str) -> dict:
             torch.cuda.synchronize()
     events = prof.key_averages()
     if b.cuda:
-        kernels = [(e.key, e.self_device_time_total / 1e6) for e in events
-                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+        mine = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+        kernels = [(e.key, e.self_device_time_total / 1e6) for e in mine]
     else:
-        kernels = [(e.key, e.self_cpu_time_total / 1e6) for e in events if e.self_cpu_time_total > 0]
+        mine = [e for e in events if e.self_cpu_time_total > 0]
+        kernels = [(e.key, e.self_cpu_time_total / 1e6) for e in mine]
     kinds = kernel_kinds(kernels)
     total = sum(kinds.values()) or float("nan")
     by = "self_cuda_time_total" if b.cuda else "self_cpu_time_total"
@@ -365,7 +368,10 @@ def _profile(b: Bench, step, title: str) -> dict:
         f.write(f"## {title}\n\nkernel time {total * 1e3:.1f} ms in {len(kernels)} kernels; by kind:\n")
         for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]):
             f.write(f"  {k:50s} {v * 1e3:9.1f} ms  {100 * v / total:5.1f} %\n")
-        f.write(f"\n{events.table(sort_by=by, row_limit=40)}\n\n")
+        f.write(f"\n{events.table(sort_by=by, row_limit=40)}\n\nevery kernel, slowest first (ms, calls, name):\n")
+        for (name, secs), e in sorted(zip(kernels, mine), key=lambda k: -k[0][1]):
+            f.write(f"  {secs * 1e3:9.3f} {e.count:5d}  {name}\n")
+        f.write("\n")
     return {"kernel_ms": total * 1e3}
 
 

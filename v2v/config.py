@@ -69,6 +69,10 @@ class JobConfig:
     compile_aot: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
+    # The temporal layers' GroupNorms from per-frame statistics on the 4-D activations, without the permuted
+    # 5-D copies (v2v.temporal); temporal_cl3d also runs their Conv3d channels-last.
+    temporal_norms: bool = False
+    temporal_cl3d: bool = False
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
