@@ -4,7 +4,9 @@ float32 eager. A quick look (each compile is one block, not the whole UNet) befo
 
     python benchmarks/temporal_probe.py OUT_DIR [clips] [height width frames]
 
-(On a machine without CUDA it runs on the CPU: a check of the script itself at a small size.)
+(On a machine without CUDA it runs on the CPU: a check of the script itself at a small size.) As run in the
+eighth session (commit bb3ae36) it had three variants: diffusers, the norms alone (`temporal_norms`) and the norms
+with channels-last Conv3d (`temporal_cl3d`), which became `temporal_layers`.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ def main(out: str, clips: int = 4, height: int = 40, width: int = 72, frames: in
     with torch.no_grad():
         want = run(block32, torch.float32).float()
     rows = []
-    for name in ("diffusers", "temporal_norms", "temporal_cl3d"):
+    for name in ("diffusers", "temporal_layers"):
         block = copy.deepcopy(block32).to(torch.bfloat16)
         if name != "diffusers":
-            swap_temporal_layers(block, channels_last_3d=name == "temporal_cl3d")
+            swap_temporal_layers(block)
         fn = torch.compile(block.forward, dynamic=False)
         with torch.no_grad():
             t0 = time.perf_counter()

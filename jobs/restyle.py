@@ -57,8 +57,8 @@ HELP = {
     "compile_aot": "with --compile, compile ahead of time into packages in the cache: later starts skip tracing",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
-    "temporal_norms": "the temporal layers' GroupNorms from per-frame statistics (no permuted copies)",
-    "temporal_cl3d": "with --temporal-norms, the temporal Conv3d layers channels-last (no layout conversions)",
+    "temporal_layers": "run the UNet's temporal layers without permuted copies or layout conversions "
+                       "(default: with --compile)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",

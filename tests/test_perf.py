@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from v2v.bench import actor_rates, kernel_kinds
@@ -107,14 +108,14 @@ def test_kernel_kinds_sort_profiler_kernel_names():
 def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
-    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {"channels_last": False, "fuse_qkv": False,
-                                                                 "compile": True, "compile_aot": False,
+    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False}
+    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_aot": False,
                                                                  "compile_vae": True})
-    assert _variant_cfg("float16")[1] == {"channels_last": False, "fuse_qkv": False, "compile": False,
-                                          "compile_aot": False, "compile_vae": False}
+    assert _variant_cfg("float16")[1] == {**off, "compile": False, "compile_aot": False, "compile_vae": False}
     # aot is a way of compiling: it implies compile
-    assert _variant_cfg("bfloat16+aot+vae")[1] == {"channels_last": False, "fuse_qkv": False, "compile": True,
-                                                   "compile_aot": True, "compile_vae": True}
+    assert _variant_cfg("bfloat16+aot+vae")[1] == {**off, "compile": True, "compile_aot": True, "compile_vae": True}
+    assert _variant_cfg("bfloat16+temporal+compile")[1] == {**off, "temporal_layers": True, "compile": True,
+                                                            "compile_aot": False, "compile_vae": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
         try:
             _variant_cfg(bad)
@@ -141,6 +142,69 @@ def test_channels_last_computes_the_same_latents(cache_dir):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     got = restyle(c, _video(2), CLIPS, output="latents")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other convolution algorithms, other rounding
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_over_frames_is_groupnorm_over_the_5d_clip(affine):
+    from v2v.temporal import group_norm_over_frames
+
+    g = torch.Generator().manual_seed(0)
+    b, f, c, h, w = 2, 5, 16, 3, 4
+    x = torch.randn(b * f, c, h, w, generator=g) * 2 + torch.arange(b * f).reshape(-1, 1, 1, 1)  # frames differ
+    norm = torch.nn.GroupNorm(4, c, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.copy_(torch.randn(c, generator=g))
+            norm.bias.copy_(torch.randn(c, generator=g))
+    # what diffusers' temporal layers compute: the GroupNorm of the (B, C, F, H, W) view
+    want = norm(x.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = group_norm_over_frames(x.contiguous(memory_format=layout), f, norm)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        # statistics per frame instead of per clip would differ (the frames above have different means)
+        per_frame = torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
+        assert (per_frame - want).abs().max() > 0.1
+        # half inputs: float32 statistics, the result in the input's dtype
+        half = group_norm_over_frames(x.bfloat16(), f, norm)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), want, rtol=0.02, atol=0.05)
+
+
+def test_temporal_layers_compute_the_same_latents(cache_dir):
+    from diffusers.models.resnet import TemporalConvLayer
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+    from v2v.temporal import TemporalConvFrames, TransformerTemporalFrames
+
+    c = load_components("tiny", cache_dir=cache_dir)
+    # diffusers starts each temporal convolution layer as an identity (its last convolution zeroed) and each
+    # GroupNorm as (0, 1): give them weights, so the swapped layers change the latents and a wrong swap shows
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in c.unet.modules():
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+    convs = sum(isinstance(m, TemporalConvLayer) for m in c.unet.modules())
+    attns = sum(isinstance(m, TransformerTemporalModel) for m in c.unet.modules())
+    keys = set(c.unet.state_dict())
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    apply_perf_settings(c, temporal_layers=True)
+    swapped = [m for m in c.unet.modules() if isinstance(m, TemporalConvFrames)]
+    assert len(swapped) == convs > 0 and sum(isinstance(m, TransformerTemporalFrames) for m in c.unet.modules()) \
+        == attns > 0
+    assert not any(type(m) in (TemporalConvLayer, TransformerTemporalModel) for m in c.unet.modules())
+    assert set(c.unet.state_dict()) == keys  # the same parameters under the same names
+    assert swapped[0].conv1[-1].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    got = restyle(c, _video(2), CLIPS, output="latents")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other reductions, other rounding
+    with torch.no_grad():  # and a swap that went wrong would move the latents far more than that
+        for m in swapped:
+            m.conv2[-1].weight.mul_(-1)
+    assert (restyle(c, _video(2), CLIPS, output="latents") - want).abs().max() > 1e-2
 
 
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
@@ -174,6 +238,8 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "gra
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
+                              "temporal": sorted({type(m).__name__ for m in actor.components.unet.modules()
+                                                  if "Temporal" in type(m).__name__}),
                               "aot": {k: {"built": len(a.built), "loaded": len(a.runners), "failed": a.failed}
                                       for k, a in actor.aot.items()}}))
 """
@@ -197,6 +263,8 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     # onto the UNet's, the 5-frame clip's UNet calls ran eager and its VAE chunks were padded: none compiled again
     assert first["graphs_after_start"] == 3 and first["graphs_at_end"] == 3, first
     assert first["aot"] == {}, first
+    # compile brings the temporal layers of v2v.temporal with it (the eager model below keeps diffusers')
+    assert first["temporal"] == ["TemporalConvFrames", "TransformerTemporalFrames"], first
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
     assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
@@ -357,3 +425,7 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (forced.compile, forced.compile_vae, forced.batch_invariant) == (False, False, True)
     unet_only = resources(JobConfig(manifest="m", output="o", compile_vae=False), {"GPU": 1})
     assert (unet_only.compile, unet_only.compile_vae) == (True, False)
+    # the temporal layers follow compile unless set
+    assert (gpu.temporal_layers, cpu.temporal_layers, forced.temporal_layers) == (True, False, False)
+    assert resources(JobConfig(manifest="m", output="o", temporal_layers=False), {"GPU": 1}).temporal_layers is False
+    assert resources(JobConfig(manifest="m", output="o", temporal_layers=True), {"CPU": 2}).temporal_layers is True

@@ -11,8 +11,7 @@ import os
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8, compile_aot: bool = False, temporal_norms: bool = False,
-                        temporal_cl3d: bool = False) -> dict:
+                        vae_chunk: int = 8, compile_aot: bool = False, temporal_layers: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -20,8 +19,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
-    temporal_norms: the temporal layers' GroupNorms computed from per-frame statistics on the 4-D activations
-    (v2v.temporal); temporal_cl3d: with it, their Conv3d layers channels-last.
+    temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
@@ -35,13 +33,13 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if temporal_norms or temporal_cl3d:
+    if temporal_layers:
         from v2v.temporal import swap_temporal_layers
 
-        swap_temporal_layers(unet, channels_last_3d=temporal_cl3d)
+        swap_temporal_layers(unet)
     if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
-        # Only rank-4 (Conv2d) weights: the temporal Conv3d layers have no channels-last layout.
+        # Only rank-4 (Conv2d) weights: temporal_layers gives the temporal Conv3d layers theirs.
         for model in (unet, components.vae):
             for m in model.modules():
                 if isinstance(m, torch.nn.Conv2d):
@@ -72,7 +70,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
-                    "temporal_norms": temporal_norms or temporal_cl3d, "temporal_cl3d": temporal_cl3d}
+                    "temporal_layers": temporal_layers}
             aot_dir = Path(cache) / "aot"
             aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
                                      fallback=UNetCall.tensors_only(unet_fn))
