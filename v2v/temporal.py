@@ -18,7 +18,6 @@ Measured on an H100 (RESULTS.md, eighth section): a 4-clip step 0.544 -> 0.483 s
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 
 def group_norm_over_frames(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
