@@ -5,7 +5,7 @@ float32 eager. A quick look (each compile is one block, not the whole UNet) befo
     python benchmarks/temporal_probe.py OUT_DIR [clips] [height width frames]
 
 (On a machine without CUDA it runs on the CPU: a check of the script itself at a small size.) As run in the
-eighth session (commit bb3ae36) it had three variants: diffusers, the norms alone (`temporal_norms`) and the norms
+eighth session (commit bb3ae36; ms per call then the mean of 10 calls, now the median) it had three variants: diffusers, the norms alone (`temporal_norms`) and the norms
 with channels-last Conv3d (`temporal_cl3d`), which became `temporal_layers`.
 """
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from v2v.bench import ZEROSCOPE_UNET, kernel_kinds
+from v2v.bench import ZEROSCOPE_UNET, kernel_kinds, profiler_kernels, timed
 from v2v.temporal import swap_temporal_layers
 
 
@@ -44,11 +44,12 @@ def main(out: str, clips: int = 4, height: int = 40, width: int = 72, frames: in
     temb = torch.randn(n * frames, 1280, device=dev, generator=g)
     enc = torch.randn(n * frames, 77, 1024, device=dev, generator=g)
 
-    def run(block, dtype):
-        return block(x.to(dtype), temb.to(dtype), encoder_hidden_states=enc.to(dtype), num_frames=frames)[0]
+    def run(forward, dtype):
+        return forward(x.to(dtype), temb.to(dtype), encoder_hidden_states=enc.to(dtype), num_frames=frames)[0]
 
     with torch.no_grad():
         want = run(block32, torch.float32).float()
+    x, temb, enc = x.bfloat16(), temb.bfloat16(), enc.bfloat16()
     rows = []
     for name in ("diffusers", "temporal_layers"):
         block = copy.deepcopy(block32).to(torch.bfloat16)
@@ -57,30 +58,18 @@ def main(out: str, clips: int = 4, height: int = 40, width: int = 72, frames: in
         fn = torch.compile(block.forward, dynamic=False)
         with torch.no_grad():
             t0 = time.perf_counter()
-            got = fn(x.bfloat16(), temb.bfloat16(), encoder_hidden_states=enc.bfloat16(), num_frames=frames)[0]
+            got = run(fn, torch.bfloat16)
             sync()
             compile_s = time.perf_counter() - t0
             err = float((got.float() - want).norm() / want.norm())
-            for _ in range(3):
-                fn(x.bfloat16(), temb.bfloat16(), encoder_hidden_states=enc.bfloat16(), num_frames=frames)
-            xb, tb, eb = x.bfloat16(), temb.bfloat16(), enc.bfloat16()
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(10):
-                fn(xb, tb, encoder_hidden_states=eb, num_frames=frames)
-            sync()
-            ms = (time.perf_counter() - t0) * 100
+            ms = timed(lambda: run(fn, torch.bfloat16), repeat=10, warmup=3)[0] * 1e3
             with torch.profiler.profile() as prof:
-                fn(xb, tb, encoder_hidden_states=eb, num_frames=frames)
+                run(fn, torch.bfloat16)
                 sync()
-        cuda = torch.autograd.DeviceType.CUDA
-        kernels = [(e.key, e.self_device_time_total / 1e3, e.count) if dev == "cuda" else
-                   (e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()
-                   if (e.device_type == cuda) == (dev == "cuda")]
-        kernels = [k for k in kernels if k[1] > 0]
-        kinds = {k: v for k, v in kernel_kinds([(k, ms_) for k, ms_, _ in kernels]).items()}
+        kernels = [(k, secs * 1e3, calls) for k, secs, calls in profiler_kernels(prof, dev == "cuda")]  # ms
+        kinds = kernel_kinds([(k, v) for k, v, _ in kernels])
         row = dict(variant=name, ms=ms, compile_s=compile_s, rel_err_vs_fp32=err, kernel_ms=sum(kinds.values()),
-                   kinds_ms=kinds, top=sorted(kernels, key=lambda k: -k[1])[:30])
+                   kinds_ms=kinds, top=kernels[:30])
         rows.append(row)
         print(f"{name:16s} {ms:8.2f} ms/call  kernels {row['kernel_ms']:.2f} ms  err {err:.4f}  "
               f"compile {compile_s:.0f} s", flush=True)
@@ -89,8 +78,8 @@ def main(out: str, clips: int = 4, height: int = 40, width: int = 72, frames: in
         for k, v, c in row["top"][:15]:
             print(f"    {v:8.2f} ms {c:4d}x  {k[:110]}", flush=True)
     with open(f"{out}/temporal_probe.json", "w") as f:
-        json.dump(dict(card=torch.cuda.get_device_name() if dev == "cuda" else "cpu", torch=torch.__version__, clips=clips, rows=rows), f,
-                  indent=1)
+        card = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+        json.dump(dict(card=card, torch=torch.__version__, clips=clips, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

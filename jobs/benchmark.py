@@ -348,29 +348,24 @@ def _profile(b: Bench, step, title: str) -> dict:
     table and the time per kernel kind to --profile; returns the kinds' shares for the row."""
     import torch
 
-    from v2v.bench import kernel_kinds
+    from v2v.bench import kernel_kinds, profiler_kernels
 
     with torch.no_grad(), torch.profiler.profile() as prof:
         step()
         if b.cuda:
             torch.cuda.synchronize()
-    events = prof.key_averages()
-    if b.cuda:
-        mine = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
-        kernels = [(e.key, e.self_device_time_total / 1e6) for e in mine]
-    else:
-        mine = [e for e in events if e.self_cpu_time_total > 0]
-        kernels = [(e.key, e.self_cpu_time_total / 1e6) for e in mine]
-    kinds = kernel_kinds(kernels)
+    kernels = profiler_kernels(prof, b.cuda)
+    kinds = kernel_kinds([(name, secs) for name, secs, _ in kernels])
     total = sum(kinds.values()) or float("nan")
     by = "self_cuda_time_total" if b.cuda else "self_cpu_time_total"
     with open(b.a.profile, "a") as f:
         f.write(f"## {title}\n\nkernel time {total * 1e3:.1f} ms in {len(kernels)} kernels; by kind:\n")
         for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]):
             f.write(f"  {k:50s} {v * 1e3:9.1f} ms  {100 * v / total:5.1f} %\n")
-        f.write(f"\n{events.table(sort_by=by, row_limit=40)}\n\nevery kernel, slowest first (ms, calls, name):\n")
-        for (name, secs), e in sorted(zip(kernels, mine), key=lambda k: -k[0][1]):
-            f.write(f"  {secs * 1e3:9.3f} {e.count:5d}  {name}\n")
+        f.write(f"\n{prof.key_averages().table(sort_by=by, row_limit=40)}\n\n"
+                "every kernel, slowest first (ms, calls, name):\n")
+        for name, secs, calls in kernels:
+            f.write(f"  {secs * 1e3:9.3f} {calls:5d}  {name}\n")
         f.write("\n")
     return {"kernel_ms": total * 1e3}
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from v2v.bench import actor_rates, kernel_kinds
+from v2v.bench import actor_rates, kernel_kinds, profiler_kernels
 from v2v.models import load_components
 from v2v.perf import FixedBatch, PadFrames, apply_perf_settings
 from v2v.sampler import ClipSettings, restyle
@@ -103,6 +103,20 @@ def test_kernel_kinds_sort_profiler_kernel_names():
     assert kinds == {"generated: reduction (norm + fused elementwise)": 1.0, "generated: pointwise": 2.0,
                      "attention": 4.0, "convolution": 8.0, "layout conversion": 16.0, "matmul": 32.0,
                      "elementwise (eager)": 64.0, "norm (eager)": 0.5, "other": 128.0}
+
+
+def test_profiler_kernels_lists_what_a_profile_ran_slowest_first():
+    a, b = torch.randn(256, 256), torch.randn(64, 64)
+    with torch.profiler.profile() as prof:
+        for _ in range(3):
+            a @ a
+        b.relu()
+    kernels = profiler_kernels(prof, cuda=False)  # on a CPU run: the operators
+    by_name = {name: (secs, calls) for name, secs, calls in kernels}
+    assert by_name["aten::mm"][1] == 3 and by_name["aten::relu"][1] == 1
+    assert all(secs > 0 for _, secs, _ in kernels)
+    assert [secs for _, secs, _ in kernels] == sorted((secs for _, secs, _ in kernels), reverse=True)
+    assert profiler_kernels(prof, cuda=True) == []  # no GPU kernels ran
 
 
 def test_benchmark_variants_name_config_switches():

@@ -143,6 +143,17 @@ def kernel_kinds(kernels: list[tuple[str, float]]) -> dict[str, float]:
     return out
 
 
+def profiler_kernels(prof, cuda: bool) -> list[tuple[str, float, int]]:
+    """[(kernel name, seconds, calls)] of a finished torch.profiler run, slowest first: the GPU kernels when
+    `cuda`, else the CPU operators (a CPU run has no kernels of its own)."""
+    import torch
+
+    gpu = torch.autograd.DeviceType.CUDA
+    rows = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6, e.count)
+            for e in prof.key_averages() if not cuda or e.device_type == gpu]
+    return sorted((r for r in rows if r[1] > 0), key=lambda r: -r[1])
+
+
 def sdpa_calls(forward) -> list[dict]:
     """The attention calls one `forward()` makes, grouped by their inputs' shapes and strides.
 
