@@ -32,7 +32,7 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+compile|+aot[+vae]] "
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+compile|+aot[+vae]] "
                         "('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
@@ -68,7 +68,7 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "compile", "aot", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "compile", "aot", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -82,6 +82,7 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
     switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
     switches["temporal_layers"] = "temporal" in parts
+    switches["frame_attention"] = "frameattn" in parts
     switches["compile_aot"] = "aot" in parts
     switches["compile"] |= switches["compile_aot"]
     switches["compile_vae"] = "vae" in parts

@@ -122,7 +122,7 @@ def test_profiler_kernels_lists_what_a_profile_ran_slowest_first():
 def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
-    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False}
+    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_aot": False,
                                                                  "compile_vae": True})
     assert _variant_cfg("float16")[1] == {**off, "compile": False, "compile_aot": False, "compile_vae": False}
@@ -130,6 +130,9 @@ def test_benchmark_variants_name_config_switches():
     assert _variant_cfg("bfloat16+aot+vae")[1] == {**off, "compile": True, "compile_aot": True, "compile_vae": True}
     assert _variant_cfg("bfloat16+temporal+compile")[1] == {**off, "temporal_layers": True, "compile": True,
                                                             "compile_aot": False, "compile_vae": False}
+    assert _variant_cfg("bfloat16+temporal+frameattn")[1] == {**off, "temporal_layers": True,
+                                                              "frame_attention": True, "compile": False,
+                                                              "compile_aot": False, "compile_vae": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
         try:
             _variant_cfg(bad)

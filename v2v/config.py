@@ -73,6 +73,10 @@ class JobConfig:
     # statistics, Conv3d channels-last (v2v.temporal). None: on with compile (11 % per step on an H100), off
     # without (eager, it runs more kernels; not measured on GPUs).
     temporal_layers: bool | None = None
+    # The temporal transformers' attention over the frames as one Triton kernel (v2v.frame_attention); SDPA
+    # where the kernel does not apply (CPU, float32). Off by default: 1.5 % per step on an H200 (ninth section of
+    # benchmarks/RESULTS.md), its actor start and ahead-of-time packages not yet measured.
+    frame_attention: bool = False
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1

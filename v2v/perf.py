@@ -11,7 +11,8 @@ import os
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8, compile_aot: bool = False, temporal_layers: bool = False) -> dict:
+                        vae_chunk: int = 8, compile_aot: bool = False, temporal_layers: bool = False,
+                        frame_attention: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -20,6 +21,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
+    frame_attention: the temporal transformers' attention over the frames as one Triton kernel
+    (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
     Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
@@ -48,6 +51,10 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         # One (D, 3D) projection instead of three (D, D) in self-attention, one (D', 2D) for cross-attention's
         # key and value: fewer, larger matrix products over the same weights.
         unet.fuse_qkv_projections()
+    if frame_attention:  # after fuse_qkv, which sets every layer's processor
+        from v2v.frame_attention import install_frame_attention
+
+        install_frame_attention(unet)
     if compile:
         # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
         # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
@@ -70,7 +77,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
-                    "temporal_layers": temporal_layers}
+                    "temporal_layers": temporal_layers, "frame_attention": frame_attention}
             aot_dir = Path(cache) / "aot"
             aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
                                      fallback=UNetCall.tensors_only(unet_fn))
