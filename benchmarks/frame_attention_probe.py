@@ -1,0 +1,66 @@
+"""One top-level temporal transformer (zeroscope_v2_576w size: 320 channels, 5 heads of 64, 4 clips with
+guidance = 8 x 24 frames of 40 x 72 latents, bf16) with v2v.frame_attention's kernel, eager and compiled: the
+kernel's time per call in each (profiler), and the compiled block against the block with torch's SDPA.
+
+    python benchmarks/frame_attention_probe.py OUT_DIR
+
+The ninth session found the kernel ~3x slower inside the compiled UNet than called alone; this checked whether
+passing its strides as compile-time constants (so rows load in 16-byte pieces) closes that gap. It did not: 0.44 ms
+per call eager, 1.02 ms compiled (RESULTS.md, ninth section).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+
+from v2v.bench import profiler_kernels
+from v2v.frame_attention import install_frame_attention
+from v2v.temporal import TransformerTemporalFrames
+
+
+def main(out: str) -> None:
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        base = TransformerTemporalModel(num_attention_heads=5, attention_head_dim=64, in_channels=320,
+                                        norm_num_groups=32).to(torch.bfloat16).eval()
+    x = torch.randn(8 * 24, 320, 40, 72, device="cuda", dtype=torch.bfloat16)
+    rows = {}
+
+    def measure(name, fn):
+        with torch.no_grad():
+            fn(x), fn(x)
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                fn(x)
+            end.record()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                fn(x)
+                torch.cuda.synchronize()
+        kernels = profiler_kernels(prof, True)
+        attn = [(k, 1e3 * s) for k, s, _ in kernels if "attention" in k.lower() or "sdpa" in k.lower()]
+        rows[name] = {"block_ms": start.elapsed_time(end) / 10, "attention_kernels_ms": attn,
+                      "kernel_ms": 1e3 * sum(s for _, s, _ in kernels)}
+        print(name, json.dumps(rows[name]), flush=True)
+
+    sdpa = TransformerTemporalFrames(copy.deepcopy(base))
+    frame = TransformerTemporalFrames(copy.deepcopy(base))
+    install_frame_attention(frame)
+    call = lambda m: (lambda t: m(t, num_frames=24, return_dict=False)[0])  # noqa: E731
+    measure("frame eager", call(frame))
+    measure("frame compiled", torch.compile(call(frame), dynamic=False))
+    measure("sdpa compiled", torch.compile(call(sdpa), dynamic=False))
+    with open(f"{out}/frame_attention_probe.json", "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
