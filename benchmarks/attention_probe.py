@@ -15,24 +15,13 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from v2v.bench import ZEROSCOPE_UNET, attention_flops, sdpa_calls, time_sdpa
+from v2v.bench import ZEROSCOPE_UNET, attention_flops, cuda_seconds_per_call, sdpa_calls, time_sdpa
 from v2v.frame_attention import frame_attention, kernel_takes
 
 
 def strided(shape, stride, dtype, g):
     n = 1 + sum((size - 1) * st for size, st in zip(shape, stride))
     return torch.randn(n, device="cuda", dtype=dtype, generator=g).as_strided(shape, stride)
-
-
-def seconds_per_call(fn, repeat: int = 20) -> float:
-    fn(), fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / repeat
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -49,7 +38,7 @@ def main(out: str, clips: int = 4) -> None:
     x = torch.randn(2 * clips, 4, 24, 40, 72, device="cuda", dtype=torch.bfloat16, generator=g)
     e = torch.randn(2 * clips, 77, 1024, device="cuda", dtype=torch.bfloat16, generator=g)
     calls = sdpa_calls(lambda: unet(x, torch.tensor(500), encoder_hidden_states=e))
-    del unet
+    unet = None  # the shapes are all this needed
     torch.cuda.empty_cache()
     rows, totals = [], {"default": 0.0, "best_sdpa": 0.0, "with_kernel": 0.0}
     for call in calls:
@@ -64,7 +53,7 @@ def main(out: str, clips: int = 4) -> None:
         best = min(s for s in secs.values() if s == s)
         kernel = None
         if kernel_takes(q, k, v):
-            kernel = seconds_per_call(lambda: frame_attention(q, k, v))
+            kernel = cuda_seconds_per_call(lambda: frame_attention(q, k, v), repeat=20)
             got = frame_attention(q, k, v)  # (N, L, H*D)
             row["kernel_ms"] = 1e3 * kernel
             row["kernel_err"] = rel_err(got, want.transpose(1, 2).reshape(n, length, h * d))

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from v2v.bench import profiler_kernels
+from v2v.bench import cuda_seconds_per_call, profiler_kernels
 from v2v.frame_attention import install_frame_attention
 from v2v.temporal import TransformerTemporalFrames
 
@@ -34,20 +34,13 @@ def main(out: str) -> None:
 
     def measure(name, fn):
         with torch.no_grad():
-            fn(x), fn(x)
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                fn(x)
-            end.record()
-            torch.cuda.synchronize()
+            block_s = cuda_seconds_per_call(lambda: fn(x), repeat=10)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 fn(x)
                 torch.cuda.synchronize()
         kernels = profiler_kernels(prof, True)
         attn = [(k, 1e3 * s) for k, s, _ in kernels if "attention" in k.lower() or "sdpa" in k.lower()]
-        rows[name] = {"block_ms": start.elapsed_time(end) / 10, "attention_kernels_ms": attn,
+        rows[name] = {"block_ms": 1e3 * block_s, "attention_kernels_ms": attn,
                       "kernel_ms": 1e3 * sum(s for _, s, _ in kernels)}
         print(name, json.dumps(rows[name]), flush=True)
 

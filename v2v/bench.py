@@ -54,6 +54,21 @@ def unet_step_flops(forward, sample, timestep, encoder_hidden_states) -> float:
     return float(counter.get_total_flops())
 
 
+def cuda_seconds_per_call(fn, repeat: int = 10) -> float:
+    """Seconds per fn() on the GPU, `repeat` calls back to back (as within a step: no sync between calls),
+    timed by CUDA events after two untimed calls."""
+    import torch
+
+    fn(), fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / repeat
+
+
 def timed(fn, repeat: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
     """Median wall seconds of fn() (synchronizing CUDA around it), after `warmup` untimed calls."""
     import torch
@@ -206,16 +221,7 @@ def time_sdpa(call: dict, device: str, repeat: int = 10) -> dict[str, float]:
         return F.scaled_dot_product_attention(q, k, v)
 
     def seconds_per_call():
-        if device == "cpu":
-            return timed(attend, repeat=repeat)[0]
-        attend(), attend()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeat):  # back to back, as in a step: kernel time without a sync per call
-            attend()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000 / repeat
+        return timed(attend, repeat=repeat)[0] if device == "cpu" else cuda_seconds_per_call(attend, repeat)
 
     out = {}
     for name, backend in SDPA_BACKENDS.items():
