@@ -227,7 +227,7 @@ def test_temporal_layers_compute_the_same_latents(cache_dir):
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
 # decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
 # shorter clip, and reports outputs, torch's compile counters and, with --compile-aot, what each part's
-# ahead-of-time package did.
+# ahead-of-time package did. With --frame-attention too: on the CPU its op is SDPA, traced into the graphs.
 _ACTOR = """
 import json, sys, time
 import numpy as np, torch
@@ -238,7 +238,7 @@ from v2v.stages import Restyle
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False,
-                compile_aot=sys.argv[2] == "aot")
+                compile_aot=sys.argv[2] == "aot", frame_attention=True)
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
 graphs_after_start = counters["stats"]["unique_graphs"]
@@ -257,6 +257,8 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "gra
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
                               "temporal": sorted({type(m).__name__ for m in actor.components.unet.modules()
                                                   if "Temporal" in type(m).__name__}),
+                              "frame_attention": sum(type(getattr(m, "processor", None)).__name__
+                                                     == "FrameAttnProcessor" for m in actor.components.unet.modules()),
                               "aot": {k: {"built": len(a.built), "loaded": len(a.runners), "failed": a.failed}
                                       for k, a in actor.aot.items()}}))
 """
@@ -282,6 +284,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert first["aot"] == {}, first
     # compile brings the temporal layers of v2v.temporal with it (the eager model below keeps diffusers')
     assert first["temporal"] == ["TemporalConvFrames", "TransformerTemporalFrames"], first
+    assert first["frame_attention"] > 0, first  # the config's switch reached the model
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
     assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
@@ -307,6 +310,7 @@ def test_aot_actor_matches_eager_and_its_second_start_loads_the_packages(tiny, t
     built = {"built": 1, "loaded": 1, "failed": None}
     assert first["aot"] == {"unet": built, "vae_encoder": built, "vae_decoder": built}, first
     assert first["graphs_at_end"] == 0, first
+    assert first["frame_attention"] > 0, first  # exported with the op in the UNet
     assert len(list((cache / "aot").glob("*.pt2"))) == 3
     video = _video(2)
     want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
