@@ -6,7 +6,10 @@ kernel's time per call in each (profiler), and the compiled block against the bl
 
 The ninth session found the kernel ~3x slower inside the compiled UNet than called alone; this checked whether
 passing its strides as compile-time constants (so rows load in 16-byte pieces) closes that gap. It did not: 0.44 ms
-per call eager, 1.02 ms compiled (RESULTS.md, ninth section).
+per call eager, 1.02 ms compiled (RESULTS.md, ninth section). Added after that session, for the next one: the op
+alone, eager and compiled, on inputs laid out as diffusers lays them out (if compiled-alone is slow too, the cause
+is how inductor compiles or launches a user-defined kernel; if not, it is the buffers the block's graph hands it),
+and inductor's generated code for the compiled block on stderr (`output_code` logs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import torch
 
 from v2v.bench import cuda_seconds_per_call, profiler_kernels
-from v2v.frame_attention import install_frame_attention
+from v2v.frame_attention import frame_attention, install_frame_attention
 from v2v.temporal import TransformerTemporalFrames
 
 
@@ -48,8 +51,16 @@ def main(out: str) -> None:
     frame = TransformerTemporalFrames(copy.deepcopy(base))
     install_frame_attention(frame)
     call = lambda m: (lambda t: m(t, num_frames=24, return_dict=False)[0])  # noqa: E731
+    # the op alone: (N, H, L, D) views of (N, L, H*D) projections, N = 8 latents x 40 x 72 pixels
+    q, k, v = (torch.randn(8 * 40 * 72, 24, 5, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+               for _ in range(3))
+    op = torch.compile(lambda q, k, v: frame_attention(q, k, v), dynamic=False)
+    measure("op eager", lambda _: frame_attention(q, k, v))
+    measure("op compiled", lambda _: op(q, k, v))
     measure("frame eager", call(frame))
+    torch._logging.set_logs(output_code=True)  # the compiled block's generated code, to stderr
     measure("frame compiled", torch.compile(call(frame), dynamic=False))
+    torch._logging.set_logs(output_code=False)
     measure("sdpa compiled", torch.compile(call(sdpa), dynamic=False))
     with open(f"{out}/frame_attention_probe.json", "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
