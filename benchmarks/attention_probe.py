@@ -15,13 +15,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from v2v.bench import ZEROSCOPE_UNET, attention_flops, cuda_seconds_per_call, sdpa_calls, time_sdpa
+from v2v.bench import ZEROSCOPE_UNET, attention_flops, cuda_seconds_per_call, sdpa_calls, sdpa_inputs, time_sdpa
 from v2v.frame_attention import frame_attention, kernel_takes
-
-
-def strided(shape, stride, dtype, g):
-    n = 1 + sum((size - 1) * st for size, st in zip(shape, stride))
-    return torch.randn(n, device="cuda", dtype=dtype, generator=g).as_strided(shape, stride)
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -43,7 +38,7 @@ def main(out: str, clips: int = 4) -> None:
     rows, totals = [], {"default": 0.0, "best_sdpa": 0.0, "with_kernel": 0.0}
     for call in calls:
         secs = time_sdpa(call, "cuda", repeat=20)
-        q, k, v = (strided(*call[n], call["dtype"], g) for n in "qkv")
+        q, k, v = sdpa_inputs(call, "cuda", g)
         n, h, length, d = q.shape
         want = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
         row = {"q": "x".join(map(str, q.shape)), "kv_len": k.shape[2], "calls": call["calls"],

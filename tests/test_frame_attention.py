@@ -1,6 +1,7 @@
 """v2v.frame_attention: the Triton kernel's arithmetic (run by Triton's interpreter on the CPU), the op's SDPA
 path, and the processor inside the tiny UNet. GPU timings: benchmarks/RESULTS.md, ninth section."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_kernel_computes_attention_in_the_triton_interpreter():
     out = subprocess.run([sys.executable, "-c", _KERNEL], capture_output=True, text=True, cwd=REPO,
                          env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    errs = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    errs = json.loads(out.stdout.strip().splitlines()[-1])
     assert [shape for shape, _ in errs] == [[6, 24, 320], [3, 7, 32], [4, 33, 96]]
     for _, err in errs:  # float16 inputs and probabilities: ~3e-4 of float32
         assert err < 2e-3, errs

@@ -197,6 +197,17 @@ def sdpa_calls(forward) -> list[dict]:
     return list(seen.values())
 
 
+def sdpa_inputs(call: dict, device: str, generator=None):
+    """Random (q, k, v) for one `sdpa_calls` entry, laid out with the recorded shapes and strides."""
+    import torch
+
+    def strided(shape, stride):  # the smallest storage that holds every element the strides reach
+        n = 1 + sum((size - 1) * st for size, st in zip(shape, stride))
+        return torch.randn(n, device=device, dtype=call["dtype"], generator=generator).as_strided(shape, stride)
+
+    return tuple(strided(*call[name]) for name in "qkv")
+
+
 # torch's own choice, then each backend alone (torch.nn.attention.SDPBackend names)
 SDPA_BACKENDS = {"default": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
@@ -211,11 +222,7 @@ def time_sdpa(call: dict, device: str, repeat: int = 10) -> dict[str, float]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    def strided(shape, stride):  # the smallest storage that holds every element the strides reach
-        n = 1 + sum((size - 1) * st for size, st in zip(shape, stride))
-        return torch.randn(n, device=device, dtype=call["dtype"]).as_strided(shape, stride)
-
-    q, k, v = (strided(*call[name]) for name in "qkv")
+    q, k, v = sdpa_inputs(call, device)
 
     def attend():
         return F.scaled_dot_product_attention(q, k, v)
