@@ -9,19 +9,26 @@ passing its strides as compile-time constants (so rows load in 16-byte pieces) c
 per call eager, 1.02 ms compiled (RESULTS.md, ninth section). Added after that session, for the next one: the op
 alone, eager and compiled, on inputs laid out as diffusers lays them out (if compiled-alone is slow too, the cause
 is how inductor compiles or launches a user-defined kernel; if not, it is the buffers the block's graph hands it),
-and inductor's generated code for the compiled block on stderr (`output_code` logs).
+and inductor's generated code for the compiled block on stderr (`output_code` logs). Tenth session: the block
+compiled with the kernel behind an opaque custom op (inductor calls the eager launcher, as an extern kernel), and,
+where TRITON_KERNEL_DUMP=1 and TRITON_DUMP_DIR are set, each compiled copy of the kernel's launch metadata and the
+widths of its global loads in PTX (16-byte `v4` loads or narrower) — how eager Triton's compile and inductor's differ.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
+import os
+import re
 import sys
 
 import torch
 
 from v2v.bench import cuda_seconds_per_call, profiler_kernels
-from v2v.frame_attention import frame_attention, install_frame_attention
+import v2v.frame_attention as fa
+from v2v.frame_attention import frame_attention, install_frame_attention, kernel_attention
 from v2v.temporal import TransformerTemporalFrames
 
 
@@ -62,8 +69,46 @@ def main(out: str) -> None:
     measure("frame compiled", torch.compile(call(frame), dynamic=False))
     torch._logging.set_logs(output_code=False)
     measure("sdpa compiled", torch.compile(call(sdpa), dynamic=False))
+
+    # the kernel behind an opaque op: inductor cannot look inside and calls it as an extern kernel, so eager
+    # Triton compiles and launches it. FrameAttnProcessor looks `frame_attention` up in its module on each call:
+    # swapped there while this block compiles.
+    @torch.library.custom_op("v2vprobe::frame_attention_opaque", mutates_args=())
+    def opaque(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return kernel_attention(q, k, v)
+
+    @opaque.register_fake
+    def _(q, k, v):
+        n, h, length, d = q.shape
+        return q.new_empty((n, length, h * d))
+
+    fa.frame_attention = opaque
+    measure("opaque compiled", torch.compile(call(frame), dynamic=False))
+    fa.frame_attention = frame_attention
+    rows["compiled kernels"] = triton_dumps(os.environ.get("TRITON_DUMP_DIR"))
+    print(json.dumps(rows["compiled kernels"], indent=1), flush=True)
     with open(f"{out}/frame_attention_probe.json", "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+def triton_dumps(folder: str | None) -> list[dict]:
+    """Each compiled copy of the frame kernel under Triton's dump folder: launch metadata and PTX global-load
+    forms (e.g. ld.global.v4.b32 = 16 bytes per thread, ld.global.b16 = 2)."""
+    found = []
+    for root, _, files in os.walk(folder or "/nonexistent"):
+        names = {f.rsplit(".", 1)[-1]: f for f in files if f.startswith("_frame_attention_kernel")}
+        if "ptx" not in names:
+            continue
+        ptx = open(os.path.join(root, names["ptx"])).read()
+        meta = json.load(open(os.path.join(root, names["json"]))) if "json" in names else {}
+        ttir = open(os.path.join(root, names["ttir"])).read() if "ttir" in names else ""
+        found.append({"dir": os.path.basename(root),
+                      "meta": {k: meta.get(k) for k in ("num_warps", "num_stages", "shared", "debug",
+                                                        "enable_fp_fusion", "maxnreg", "launch_pdl")},
+                      "loads": dict(collections.Counter(re.findall(r"ld\.global[.\w]*", ptx))),
+                      "stores": dict(collections.Counter(re.findall(r"st\.global[.\w]*", ptx))),
+                      "signature": re.findall(r"tt\.func public @_frame_attention_kernel\(([^)]*)\)", ttir)[:1]})
+    return found
 
 
 if __name__ == "__main__":
