@@ -13,6 +13,9 @@ and inductor's generated code for the compiled block on stderr (`output_code` lo
 compiled with the kernel behind an opaque custom op (inductor calls the eager launcher, as an extern kernel), and,
 where TRITON_KERNEL_DUMP=1 and TRITON_DUMP_DIR are set, each compiled copy of the kernel's launch metadata and the
 widths of its global loads in PTX (16-byte `v4` loads or narrower) — how eager Triton's compile and inductor's differ.
+That run found the cause (the softmax scale, a runtime float, passed by inductor as float64: the PTX's softmax in
+f64); the scale is now a compile-time constant. Since: the block through an AOTInductor package (v2v.aot), the
+form `--compile-aot` actors run.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 
 import torch
 
+from v2v.aot import AotForward
 from v2v.bench import cuda_seconds_per_call, profiler_kernels
 import v2v.frame_attention as fa
 from v2v.frame_attention import frame_attention, install_frame_attention, kernel_attention
@@ -85,6 +89,9 @@ def main(out: str) -> None:
     fa.frame_attention = opaque
     measure("opaque compiled", torch.compile(call(frame), dynamic=False))
     fa.frame_attention = frame_attention
+    aot = AotForward(frame, call(frame), "frame-block", {"probe": 1}, "/tmp/aot-probe", fallback=call(frame))
+    measure("frame aot", aot)
+    rows["frame aot"]["failed"] = aot.failed
     rows["compiled kernels"] = triton_dumps(os.environ.get("TRITON_DUMP_DIR"))
     print(json.dumps(rows["compiled kernels"], indent=1), flush=True)
     with open(f"{out}/frame_attention_probe.json", "w") as f:

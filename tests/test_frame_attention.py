@@ -1,5 +1,5 @@
 """v2v.frame_attention: the Triton kernel's arithmetic (run by Triton's interpreter on the CPU), the op's SDPA
-path, and the processor inside the tiny UNet. GPU timings: benchmarks/RESULTS.md, ninth section."""
+path, and the processor inside the tiny UNet. GPU timings: benchmarks/RESULTS.md, ninth and tenth sections."""
 
 import json
 import os
@@ -47,6 +47,17 @@ def test_kernel_computes_attention_in_the_triton_interpreter():
     assert [shape for shape, _ in errs] == [[6, 24, 320], [3, 7, 32], [4, 33, 96]]
     for _, err in errs:  # float16 inputs and probabilities: ~3e-4 of float32
         assert err < 2e-3, errs
+
+
+def test_kernel_takes_no_runtime_numbers():
+    # inductor hands a user kernel's Python float arguments over as float64: a runtime softmax scale made the
+    # compiled UNet's softmax float64 and the kernel twice as slow there (benchmarks/RESULTS.md, tenth section).
+    # Only the tensors may be runtime arguments; everything else is a compile-time constant.
+    pytest.importorskip("triton")
+    from v2v.frame_attention import _frame_attention_kernel
+
+    runtime = [p.name for p in _frame_attention_kernel.params if not p.is_constexpr]
+    assert runtime == ["q_ptr", "k_ptr", "v_ptr", "o_ptr"]
 
 
 def test_op_is_sdpa_with_heads_merged_where_the_kernel_does_not_apply():

@@ -13,11 +13,11 @@ once: memory-bound, as attention over 24 tokens should be.
 `frame_attention(q, k, v)` is a `torch.library.triton_op`: torch.compile and AOTInductor see the kernel call.
 On the CPU, without Triton, or for shapes the kernel does not take, it is scaled_dot_product_attention.
 
-Measured on an H200 (benchmarks/RESULTS.md, ninth section): called alone, 0.46 ms per top-level call against
-1.82 ms for torch's choice (cuDNN), the same error against float32; the temporal attention of a 4-clip step
-38 -> 10 ms. Inside the compiled UNet the same kernel takes ~2.5 x as long as alone (not explained yet; passing
-the strides as compile-time constants did not change it), so a step gains 1.5 % (0.457 -> 0.450 s). Hence the
-`frame_attention` switch is off by default.
+Measured on an H200 (benchmarks/RESULTS.md, ninth and tenth sections): called alone, 0.44 ms per top-level
+call against 1.82 ms for torch's choice (cuDNN), the same error against float32; the temporal attention of a
+4-clip step 38 -> 10 ms. Every argument but the four pointers is a compile-time constant, the softmax scale
+included: inductor passes a Python float to a user kernel as float64, and with a float64 scale the whole softmax
+ran in float64 — the kernel took twice as long inside compiled graphs as alone (ninth section).
 """
 
 from __future__ import annotations
@@ -37,14 +37,15 @@ MAX_FRAMES = 64  # longer sequences go to SDPA, where flash attention's tiles fi
 if triton is not None:
 
     @triton.jit
-    def _frame_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, scale_log2,
+    def _frame_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, scale_log2: tl.constexpr,
                                 sq_n: tl.constexpr, sq_h: tl.constexpr, sq_l: tl.constexpr,
                                 sk_n: tl.constexpr, sk_h: tl.constexpr, sk_l: tl.constexpr,
                                 sv_n: tl.constexpr, sv_h: tl.constexpr, sv_l: tl.constexpr,
                                 length: tl.constexpr, HEADS: tl.constexpr, DIM: tl.constexpr, LP: tl.constexpr):
         # one program: sequence n, all heads; q/k/v element (n, h, l, d) at n*s_n + h*s_h + l*s_l + d;
         # the output (N, L, H*D) contiguous. Strides and length are compile-time constants: the compiler then
-        # knows each row's alignment and loads it in 16-byte pieces (a handful of shapes per UNet).
+        # knows each row's alignment and loads it in 16-byte pieces (a handful of shapes per UNet). The scale
+        # is one too: as a runtime float, inductor would pass it as float64 (module docstring).
         n = tl.program_id(0).to(tl.int64)
         rows = tl.arange(0, LP)
         cols = tl.arange(0, DIM)
