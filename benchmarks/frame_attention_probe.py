@@ -9,7 +9,7 @@ passing its strides as compile-time constants (so rows load in 16-byte pieces) c
 per call eager, 1.02 ms compiled (RESULTS.md, ninth section). Added after that session, for the next one: the op
 alone, eager and compiled, on inputs laid out as diffusers lays them out (if compiled-alone is slow too, the cause
 is how inductor compiles or launches a user-defined kernel; if not, it is the buffers the block's graph hands it),
-and inductor's generated code for the compiled block on stderr (`output_code` logs). Tenth session: the block
+and inductor's generated code for the compiled block (`output_code` logs, since removed). Tenth session: the block
 compiled with the kernel behind an opaque custom op (inductor calls the eager launcher, as an extern kernel), and,
 where TRITON_KERNEL_DUMP=1 and TRITON_DUMP_DIR are set, each compiled copy of the kernel's launch metadata and the
 widths of its global loads in PTX (16-byte `v4` loads or narrower) — how eager Triton's compile and inductor's differ.
@@ -69,9 +69,7 @@ def main(out: str) -> None:
     measure("op eager", lambda _: frame_attention(q, k, v))
     measure("op compiled", lambda _: op(q, k, v))
     measure("frame eager", call(frame))
-    torch._logging.set_logs(output_code=True)  # the compiled block's generated code, to stderr
     measure("frame compiled", torch.compile(call(frame), dynamic=False))
-    torch._logging.set_logs(output_code=False)
     measure("sdpa compiled", torch.compile(call(sdpa), dynamic=False))
 
     # the kernel behind an opaque op: inductor cannot look inside and calls it as an extern kernel, so eager
