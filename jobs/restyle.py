@@ -59,7 +59,8 @@ HELP = {
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
     "temporal_layers": "run the UNet's temporal layers without permuted copies or layout conversions "
                        "(default: with --compile)",
-    "frame_attention": "the temporal transformers' attention over the frames as one Triton kernel (GPU)",
+    "frame_attention": "the temporal transformers' attention over the frames as one Triton kernel (GPU; "
+                       "default: with --compile)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",

@@ -227,7 +227,8 @@ def test_temporal_layers_compute_the_same_latents(cache_dir):
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
 # decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
 # shorter clip, and reports outputs, torch's compile counters and, with --compile-aot, what each part's
-# ahead-of-time package did. With --frame-attention too: on the CPU its op is SDPA, traced into the graphs.
+# ahead-of-time package did. Frame attention comes with compile by default: on the CPU its op is SDPA, traced into
+# the graphs.
 _ACTOR = """
 import json, sys, time
 import numpy as np, torch
@@ -238,7 +239,7 @@ from v2v.stages import Restyle
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False,
-                compile_aot=sys.argv[2] == "aot", frame_attention=True)
+                compile_aot=sys.argv[2] == "aot")
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
 graphs_after_start = counters["stats"]["unique_graphs"]
@@ -284,7 +285,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert first["aot"] == {}, first
     # compile brings the temporal layers of v2v.temporal with it (the eager model below keeps diffusers')
     assert first["temporal"] == ["TemporalConvFrames", "TransformerTemporalFrames"], first
-    assert first["frame_attention"] > 0, first  # the config's switch reached the model
+    assert first["frame_attention"] > 0, first  # the default (on with compile) reached the model
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
     assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
@@ -450,3 +451,7 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.temporal_layers, cpu.temporal_layers, forced.temporal_layers) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", temporal_layers=False), {"GPU": 1}).temporal_layers is False
     assert resources(JobConfig(manifest="m", output="o", temporal_layers=True), {"CPU": 2}).temporal_layers is True
+    # so does the frame attention kernel
+    assert (gpu.frame_attention, cpu.frame_attention, forced.frame_attention) == (True, False, False)
+    assert resources(JobConfig(manifest="m", output="o", frame_attention=False), {"GPU": 1}).frame_attention is False
+    assert resources(JobConfig(manifest="m", output="o", frame_attention=True), {"CPU": 2}).frame_attention is True

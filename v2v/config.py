@@ -74,9 +74,9 @@ class JobConfig:
     # without (eager, it runs more kernels; not measured on GPUs).
     temporal_layers: bool | None = None
     # The temporal transformers' attention over the frames as one Triton kernel (v2v.frame_attention); SDPA
-    # where the kernel does not apply (CPU, float32). Off by default: 1.5 % per step on an H200 (ninth section of
-    # benchmarks/RESULTS.md), its actor start and ahead-of-time packages not yet measured.
-    frame_attention: bool = False
+    # where the kernel does not apply (CPU, float32). None: on with compile (4.6 % per step on an H200, tenth
+    # section of benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
+    frame_attention: bool | None = None
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
@@ -159,6 +159,7 @@ class Resources:
     compile_vae: bool
     compile_aot: bool
     temporal_layers: bool
+    frame_attention: bool
 
 
 def resources(cfg: JobConfig, cluster: dict) -> Resources:
@@ -181,5 +182,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
     compile_aot = compile_ and bool(cfg.compile_aot)
     temporal = cfg.temporal_layers if cfg.temporal_layers is not None else compile_
+    frame = cfg.frame_attention if cfg.frame_attention is not None else compile_
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, temporal)
+                     invariant, compile_, compile_vae, compile_aot, temporal, frame)
