@@ -5,12 +5,7 @@
 # kernel in $OUT/tdump.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/out}; mkdir -p "$out"
-mkdir -p /tmp/site && [ -f /tmp/site/.done ] || { tar -xJf .gpu/site.tar.xz -C /tmp/site && touch /tmp/site/.done; }
-{ nvidia-smi --query-gpu=name,driver_version --format=csv
-  PYTHONPATH=/tmp/site python3 -c "import torch, diffusers, triton; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'triton', triton.__version__)"
-} > "$out/env.txt" 2>&1
-cat "$out/env.txt"
+source benchmarks/gpu_setup.sh  # bundle unpacked, $out/env.txt
 PYTHONPATH=/tmp/site:$PWD TRITON_KERNEL_DUMP=1 TRITON_DUMP_DIR=/tmp/tdump TRITON_ALWAYS_COMPILE=1 \
   timeout 420 python3 benchmarks/frame_attention_probe.py "$out" > "$out/probe.txt" 2> "$out/probe-stderr.txt"
 echo "probe rc $?"
