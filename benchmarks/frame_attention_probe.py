@@ -12,7 +12,7 @@ is how inductor compiles or launches a user-defined kernel; if not, it is the bu
 and inductor's generated code for the compiled block (`output_code` logs, since removed). Tenth session: the block
 compiled with the kernel behind an opaque custom op (inductor calls the eager launcher, as an extern kernel), and,
 where TRITON_KERNEL_DUMP=1 and TRITON_DUMP_DIR are set, each compiled copy of the kernel's launch metadata and the
-widths of its global loads in PTX (16-byte `v4` loads or narrower) — how eager Triton's compile and inductor's differ.
+widths of its global loads and its float64 instructions in PTX — how eager Triton's compile and inductor's differ.
 That run found the cause (the softmax scale, a runtime float, passed by inductor as float64: the PTX's softmax in
 f64); the scale is now a compile-time constant. Since: the block through an AOTInductor package (v2v.aot), the
 form `--compile-aot` actors run.
@@ -112,6 +112,7 @@ def triton_dumps(folder: str | None) -> list[dict]:
                                                         "enable_fp_fusion", "maxnreg", "launch_pdl")},
                       "loads": dict(collections.Counter(re.findall(r"ld\.global[.\w]*", ptx))),
                       "stores": dict(collections.Counter(re.findall(r"st\.global[.\w]*", ptx))),
+                      "f64_instructions": len(re.findall(r"^\s*[a-z][\w.]*\.f64\b", ptx, re.M)),
                       "signature": re.findall(r"tt\.func public @_frame_attention_kernel\(([^)]*)\)", ttir)[:1]})
     return found
 

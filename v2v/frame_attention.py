@@ -17,7 +17,8 @@ Measured on an H200 (benchmarks/RESULTS.md, ninth and tenth sections): called al
 call against 1.82 ms for torch's choice (cuDNN), the same error against float32; the temporal attention of a
 4-clip step 38 -> 10 ms. Every argument but the four pointers is a compile-time constant, the softmax scale
 included: inductor passes a Python float to a user kernel as float64, and with a float64 scale the whole softmax
-ran in float64 — the kernel took twice as long inside compiled graphs as alone (ninth section).
+ran in float64 — the kernel took twice as long inside compiled graphs as alone (ninth section). Fixed, a
+compiled 4-clip step takes 0.440 s against 0.461 s with torch's SDPA (tenth section).
 """
 
 from __future__ import annotations
