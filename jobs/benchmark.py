@@ -31,7 +31,8 @@ def _args(argv=None):
     p.add_argument("--strength", type=float, default=0.6)
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
-    p.add_argument("--variants", default="float16,bfloat16,bfloat16+channels_last",
+    # eager bf16, and the job's GPU switches (compile with the VAE, temporal layers, frame attention)
+    p.add_argument("--variants", default="bfloat16,bfloat16+temporal+frameattn+compile+vae",
                    help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+compile|+aot[+vae]] "
                         "('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
