@@ -26,11 +26,12 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import torch
 
 from v2v.aot import AotForward
-from v2v.bench import cuda_seconds_per_call, profiler_kernels
+from v2v.bench import cuda_seconds_per_call, kernel_kind, profiler_kernels
 import v2v.frame_attention as fa
 from v2v.frame_attention import frame_attention, install_frame_attention, kernel_attention
 from v2v.temporal import TransformerTemporalFrames
@@ -53,7 +54,7 @@ def main(out: str) -> None:
                 fn(x)
                 torch.cuda.synchronize()
         kernels = profiler_kernels(prof, True)
-        attn = [(k, 1e3 * s) for k, s, _ in kernels if "attention" in k.lower() or "sdpa" in k.lower()]
+        attn = [(k, 1e3 * s) for k, s, _ in kernels if kernel_kind(k) == "attention"]
         rows[name] = {"block_ms": 1e3 * block_s, "attention_kernels_ms": attn,
                       "kernel_ms": 1e3 * sum(s for _, s, _ in kernels)}
         print(name, json.dumps(rows[name]), flush=True)
@@ -104,9 +105,9 @@ def triton_dumps(folder: str | None) -> list[dict]:
         names = {f.rsplit(".", 1)[-1]: f for f in files if f.startswith("_frame_attention_kernel")}
         if "ptx" not in names:
             continue
-        ptx = open(os.path.join(root, names["ptx"])).read()
-        meta = json.load(open(os.path.join(root, names["json"]))) if "json" in names else {}
-        ttir = open(os.path.join(root, names["ttir"])).read() if "ttir" in names else ""
+        text = {ext: Path(root, f).read_text() for ext, f in names.items() if ext in ("ptx", "json", "ttir")}
+        ptx, ttir = text["ptx"], text.get("ttir", "")
+        meta = json.loads(text["json"]) if "json" in text else {}
         found.append({"dir": os.path.basename(root),
                       "meta": {k: meta.get(k) for k in ("num_warps", "num_stages", "shared", "debug",
                                                         "enable_fp_fusion", "maxnreg", "launch_pdl")},

@@ -23,6 +23,11 @@ import time
 import numpy as np
 
 
+# The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention, the
+# VAE compiled too); the dtype is bf16, as every GPU figure in benchmarks/RESULTS.md.
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+compile+vae"
+
+
 def _args(argv=None):
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="random-576w", help="random-576w, tiny, or a model folder")
@@ -31,8 +36,7 @@ def _args(argv=None):
     p.add_argument("--strength", type=float, default=0.6)
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
-    # eager bf16, and the job's GPU switches (compile with the VAE, temporal layers, frame attention)
-    p.add_argument("--variants", default="bfloat16,bfloat16+temporal+frameattn+compile+vae",
+    p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+compile|+aot[+vae]] "
                         "('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
@@ -407,7 +411,7 @@ def attention(b: Bench, best: dict | None) -> None:
 def startup(b: Bench, work: str, best: dict | None) -> None:
     """A fresh process builds a restyle actor (imports, model load, perf switches, compile or cached kernels,
     warm-up), twice over one empty compile cache: the first start, then the second."""
-    variant = b.a.startup_variant or (best["variant"] if best else "bfloat16+compile")
+    variant = b.a.startup_variant or (best["variant"] if best else JOB_GPU_VARIANT)
     batch = b.a.startup_batch or (best["batch"] if best else 4)
     cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{int(time.time())}")
     for attempt in ("first start", "second start"):

@@ -148,12 +148,17 @@ KERNEL_KINDS = [
 ]
 
 
+def kernel_kind(name: str) -> str:
+    """A kernel's kind as KERNEL_KINDS names it, else 'other'."""
+    low = name.lower()
+    return next((k for k, keys in KERNEL_KINDS if any(key in low for key in keys)), "other")
+
+
 def kernel_kinds(kernels: list[tuple[str, float]]) -> dict[str, float]:
     """[(kernel name, seconds)] -> {kind: seconds}, kinds as KERNEL_KINDS names them, the rest 'other'."""
     out: dict[str, float] = {}
     for name, secs in kernels:
-        low = name.lower()
-        kind = next((k for k, keys in KERNEL_KINDS if any(key in low for key in keys)), "other")
+        kind = kernel_kind(name)
         out[kind] = out.get(kind, 0.0) + secs
     return out
 
