@@ -7,8 +7,9 @@ set -uo pipefail
 name=$1; shift
 mkdir -p /tmp/site && [ -f /tmp/site/.done ] || { tar -xJf .gpu/site.tar.xz -C /tmp/site && touch /tmp/site/.done; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 V2V_CACHE=/tmp/v2v-cache
-# One compile cache for the benchmark's own compiled variants and the Ray job's actors (which it hands on).
-export V2V_COMPILE_CACHE=/tmp/bench/inductor
+# One compile cache for the benchmark's own compiled variants and the Ray job's actors (which it hands on);
+# a run beside another on the same machine names its own (and its own --work-dir).
+export V2V_COMPILE_CACHE=${V2V_COMPILE_CACHE:-/tmp/bench/inductor}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee "$out/gpu-$name.txt"
