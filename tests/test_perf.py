@@ -436,13 +436,17 @@ def test_actor_rates_count_batches_after_each_actors_first():
 
 
 def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
-    from v2v.config import JobConfig, resources
+    from v2v.config import JobConfig, auto_dtype, resources
 
     gpu = resources(JobConfig(manifest="m", output="o"), {"CPU": 16, "GPU": 2})
     cpu = resources(JobConfig(manifest="m", output="o"), {"CPU": 16})
     assert (gpu.device, gpu.compile, gpu.compile_vae, gpu.batch_invariant, gpu.num_actors) == ("cuda", True, True,
                                                                                                 False, 2)
     assert (cpu.device, cpu.compile, cpu.compile_vae, cpu.batch_invariant) == ("cpu", False, False, True)
+    # auto dtype: bfloat16 on GPUs (float16 on cards without native bf16), float32 on the CPU; a set one stays
+    assert (gpu.dtype, cpu.dtype) == ("bfloat16", "float32")
+    assert auto_dtype("cuda", bf16_native=False) == "float16"
+    assert resources(JobConfig(manifest="m", output="o", dtype="float16"), {"GPU": 1}).dtype == "float16"
     forced = resources(JobConfig(manifest="m", output="o", compile=False, batch_invariant=True), {"GPU": 1})
     assert (forced.compile, forced.compile_vae, forced.batch_invariant) == (False, False, True)
     unet_only = resources(JobConfig(manifest="m", output="o", compile_vae=False), {"GPU": 1})

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from v2v.config import JobConfig, Resources
+from v2v.config import JobConfig, Resources, auto_dtype
 from v2v.index import clip_seed
 from v2v.plan import PlanSettings, plan_clips
 from v2v.storage import join, safe_name
@@ -122,8 +122,11 @@ class Restyle:
         with self._phase("imports"):  # diffusers and transformers: seconds on their own, apart from the load
             from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: F401
             from transformers import CLIPTextModel  # noqa: F401
+        dtype = res.dtype
+        if cfg.dtype == "auto" and res.device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
+            dtype = auto_dtype("cuda", bf16_native=False)  # a card before Ampere: no native bfloat16
         with self._phase("load"):
-            self.components = c = load_components(cfg.model, device=res.device, dtype=res.dtype,
+            self.components = c = load_components(cfg.model, device=res.device, dtype=dtype,
                                                   scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
