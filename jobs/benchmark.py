@@ -24,8 +24,16 @@ import numpy as np
 
 
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention, the
-# VAE compiled too); the dtype is bf16, as every GPU figure in benchmarks/RESULTS.md.
+# VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
 JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+compile+vae"
+
+
+def _section_variant(best: dict | None, cuda: bool) -> tuple[str, int]:
+    """(variant, batch) for the attention, start-up and Ray job sections: the fastest sampler row's, or, when no
+    sampler row was measured, what the job runs on a GPU (at its best measured batch) or on the CPU."""
+    if best:
+        return best["variant"], best["batch"]
+    return (JOB_GPU_VARIANT, 4) if cuda else ("float32", 1)
 
 
 def _args(argv=None):
@@ -384,8 +392,8 @@ def attention(b: Bench, best: dict | None) -> None:
 
     from v2v.bench import SDPA_BACKENDS, attention_flops, sdpa_calls, time_sdpa
 
-    dtype = _variant_cfg(best["variant"])[0] if best else ("bfloat16" if b.cuda else "float32")
-    batch = best["batch"] if best else 1
+    variant, batch = _section_variant(best, b.cuda)
+    dtype = _variant_cfg(variant)[0]
     c = _load(b.folder, b.a.device, dtype)
     x, e, t = _step_inputs(b, c, batch)
     rows, total = [], dict.fromkeys([*SDPA_BACKENDS, "best"], 0.0)
@@ -411,8 +419,8 @@ def attention(b: Bench, best: dict | None) -> None:
 def startup(b: Bench, work: str, best: dict | None) -> None:
     """A fresh process builds a restyle actor (imports, model load, perf switches, compile or cached kernels,
     warm-up), twice over one empty compile cache: the first start, then the second."""
-    variant = b.a.startup_variant or (best["variant"] if best else JOB_GPU_VARIANT)
-    batch = b.a.startup_batch or (best["batch"] if best else 4)
+    fallback = _section_variant(best, b.cuda)
+    variant, batch = b.a.startup_variant or fallback[0], b.a.startup_batch or fallback[1]
     cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{int(time.time())}")
     for attempt in ("first start", "second start"):
         t0 = time.perf_counter()
@@ -447,8 +455,8 @@ def ray_job(b: Bench, work: str, best: dict | None) -> None:
         for i in range(-(-a.e2e_clips // per_video)):
             make_video(os.path.join(vids, f"v{i}.mp4"), b.frames * per_video, b.width, b.height, seed=i)
             f.write(f"v{i}.mp4,style {i}\n")
-    variant = a.e2e_variant or (best["variant"] if best else "float16")
-    batch = a.e2e_batch or (best["batch"] if best else 1)
+    fallback = _section_variant(best, b.cuda)
+    variant, batch = a.e2e_variant or fallback[0], a.e2e_batch or fallback[1]
     dtype, switches = _variant_cfg(variant)
     bare = next((r["clips_per_hour"] for r in b.rows if r.get("what") == "v2v sampler"
                  and r["variant"] == variant and r["batch"] == batch), None)

@@ -119,6 +119,23 @@ def test_profiler_kernels_lists_what_a_profile_ran_slowest_first():
     assert profiler_kernels(prof, cuda=True) == []  # no GPU kernels ran
 
 
+def test_benchmark_falls_back_to_what_the_job_runs():
+    """With no sampler row to take the fastest from, the attention, start-up and Ray job sections measure the job's
+    own GPU configuration (JobConfig's defaults as `resources` resolves them on a GPU cluster), or float32 on CPU."""
+    from jobs.benchmark import JOB_GPU_VARIANT, _section_variant, _variant_cfg
+    from v2v.config import JobConfig, resources
+
+    assert _section_variant({"variant": "float16", "batch": 2}, cuda=True) == ("float16", 2)
+    assert _section_variant(None, cuda=True) == (JOB_GPU_VARIANT, 4)
+    assert _section_variant(None, cuda=False) == ("float32", 1)
+    dtype, switches = _variant_cfg(JOB_GPU_VARIANT)
+    job = resources(JobConfig(manifest="m", output="o"), {"CPU": 8, "GPU": 1})
+    assert dtype == job.dtype
+    assert {k: getattr(job, k) for k in switches if hasattr(job, k)} == {k: v for k, v in switches.items()
+                                                                         if hasattr(job, k)}
+    assert (JobConfig.channels_last, JobConfig.fuse_qkv) == (switches["channels_last"], switches["fuse_qkv"])
+
+
 def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
