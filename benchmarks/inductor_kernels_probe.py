@@ -1,0 +1,71 @@
+"""Which generated kernels of the compiled UNet step run far from memory bandwidth, and on which buffers.
+
+The eleventh section's profile shows fused GroupNorm-apply + SiLU kernels at 2.0-3.6 ms a call, many times what
+moving a top-level activation (354 MB in bf16 for 8 latents) costs. This compiles the job's GPU variant
+(`jobs.benchmark.JOB_GPU_VARIANT`) of the random 576w UNet for one 4-clip guided step, profiles that step (every
+kernel by its full name: time and calls, to OUT/kernels.json) and copies inductor's output code (the Python
+wrappers that launch each kernel, with every buffer's shape and stride, and the kernels' sources) to
+OUT/output-code.tar.gz, so the slow kernels' shapes and layouts can be read off afterwards.
+
+    python benchmarks/inductor_kernels_probe.py OUT [MODEL_FOLDER]     # GPU: random 576w under /tmp/bench
+    python benchmarks/inductor_kernels_probe.py OUT tiny               # CPU smoke run on the tiny model
+"""
+import json
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs
+from v2v.bench import profiler_kernels, random_zeroscope
+from v2v.models import resolve_model
+from v2v.perf import FixedBatch
+
+
+def main(out: str, model: str = "/tmp/bench/random-576w") -> None:
+    os.makedirs(out, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    if model == "tiny":
+        folder, variant, b = str(resolve_model("tiny")), "float32+compile", SimpleNamespace(height=64, width=64,
+                                                                                                 frames=8)
+    else:
+        folder, variant, b = model, JOB_GPU_VARIANT, SimpleNamespace(height=320, width=576, frames=24)
+        if not os.path.exists(os.path.join(folder, "model_index.json")):
+            random_zeroscope(folder, "cuda" if cuda else "cpu")
+    c = _load(folder, "cuda" if cuda else "cpu", variant)
+    batch = 4
+    if isinstance(c.unet.forward, FixedBatch):
+        c.unet.forward.size = 2 * batch  # cond + uncond latents, as the sampler's 4-clip calls
+    x, e, t = _step_inputs(b, c, batch)
+
+    def step():
+        with torch.no_grad():
+            c.unet(x, t, encoder_hidden_states=e, return_dict=False)
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    step()  # compiles
+    print(f"compiled {variant} in {time.perf_counter() - t0:.1f} s", flush=True)
+    cache = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])  # first, in case the machine's time runs out
+    wrappers = [p for p in cache.rglob("*.py") if "def call(" in p.read_text(errors="ignore")]
+    with tarfile.open(os.path.join(out, "output-code.tar.gz"), "w:gz") as tar:
+        for p in wrappers:
+            tar.add(p, arcname=p.name)
+    print(f"{len(wrappers)} output-code files from {cache}", flush=True)
+    step()
+    with torch.profiler.profile() as prof:
+        step()
+    kernels = profiler_kernels(prof, cuda)
+    Path(out, "kernels.json").write_text(json.dumps(kernels, indent=0))
+    print(f"{len(kernels)} kernels, {1e3 * sum(s for _, s, _ in kernels):.1f} ms", flush=True)
+    for name, secs, calls in kernels[:40]:
+        print(f"{1e3 * secs:9.3f} ms {calls:4d}  {name}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
