@@ -7,8 +7,8 @@ kernel by its full name: time and calls, to OUT/kernels.json) and copies inducto
 wrappers that launch each kernel, with every buffer's shape and stride, and the kernels' sources) to
 OUT/output-code.tar.gz, so the slow kernels' shapes and layouts can be read off afterwards.
 
-    python benchmarks/inductor_kernels_probe.py OUT [MODEL_FOLDER]     # GPU: random 576w under /tmp/bench
-    python benchmarks/inductor_kernels_probe.py OUT tiny               # CPU smoke run on the tiny model
+    python benchmarks/inductor_kernels_probe.py OUT [MODEL [WORK]]   # GPU: random-576w, kept under /tmp/bench
+    python benchmarks/inductor_kernels_probe.py OUT tiny              # CPU smoke run on the tiny model
 """
 import json
 import os
@@ -20,23 +20,21 @@ from types import SimpleNamespace
 
 import torch
 
-from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs
-from v2v.bench import profiler_kernels, random_zeroscope
-from v2v.models import resolve_model
+from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs, model_folder
+from v2v.bench import profiler_kernels
 from v2v.perf import FixedBatch
 
 
-def main(out: str, model: str = "/tmp/bench/random-576w") -> None:
+def main(out: str, model: str = "random-576w", work: str = "/tmp/bench") -> None:
     os.makedirs(out, exist_ok=True)
-    cuda = torch.cuda.is_available()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device == "cuda"
+    folder, _ = model_folder(model, work, device)  # as jobs.benchmark --model MODEL --work-dir WORK
     if model == "tiny":
-        folder, variant, b = str(resolve_model("tiny")), "float32+compile", SimpleNamespace(height=64, width=64,
-                                                                                                 frames=8)
+        variant, b = "float32+compile", SimpleNamespace(height=64, width=64, frames=8)
     else:
-        folder, variant, b = model, JOB_GPU_VARIANT, SimpleNamespace(height=320, width=576, frames=24)
-        if not os.path.exists(os.path.join(folder, "model_index.json")):
-            random_zeroscope(folder, "cuda" if cuda else "cpu")
-    c = _load(folder, "cuda" if cuda else "cpu", variant)
+        variant, b = JOB_GPU_VARIANT, SimpleNamespace(height=320, width=576, frames=24)
+    c = _load(folder, device, variant)
     batch = 4
     if isinstance(c.unet.forward, FixedBatch):
         c.unet.forward.size = 2 * batch  # cond + uncond latents, as the sampler's 4-clip calls

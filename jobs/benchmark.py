@@ -28,12 +28,29 @@ import numpy as np
 JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+compile+vae"
 
 
-def _section_variant(best: dict | None, cuda: bool) -> tuple[str, int]:
-    """(variant, batch) for the attention, start-up and Ray job sections: the fastest sampler row's, or, when no
-    sampler row was measured, what the job runs on a GPU (at its best measured batch) or on the CPU."""
-    if best:
-        return best["variant"], best["batch"]
-    return (JOB_GPU_VARIANT, 4) if cuda else ("float32", 1)
+def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
+                     batch: int | None = None) -> tuple[str, int]:
+    """(variant, batch) for the attention, start-up and Ray job sections: the section's own setting where given,
+    else the fastest sampler row's, or, when no sampler row was measured, what the job runs on a GPU (at its best
+    measured batch) or on the CPU."""
+    default = (best["variant"], best["batch"]) if best else (JOB_GPU_VARIANT, 4) if cuda else ("float32", 1)
+    return variant or default[0], batch or default[1]
+
+
+def model_folder(model: str, work: str, device: str) -> tuple[str, float | None]:
+    """The model folder for `--model` and the seconds spent building it: `random-576w` is written once under
+    `work` (random weights, no download), anything else is resolved as the job resolves models."""
+    from v2v.bench import random_zeroscope
+    from v2v.models import resolve_model
+
+    if model != "random-576w":
+        return str(resolve_model(model)), None
+    folder = os.path.join(work, "random-576w")
+    if os.path.exists(os.path.join(folder, "model_index.json")):
+        return folder, None
+    t0 = time.perf_counter()
+    random_zeroscope(folder, device)
+    return folder, time.perf_counter() - t0
 
 
 def _args(argv=None):
@@ -177,21 +194,12 @@ def main(argv=None) -> int:
     if argv[:1] == ["--_actor"]:
         return _actor(*argv[1:])
 
-    from v2v.bench import matmul_tflops, random_zeroscope
-    from v2v.models import resolve_model
+    from v2v.bench import matmul_tflops
 
     a = _args(argv)
     work = a.work_dir or tempfile.mkdtemp(prefix="v2v-bench-")
     os.makedirs(work, exist_ok=True)
-    built = None
-    if a.model == "random-576w":
-        folder = os.path.join(work, "random-576w")
-        if not os.path.exists(os.path.join(folder, "model_index.json")):
-            t0 = time.perf_counter()
-            random_zeroscope(folder, a.device)
-            built = time.perf_counter() - t0
-    else:
-        folder = str(resolve_model(a.model))
+    folder, built = model_folder(a.model, work, a.device)
     b = Bench(a, folder, argv)
     if built is not None:
         b.record(what="build random 576w model", seconds=built)
@@ -419,8 +427,7 @@ def attention(b: Bench, best: dict | None) -> None:
 def startup(b: Bench, work: str, best: dict | None) -> None:
     """A fresh process builds a restyle actor (imports, model load, perf switches, compile or cached kernels,
     warm-up), twice over one empty compile cache: the first start, then the second."""
-    fallback = _section_variant(best, b.cuda)
-    variant, batch = b.a.startup_variant or fallback[0], b.a.startup_batch or fallback[1]
+    variant, batch = _section_variant(best, b.cuda, b.a.startup_variant, b.a.startup_batch)
     cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{int(time.time())}")
     for attempt in ("first start", "second start"):
         t0 = time.perf_counter()
@@ -455,8 +462,7 @@ def ray_job(b: Bench, work: str, best: dict | None) -> None:
         for i in range(-(-a.e2e_clips // per_video)):
             make_video(os.path.join(vids, f"v{i}.mp4"), b.frames * per_video, b.width, b.height, seed=i)
             f.write(f"v{i}.mp4,style {i}\n")
-    fallback = _section_variant(best, b.cuda)
-    variant, batch = a.e2e_variant or fallback[0], a.e2e_batch or fallback[1]
+    variant, batch = _section_variant(best, b.cuda, a.e2e_variant, a.e2e_batch)
     dtype, switches = _variant_cfg(variant)
     bare = next((r["clips_per_hour"] for r in b.rows if r.get("what") == "v2v sampler"
                  and r["variant"] == variant and r["batch"] == batch), None)

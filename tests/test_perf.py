@@ -128,11 +128,12 @@ def test_benchmark_falls_back_to_what_the_job_runs():
     assert _section_variant({"variant": "float16", "batch": 2}, cuda=True) == ("float16", 2)
     assert _section_variant(None, cuda=True) == (JOB_GPU_VARIANT, 4)
     assert _section_variant(None, cuda=False) == ("float32", 1)
+    assert _section_variant({"variant": "float16", "batch": 2}, True, "bfloat16", None) == ("bfloat16", 2)
     dtype, switches = _variant_cfg(JOB_GPU_VARIANT)
     job = resources(JobConfig(manifest="m", output="o"), {"CPU": 8, "GPU": 1})
     assert dtype == job.dtype
-    assert {k: getattr(job, k) for k in switches if hasattr(job, k)} == {k: v for k, v in switches.items()
-                                                                         if hasattr(job, k)}
+    resolved = [k for k in switches if hasattr(job, k)]  # the switches `resources` decides
+    assert {k: getattr(job, k) for k in resolved} == {k: switches[k] for k in resolved}
     assert (JobConfig.channels_last, JobConfig.fuse_qkv) == (switches["channels_last"], switches["fuse_qkv"])
 
 
