@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,17 @@ def test_benchmark_falls_back_to_what_the_job_runs():
     resolved = [k for k in switches if hasattr(job, k)]  # the switches `resources` decides
     assert {k: getattr(job, k) for k in resolved} == {k: switches[k] for k in resolved}
     assert (JobConfig.channels_last, JobConfig.fuse_qkv) == (switches["channels_last"], switches["fuse_qkv"])
+
+
+def test_benchmark_model_folder_builds_the_random_model_once_and_resolves_the_rest(tmp_path):
+    from jobs.benchmark import model_folder
+
+    kept = tmp_path / "random-576w"
+    kept.mkdir()
+    (kept / "model_index.json").write_text("{}")  # an earlier run's model: reused, not rebuilt
+    assert model_folder("random-576w", str(tmp_path), "cpu") == (str(kept), None)
+    folder, built = model_folder("tiny", str(tmp_path / "unused"), "cpu")
+    assert built is None and (Path(folder) / "model_index.json").exists() and not (tmp_path / "unused").exists()
 
 
 def test_benchmark_variants_name_config_switches():
