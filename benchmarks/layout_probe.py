@@ -1,0 +1,131 @@
+"""Same-process A/B of compiled UNet steps that differ in a layout setting: step time interleaved, kernels, output.
+
+The eleventh section found the up blocks' skip concatenations written NCHW and transposed by untiled GroupNorm-
+apply kernels (13.6 ms of a 4-clip step). Two candidate fixes: the `skipcl` switch (v2v.perf.channels_last_skips,
+a layout hint on the concatenation) and inductor's `triton.prefer_nd_tiling` (2-D tiles for every pointwise
+kernel, a global setting). A 2 % effect is about the spread between two runs of one variant in separate
+processes, so this compiles every variant in one process on one GPU, then times their steps in turns.
+
+Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),
+optionally `@ndtile` (compiled with prefer_nd_tiling). Per variant, to OUT: one step's kernels (kernels-N.json)
+and their total; then the interleaved step times (median, min) and each output's relative error against the first
+variant's (the same inputs; a layout change alters at most the order of a reduction), in OUT/layout.json.
+
+    python benchmarks/layout_probe.py OUT VARIANT...       # GPU: random-576w, 4 clips, kept under /tmp/bench
+    python benchmarks/layout_probe.py OUT --tiny VARIANT... # CPU smoke run on the tiny model
+"""
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from jobs.benchmark import JOB_GPU_VARIANT, _step_inputs, _variant_cfg, model_folder
+from v2v.bench import profiler_kernels
+from v2v.models import load_components
+from v2v.perf import FixedBatch, apply_perf_settings
+
+
+def own_forward(unet) -> None:
+    """Give this UNet a forward with a code object of its own. Dynamo keeps compiled graphs per code object and
+    does not guard on module hooks (`skip_nnmodule_hook_guards`) or inductor settings, so a second UNet in the
+    process would otherwise run the first one's graph."""
+    f = type(unet).forward
+    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    fn.__kwdefaults__ = f.__kwdefaults__
+    unet.forward = types.MethodType(fn, unet)
+
+
+def main(out: str, *specs: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    tiny = specs[0] == "--tiny"
+    specs = specs[1:] if tiny else specs
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device == "cuda"
+    work = os.environ.get("V2V_PROBE_WORK", "/tmp/bench")
+    folder, _ = model_folder("tiny" if tiny else "random-576w", work, device)
+    b = SimpleNamespace(height=64, width=64, frames=8) if tiny else SimpleNamespace(height=320, width=576, frames=24)
+    batch = 4
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    runs = []
+    for spec in specs:
+        variant, _, option = spec.partition("@")
+        variant = variant.replace("JOB", JOB_GPU_VARIANT)
+        if tiny:
+            variant = variant.replace("bfloat16", "float32")
+        dtype, switches = _variant_cfg(variant)
+        c = load_components(folder, device=device, dtype=dtype)
+        own_forward(c.unet)
+        apply_perf_settings(c, **switches)
+        if isinstance(c.unet.forward, FixedBatch):
+            c.unet.forward.size = 2 * batch  # cond + uncond latents, as the sampler's 4-clip calls
+        x, e, t = _step_inputs(b, c, batch)
+
+        def step(c=c, x=x, e=e, t=t):
+            with torch.no_grad():
+                y = c.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
+            sync()
+            return y
+
+        t0 = time.perf_counter()
+        if option == "ndtile":
+            import torch._inductor.config as inductor
+
+            with inductor.patch({"triton.prefer_nd_tiling": True}):
+                y = step()
+        elif option:
+            raise ValueError(f"{spec!r}: unknown option {option!r} (known: ndtile)")
+        else:
+            y = step()
+        compile_s = time.perf_counter() - t0
+        step()
+        with torch.profiler.profile() as prof:
+            step()
+        kernels = profiler_kernels(prof, cuda)
+        i = len(runs)
+        Path(out, f"kernels-{i}.json").write_text(json.dumps(kernels, indent=0))
+        gn = [k for k in kernels if "group_norm" in k[0]]
+        run = {"spec": spec, "variant": variant, "compile_s": round(compile_s, 1),
+               "kernels_ms": round(1e3 * sum(s for _, s, _ in kernels), 2), "kernels": len(kernels),
+               "group_norm_kernels_ms": round(1e3 * sum(s for _, s, _ in gn), 2),
+               "slowest": [(n[:90], round(1e3 * s, 3), calls) for n, s, calls in kernels[:12]]}
+        print(json.dumps({k: v for k, v in run.items() if k != "slowest"}), flush=True)
+        for n, ms, calls in run["slowest"]:
+            print(f"    {ms:8.3f} ms {calls:4d}  {n}", flush=True)
+        runs.append({**run, "step": step, "y": y.float()})
+
+    rounds, per = (6, 3) if cuda else (2, 1)
+    times = {i: [] for i in range(len(runs))}
+    for _ in range(rounds):  # in turns, so drift (clocks, temperature) falls on every variant alike
+        for i, r in enumerate(runs):
+            for _ in range(per):
+                t0 = time.perf_counter()
+                r["step"]()
+                times[i].append(time.perf_counter() - t0)
+    ref = runs[0]["y"]
+    base = statistics.median(times[0])
+    for i, r in enumerate(runs):
+        med = statistics.median(times[i])
+        r.update(step_ms_median=round(1e3 * med, 2), step_ms_min=round(1e3 * min(times[i]), 2),
+                 vs_first=round(med / base, 4),
+                 rel_err_vs_first=float((r["y"] - ref).norm() / ref.norm()))
+        print(f"{r['spec']:<30} step {r['step_ms_median']:8.2f} ms median, {r['step_ms_min']:8.2f} min, "
+              f"x{r['vs_first']:.4f} of the first; kernels {r['kernels_ms']} ms "
+              f"(group_norm {r['group_norm_kernels_ms']}); output vs first {r['rel_err_vs_first']:.2e}", flush=True)
+    info = {"card": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+            "batch": batch, "rounds": rounds, "steps_per_turn": per,
+            "runs": [{k: v for k, v in r.items() if k not in ("step", "y")} for r in runs]}
+    Path(out, "layout.json").write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
