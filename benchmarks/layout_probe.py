@@ -1,9 +1,11 @@
 """Same-process A/B of compiled UNet steps that differ in a layout setting: step time interleaved, kernels, output.
 
 The eleventh section found the up blocks' skip concatenations written NCHW and transposed by untiled GroupNorm-
-apply kernels (13.6 ms of a 4-clip step). Two candidate fixes: the `skipcl` switch (v2v.perf.channels_last_skips,
-a layout hint on the concatenation) and inductor's `triton.prefer_nd_tiling` (2-D tiles for every pointwise
-kernel, a global setting). A 2 % effect is about the spread between two runs of one variant in separate
+apply kernels (13.6 ms of a 4-clip step). The twelfth section tried two fixes with this probe: a channels-last hint
+on each up resnet's input (a forward pre-hook calling `contiguous(memory_format=torch.channels_last)` while
+compiling, then the benchmark variant part `skipcl`; removed: inductor fused the copy into the same transposing
+kernel, step unchanged) and inductor's `triton.prefer_nd_tiling` (2-D tiles for every pointwise kernel, a global
+setting; the option `@ndtile` below). A 2 % effect is about the spread between two runs of one variant in separate
 processes, so this compiles every variant in one process on one GPU, then times their steps in turns.
 
 Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),

@@ -62,8 +62,8 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+skipcl]"
-                        "[+compile|+aot[+vae]] ('' for none)")
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+compile|+aot[+vae]] "
+                        "('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -98,7 +98,7 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "skipcl", "compile", "aot", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "compile", "aot", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -113,14 +113,11 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
     switches["temporal_layers"] = "temporal" in parts
     switches["frame_attention"] = "frameattn" in parts
-    switches["skip_channels_last"] = "skipcl" in parts
     switches["compile_aot"] = "aot" in parts
     switches["compile"] |= switches["compile_aot"]
     switches["compile_vae"] = "vae" in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
-    if switches["skip_channels_last"] and not switches["compile"]:
-        raise ValueError(f"variant {variant!r}: skipcl needs compile (a layout hint for the compiler)")
     return dtype, switches
 
 
@@ -305,9 +302,10 @@ def sampler(b: Bench, ref: dict | None) -> dict | None:
 
     best = None
     for variant in [v for v in b.a.variants.split(",") if v]:
-        # Dynamo keeps compiled graphs per code object (the UNet class's forward) and does not guard on module
-        # hooks (`skip_nnmodule_hook_guards`): without a reset a variant that differs only in hooks (skipcl)
-        # would run the previous variant's graph. Each variant is done with before the next loads.
+        # Dynamo keeps compiled graphs per code object (the UNet class's forward, shared by every variant's model)
+        # and guards neither module hooks (`skip_nnmodule_hook_guards`) nor inductor settings: without a reset, a
+        # variant differing from the last only in those would run its graph (a hook-only variant tried in the
+        # twelfth section did, on the CPU). Each variant is done with before the next loads.
         torch._dynamo.reset()
         t_load = time.perf_counter()
         c = _load(b.folder, b.a.device, variant)

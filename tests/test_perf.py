@@ -152,8 +152,7 @@ def test_benchmark_model_folder_builds_the_random_model_once_and_resolves_the_re
 def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
-    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "skip_channels_last": False}
+    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_aot": False,
                                                                  "compile_vae": True})
     assert _variant_cfg("float16")[1] == {**off, "compile": False, "compile_aot": False, "compile_vae": False}
@@ -164,10 +163,7 @@ def test_benchmark_variants_name_config_switches():
     assert _variant_cfg("bfloat16+temporal+frameattn")[1] == {**off, "temporal_layers": True,
                                                               "frame_attention": True, "compile": False,
                                                               "compile_aot": False, "compile_vae": False}
-    assert _variant_cfg("bfloat16+skipcl+compile")[1] == {**off, "skip_channels_last": True, "compile": True,
-                                                          "compile_aot": False, "compile_vae": False}
-    for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
-                      ("bfloat16+skipcl", "skipcl needs compile")]:
+    for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
         try:
             _variant_cfg(bad)
         except ValueError as e:

@@ -12,7 +12,7 @@ import os
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8, compile_aot: bool = False, temporal_layers: bool = False,
-                        frame_attention: bool = False, skip_channels_last: bool = False) -> dict:
+                        frame_attention: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -23,8 +23,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     frame_attention: the temporal transformers' attention over the frames as one Triton kernel
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
-    skip_channels_last: with `compile`, the up blocks' skip concatenations written channels-last
-    (`channels_last_skips`).
     Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
@@ -57,8 +55,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         from v2v.frame_attention import install_frame_attention
 
         install_frame_attention(unet)
-    if compile and skip_channels_last:
-        channels_last_skips(unet)
     if compile:
         # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
         # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
@@ -81,8 +77,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
-                    "temporal_layers": temporal_layers, "frame_attention": frame_attention,
-                    "skip_channels_last": skip_channels_last}
+                    "temporal_layers": temporal_layers, "frame_attention": frame_attention}
             aot_dir = Path(cache) / "aot"
             aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
                                      fallback=UNetCall.tensors_only(unet_fn))
@@ -94,30 +89,6 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     return aot
-
-
-def channels_last_skips(unet) -> int:
-    """Have the compiled UNet write each up-block resnet's input, `torch.cat([hidden_states, skip], dim=1)`,
-    channels-last. Returns how many resnets got the hint.
-
-    Inductor runs the UNet's convolutions channels-last but wrote these concatenations NCHW, so the GroupNorm +
-    SiLU kernel after each read NCHW and wrote channels-last copies for conv1 and the shortcut convolution: an
-    untiled transpose at a quarter of the bandwidth the step's other fused kernels reach (13.6 ms of a 4-clip
-    H200 step, benchmarks/RESULTS.md, eleventh section). A forward pre-hook asks for the channels-last layout
-    while compiling only (`torch.compiler.is_compiling()`): in eager the activations are NCHW and the hint would
-    be a copy. Values are unchanged; only memory order.
-    """
-    import torch
-
-    def hint(resnet, args):  # args: (input (B*F, C_prev + C_skip, h, w), temb)
-        if not torch.compiler.is_compiling():
-            return None
-        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-
-    resnets = [r for block in unet.up_blocks for r in block.resnets]
-    for r in resnets:
-        r.register_forward_pre_hook(hint)
-    return len(resnets)
 
 
 class UNetCall:
