@@ -9,7 +9,8 @@ setting; the option `@ndtile` below). A 2 % effect is about the spread between t
 processes, so this compiles every variant in one process on one GPU, then times their steps in turns.
 
 Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),
-optionally `@ndtile` (compiled with prefer_nd_tiling). Per variant, to OUT: one step's kernels (kernels-N.json)
+optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtile`: prefer_nd_tiling;
+`@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above). Per variant, to OUT: one step's kernels (kernels-N.json)
 and their total; then the interleaved step times (median, min) and each output's relative error against the first
 variant's (the same inputs; a layout change alters at most the order of a reduction), in OUT/layout.json.
 
@@ -31,6 +32,16 @@ from jobs.benchmark import JOB_GPU_VARIANT, _step_inputs, _variant_cfg, model_fo
 from v2v.bench import profiler_kernels
 from v2v.models import load_components
 from v2v.perf import FixedBatch, apply_perf_settings
+
+
+# VARIANT@OPTION: inductor settings for that variant's compile (inductor reads them when it compiles).
+OPTIONS = {
+    "": {},
+    # 2-D (or 3-D) tiles for every kernel where the shapes allow
+    "ndtile": {"triton.prefer_nd_tiling": True},
+    # inductor's tiling from candidate strides, without its coalescing analysis (on by default in these versions)
+    "nocoalesce": {"triton.coalesce_tiling_analysis": False},
+}
 
 
 def own_forward(unet) -> None:
@@ -78,15 +89,12 @@ def main(out: str, *specs: str) -> None:
             sync()
             return y
 
+        if option not in OPTIONS:
+            raise ValueError(f"{spec!r}: unknown option {option!r} (known: {[k for k in OPTIONS if k]})")
         t0 = time.perf_counter()
-        if option == "ndtile":
-            import torch._inductor.config as inductor
+        import torch._inductor.config as inductor
 
-            with inductor.patch({"triton.prefer_nd_tiling": True}):
-                y = step()
-        elif option:
-            raise ValueError(f"{spec!r}: unknown option {option!r} (known: ndtile)")
-        else:
+        with inductor.patch(OPTIONS[option]):  # compiles on this first call
             y = step()
         compile_s = time.perf_counter() - t0
         step()
