@@ -22,7 +22,7 @@ import torch
 
 from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs, model_folder
 from v2v.bench import profiler_kernels
-from v2v.perf import FixedBatch
+from v2v.models import model_geometry
 
 
 def main(out: str, model: str = "random-576w", work: str = "/tmp/bench") -> None:
@@ -30,14 +30,11 @@ def main(out: str, model: str = "random-576w", work: str = "/tmp/bench") -> None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device == "cuda"
     folder, _ = model_folder(model, work, device)  # as jobs.benchmark --model MODEL --work-dir WORK
-    if model == "tiny":
-        variant, b = "float32+compile", SimpleNamespace(height=64, width=64, frames=8)
-    else:
-        variant, b = JOB_GPU_VARIANT, SimpleNamespace(height=320, width=576, frames=24)
-    c = _load(folder, device, variant)
+    variant = "float32+compile" if model == "tiny" else JOB_GPU_VARIANT
+    width, height, frames = model_geometry(folder)
+    b = SimpleNamespace(width=width, height=height, frames=frames)  # what _step_inputs reads of jobs.benchmark's Bench
     batch = 4
-    if isinstance(c.unet.forward, FixedBatch):
-        c.unet.forward.size = 2 * batch  # cond + uncond latents, as the sampler's 4-clip calls
+    c = _load(folder, device, variant, unet_batch=2 * batch)  # cond + uncond latents, as the sampler's 4-clip calls
     x, e, t = _step_inputs(b, c, batch)
 
     def step():

@@ -10,8 +10,8 @@ processes, so this compiles every variant in one process on one GPU, then times 
 
 Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),
 optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtile`: prefer_nd_tiling;
-`@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above). Per variant, to OUT: one step's kernels (kernels-N.json)
-and their total; then the interleaved step times (median, min) and each output's relative error against the first
+`@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above).
+Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median, min) and each output's relative error against the first
 variant's (the same inputs; a layout change alters at most the order of a reduction), in OUT/layout.json.
 
     python benchmarks/layout_probe.py OUT VARIANT...       # GPU: random-576w, 4 clips, kept under /tmp/bench
@@ -22,16 +22,14 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from jobs.benchmark import JOB_GPU_VARIANT, _step_inputs, _variant_cfg, model_folder
+from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs, model_folder
 from v2v.bench import profiler_kernels
-from v2v.models import load_components
-from v2v.perf import FixedBatch, apply_perf_settings
+from v2v.models import model_geometry
 
 
 # VARIANT@OPTION: inductor settings for that variant's compile (inductor reads them when it compiles).
@@ -44,16 +42,6 @@ OPTIONS = {
 }
 
 
-def own_forward(unet) -> None:
-    """Give this UNet a forward with a code object of its own. Dynamo keeps compiled graphs per code object and
-    does not guard on module hooks (`skip_nnmodule_hook_guards`) or inductor settings, so a second UNet in the
-    process would otherwise run the first one's graph."""
-    f = type(unet).forward
-    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
-    fn.__kwdefaults__ = f.__kwdefaults__
-    unet.forward = types.MethodType(fn, unet)
-
-
 def main(out: str, *specs: str) -> None:
     os.makedirs(out, exist_ok=True)
     tiny = specs[0] == "--tiny"
@@ -62,7 +50,8 @@ def main(out: str, *specs: str) -> None:
     cuda = device == "cuda"
     work = os.environ.get("V2V_PROBE_WORK", "/tmp/bench")
     folder, _ = model_folder("tiny" if tiny else "random-576w", work, device)
-    b = SimpleNamespace(height=64, width=64, frames=8) if tiny else SimpleNamespace(height=320, width=576, frames=24)
+    width, height, frames = model_geometry(folder)
+    b = SimpleNamespace(width=width, height=height, frames=frames)  # what _step_inputs reads of jobs.benchmark's Bench
     batch = 4
 
     def sync():
@@ -75,12 +64,8 @@ def main(out: str, *specs: str) -> None:
         variant = variant.replace("JOB", JOB_GPU_VARIANT)
         if tiny:
             variant = variant.replace("bfloat16", "float32")
-        dtype, switches = _variant_cfg(variant)
-        c = load_components(folder, device=device, dtype=dtype)
-        own_forward(c.unet)
-        apply_perf_settings(c, **switches)
-        if isinstance(c.unet.forward, FixedBatch):
-            c.unet.forward.size = 2 * batch  # cond + uncond latents, as the sampler's 4-clip calls
+        # each UNet with its own compiled graph (jobs.benchmark._own_forward); cond + uncond latents per call
+        c = _load(folder, device, variant, unet_batch=2 * batch)
         x, e, t = _step_inputs(b, c, batch)
 
         def step(c=c, x=x, e=e, t=t):

@@ -121,14 +121,29 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     return dtype, switches
 
 
-def _load(folder: str, device: str, variant: str):
+def _load(folder: str, device: str, variant: str, unet_batch: int | None = None):
+    """The model with `variant`'s switches; `unet_batch`: latents per compiled UNet call (else set per batch)."""
     from v2v.models import load_components
     from v2v.perf import apply_perf_settings
 
     dtype, switches = _variant_cfg(variant)
     c = load_components(folder, device=device, dtype=dtype)
-    apply_perf_settings(c, **switches)
+    _own_forward(c.unet)
+    apply_perf_settings(c, unet_batch=unet_batch, **switches)
     return c
+
+
+def _own_forward(unet) -> None:
+    """Give this UNet a forward with a code object of its own. Dynamo keeps compiled graphs per code object (the
+    UNet class's forward, shared by every model loaded in the process) and guards neither module hooks
+    (`skip_nnmodule_hook_guards`) nor inductor settings: a variant differing from an earlier one only in those would
+    run the earlier one's graph (a hook-only variant tried in the twelfth section did, on the CPU)."""
+    import types
+
+    f = type(unet).forward
+    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    fn.__kwdefaults__ = f.__kwdefaults__
+    unet.forward = types.MethodType(fn, unet)
 
 
 def _video(b, f, h, w, seed=0):
@@ -302,11 +317,6 @@ def sampler(b: Bench, ref: dict | None) -> dict | None:
 
     best = None
     for variant in [v for v in b.a.variants.split(",") if v]:
-        # Dynamo keeps compiled graphs per code object (the UNet class's forward, shared by every variant's model)
-        # and guards neither module hooks (`skip_nnmodule_hook_guards`) nor inductor settings: without a reset, a
-        # variant differing from the last only in those would run its graph (a hook-only variant tried in the
-        # twelfth section did, on the CPU). Each variant is done with before the next loads.
-        torch._dynamo.reset()
         t_load = time.perf_counter()
         c = _load(b.folder, b.a.device, variant)
         load_s = time.perf_counter() - t_load

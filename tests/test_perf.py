@@ -138,6 +138,26 @@ def test_benchmark_falls_back_to_what_the_job_runs():
     assert (JobConfig.channels_last, JobConfig.fuse_qkv) == (switches["channels_last"], switches["fuse_qkv"])
 
 
+def test_benchmark_loads_give_each_unet_its_own_forward_code(cache_dir):
+    """Dynamo keeps compiled graphs per code object and guards neither hooks nor inductor settings, so every model
+    the benchmark loads gets its own copy of the UNet's forward (else two variants could share one graph)."""
+    import torch
+
+    from jobs.benchmark import _load
+    from v2v.models import resolve_model
+
+    folder = str(resolve_model("tiny"))
+    a, b = _load(folder, "cpu", "float32"), _load(folder, "cpu", "float32")
+    codes = [a.unet.forward.__func__.__code__, b.unet.forward.__func__.__code__, type(a.unet).forward.__code__]
+    assert len({id(c) for c in codes}) == 3  # distinct objects (code objects compare equal by content)
+    x = torch.randn(2, a.unet.config.in_channels, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    e = torch.randn(2, 77, a.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the copy computes what the class's forward does
+        got = a.unet(x, 10, encoder_hidden_states=e, return_dict=False)[0]
+        want = type(a.unet).forward(a.unet, x, 10, encoder_hidden_states=e, return_dict=False)[0]
+    assert torch.equal(got, want)
+
+
 def test_benchmark_model_folder_builds_the_random_model_once_and_resolves_the_rest(tmp_path):
     from jobs.benchmark import model_folder
 
