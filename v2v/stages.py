@@ -123,8 +123,8 @@ class Restyle:
             from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: F401
             from transformers import CLIPTextModel  # noqa: F401
         dtype = res.dtype
-        if cfg.dtype == "auto" and res.device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
-            dtype = auto_dtype("cuda", bf16_native=False)  # a card before Ampere: no native bfloat16
+        if cfg.dtype == "auto" and res.device == "cuda":  # the driver assumed native bf16; this card may lack it
+            dtype = auto_dtype("cuda", bf16_native=torch.cuda.is_bf16_supported(including_emulation=False))
         with self._phase("load"):
             self.components = c = load_components(cfg.model, device=res.device, dtype=dtype,
                                                   scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
