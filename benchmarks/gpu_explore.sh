@@ -16,6 +16,7 @@ res=/tmp/explore
 out=${OUT:-/tmp/out}; mkdir -p "$out" "$res"
 case "$1" in
 start)
+  source benchmarks/gpu_setup.sh  # the bundle unpacked once, before any parallel runs; the machine to $OUT/env.txt
   cp "$2" "$res/queue.txt"
   OUT=$res setsid bash -c '
     run() {  # NAME ARGS: one benchmark run in a fresh process; ARGS may begin with VAR=VALUE settings
