@@ -23,9 +23,9 @@ import time
 import numpy as np
 
 
-# The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention, the
-# VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+compile+vae"
+# The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
+# GroupNorm statistics per channel, the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+compile+vae"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -62,7 +62,7 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+compile|+aot[+vae]] "
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats][+compile|+aot[+vae]] "
                         "('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
@@ -98,7 +98,7 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "compile", "aot", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "compile", "aot", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -113,6 +113,7 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
     switches["temporal_layers"] = "temporal" in parts
     switches["frame_attention"] = "frameattn" in parts
+    switches["channel_stats"] = "chanstats" in parts
     switches["compile_aot"] = "aot" in parts
     switches["compile"] |= switches["compile_aot"]
     switches["compile_vae"] = "vae" in parts

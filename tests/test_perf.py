@@ -172,7 +172,8 @@ def test_benchmark_model_folder_builds_the_random_model_once_and_resolves_the_re
 def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
-    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False}
+    off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
+           "channel_stats": False}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_aot": False,
                                                                  "compile_vae": True})
     assert _variant_cfg("float16")[1] == {**off, "compile": False, "compile_aot": False, "compile_vae": False}
@@ -183,6 +184,8 @@ def test_benchmark_variants_name_config_switches():
     assert _variant_cfg("bfloat16+temporal+frameattn")[1] == {**off, "temporal_layers": True,
                                                               "frame_attention": True, "compile": False,
                                                               "compile_aot": False, "compile_vae": False}
+    assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True, "compile": False,
+                                                     "compile_aot": False, "compile_vae": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
         try:
             _variant_cfg(bad)
@@ -236,6 +239,70 @@ def test_group_norm_over_frames_is_groupnorm_over_the_5d_clip(affine):
         half = group_norm_over_frames(x.bfloat16(), f, norm)
         assert half.dtype == torch.bfloat16
         torch.testing.assert_close(half.float(), want, rtol=0.02, atol=0.05)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("frames", [1, 5])
+def test_group_norm_by_channel_is_groupnorm_over_the_clip(affine, frames):
+    from v2v.group_norm import group_norm_by_channel
+
+    g = torch.Generator().manual_seed(1)
+    b, c, h, w = 2, 24, 3, 5
+    # channels and frames with their own offsets and spreads: the per-channel statistics differ from the group's
+    x = (torch.randn(b * frames, c, h, w, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, c).reshape(1, c, 1, 1)
+         + torch.arange(c).reshape(1, c, 1, 1) + torch.arange(b * frames).reshape(-1, 1, 1, 1))
+    norm = torch.nn.GroupNorm(4, c, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.copy_(torch.randn(c, generator=g))
+            norm.bias.copy_(torch.randn(c, generator=g))
+    want = norm(x.reshape(b, frames, c, h, w).transpose(1, 2)).transpose(1, 2).reshape(b * frames, c, h, w)
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = group_norm_by_channel(x.contiguous(memory_format=layout), frames, norm)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)  # float32 statistics
+            assert got.is_contiguous(memory_format=layout)  # the input's layout, for the convolution after it
+        # a per-channel norm (the statistics not combined per group) would differ
+        per_channel = torch.nn.functional.group_norm(x, c, norm.weight, norm.bias, norm.eps)
+        assert (per_channel - want).abs().max() > 0.1
+        half = group_norm_by_channel(x.bfloat16(), frames, norm)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.double(), want, rtol=0.02, atol=0.05)
+
+
+def test_channel_stats_norms_compute_the_same_latents(cache_dir, monkeypatch):
+    """Every GroupNorm of the UNet (spatial ones as ChannelStatsGroupNorm, the temporal layers' through them)."""
+    from v2v.group_norm import ChannelStatsGroupNorm, group_norm_by_channel
+    from v2v.temporal import TemporalConvFrames, TransformerTemporalFrames
+
+    c = load_components("tiny", cache_dir=cache_dir)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():  # GroupNorms start as (1, 0) and temporal convolutions as zero: give them weights
+        for m in c.unet.modules():
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+    keys = set(c.unet.state_dict())
+    norms = sum(isinstance(m, torch.nn.GroupNorm) for m in c.unet.modules())
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    apply_perf_settings(c, temporal_layers=True, channel_stats=True)
+    assert sum(type(m) is ChannelStatsGroupNorm for m in c.unet.modules()) == norms > 0
+    assert set(c.unet.state_dict()) == keys
+    got = restyle(c, _video(2), CLIPS, output="latents")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other reductions, other rounding
+    # the temporal layers' norms go through group_norm_by_channel too (every one of them, on every call)
+    from v2v import temporal
+
+    calls = []
+    monkeypatch.setattr(temporal, "group_norm_by_channel", lambda *a: calls.append(a[1]) or group_norm_by_channel(*a))
+    forwards = []
+    c.unet.register_forward_hook(lambda *_: forwards.append(1))
+    restyle(c, _video(1), CLIPS[:1], output="latents")
+    temporal_norms = sum(4 if isinstance(m, TemporalConvFrames) else 1 for m in c.unet.modules()
+                         if isinstance(m, (TemporalConvFrames, TransformerTemporalFrames)))
+    assert len(calls) == temporal_norms * len(forwards) > 0 and set(calls) == {_video(1).shape[1]}  # frames
 
 
 def test_temporal_layers_compute_the_same_latents(cache_dir):
@@ -310,6 +377,8 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "gra
                                                   if "Temporal" in type(m).__name__}),
                               "frame_attention": sum(type(getattr(m, "processor", None)).__name__
                                                      == "FrameAttnProcessor" for m in actor.components.unet.modules()),
+                              "norms": sorted({type(m).__name__ for m in actor.components.unet.modules()
+                                               if isinstance(m, torch.nn.GroupNorm)}),
                               "aot": {k: {"built": len(a.built), "loaded": len(a.runners), "failed": a.failed}
                                       for k, a in actor.aot.items()}}))
 """
@@ -336,6 +405,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     # compile brings the temporal layers of v2v.temporal with it (the eager model below keeps diffusers')
     assert first["temporal"] == ["TemporalConvFrames", "TransformerTemporalFrames"], first
     assert first["frame_attention"] > 0, first  # the default (on with compile) reached the model
+    assert first["norms"] == ["ChannelStatsGroupNorm"], first  # so did per-channel GroupNorm statistics
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
     assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
@@ -509,3 +579,7 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.frame_attention, cpu.frame_attention, forced.frame_attention) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", frame_attention=False), {"GPU": 1}).frame_attention is False
     assert resources(JobConfig(manifest="m", output="o", frame_attention=True), {"CPU": 2}).frame_attention is True
+    # and the GroupNorms' per-channel statistics
+    assert (gpu.channel_stats, cpu.channel_stats, forced.channel_stats) == (True, False, False)
+    assert resources(JobConfig(manifest="m", output="o", channel_stats=False), {"GPU": 1}).channel_stats is False
+    assert resources(JobConfig(manifest="m", output="o", channel_stats=True), {"CPU": 2}).channel_stats is True

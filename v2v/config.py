@@ -77,6 +77,10 @@ class JobConfig:
     # where the kernel does not apply (CPU, float32). None: on with compile (4.6 % per step on an H200, tenth
     # section of benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
     frame_attention: bool | None = None
+    # The UNet's GroupNorms from per-channel statistics, combined per group (v2v.group_norm): reductions over
+    # contiguous channels-last rows. None: on with compile (5 % per step on an H200, thirteenth section of
+    # benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
+    channel_stats: bool | None = None
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
@@ -160,6 +164,7 @@ class Resources:
     compile_aot: bool
     temporal_layers: bool
     frame_attention: bool
+    channel_stats: bool
 
 
 def auto_dtype(device: str, bf16_native: bool = True) -> str:
@@ -195,5 +200,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     compile_aot = compile_ and bool(cfg.compile_aot)
     temporal = cfg.temporal_layers if cfg.temporal_layers is not None else compile_
     frame = cfg.frame_attention if cfg.frame_attention is not None else compile_
+    chan = cfg.channel_stats if cfg.channel_stats is not None else compile_
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, temporal, frame)
+                     invariant, compile_, compile_vae, compile_aot, temporal, frame, chan)

@@ -12,7 +12,7 @@ import os
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8, compile_aot: bool = False, temporal_layers: bool = False,
-                        frame_attention: bool = False) -> dict:
+                        frame_attention: bool = False, channel_stats: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -23,6 +23,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     frame_attention: the temporal transformers' attention over the frames as one Triton kernel
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
+    channel_stats: the UNet's GroupNorms take their statistics per channel, then combine them per group
+    (v2v.group_norm): reductions over contiguous channels-last rows.
     Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
@@ -40,6 +42,10 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         from v2v.temporal import swap_temporal_layers
 
         swap_temporal_layers(unet)
+    if channel_stats:  # after temporal_layers: its layers read the choice off their norms
+        from v2v.group_norm import use_channel_stats
+
+        use_channel_stats(unet)
     if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
         # Only rank-4 (Conv2d) weights: temporal_layers gives the temporal Conv3d layers theirs.
@@ -77,7 +83,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
-                    "temporal_layers": temporal_layers, "frame_attention": frame_attention}
+                    "temporal_layers": temporal_layers, "frame_attention": frame_attention,
+                    "channel_stats": channel_stats}
             aot_dir = Path(cache) / "aot"
             aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
                                      fallback=UNetCall.tensors_only(unet_fn))

@@ -135,7 +135,8 @@ class Restyle:
                                            compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
                                            vae_chunk=cfg.vae_chunk, compile_aot=res.compile_aot,
                                            temporal_layers=res.temporal_layers,
-                                           frame_attention=res.frame_attention)
+                                           frame_attention=res.frame_attention,
+                                           channel_stats=res.channel_stats)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
             for part, secs in warm_up(c, unet_batch, frames, height, width).items():

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from v2v.group_norm import ChannelStatsGroupNorm, group_norm_by_channel
+
 
 def group_norm_over_frames(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
     """(B*F, C, H, W) -> (B*F, C, H, W): `norm` applied to x viewed as (B, C, F, H, W), i.e. one mean and variance
@@ -42,6 +44,14 @@ def group_norm_over_frames(x: torch.Tensor, frames: int, norm: torch.nn.GroupNor
         scale = scale * weight
         shift = shift * weight + norm.bias.float().reshape(1, 1, g, c // g, 1, 1)
     return (x6 * scale + shift).to(x.dtype).reshape(bf, c, h, w)
+
+
+def frames_norm(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
+    """The temporal layers' GroupNorm over (C/G, F, H, W): statistics per channel where `norm` asks for them
+    (v2v.group_norm, the `channel_stats` switch), else per frame and group."""
+    if isinstance(norm, ChannelStatsGroupNorm):
+        return group_norm_by_channel(x, frames, norm)
+    return group_norm_over_frames(x, frames, norm)
 
 
 def swap_temporal_layers(unet) -> int:
@@ -80,7 +90,7 @@ class TemporalConvFrames(torch.nn.Module):
         y = hidden_states
         for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
             norm, *pointwise, conv = stage  # GroupNorm, SiLU (, Dropout), Conv3d
-            y = group_norm_over_frames(y, num_frames, norm)
+            y = frames_norm(y, num_frames, norm)
             for m in pointwise:
                 y = m(y)
             # (B, C, F, H, W), in memory (B, F, H, W, C): a view where y is channels-last, else one copy
@@ -106,7 +116,7 @@ class TransformerTemporalFrames(torch.nn.Module):
                 num_frames: int = 1, cross_attention_kwargs=None, return_dict: bool = True):
         bf, c, h, w = hidden_states.shape  # (B*F, C, H, W)
         b = bf // num_frames
-        x = group_norm_over_frames(hidden_states, num_frames, self.norm)
+        x = frames_norm(hidden_states, num_frames, self.norm)
         # one sequence of F tokens per clip and pixel: (B*H*W, F, C)
         x = x.reshape(b, num_frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, num_frames, c)
         x = self.proj_in(x)

@@ -1,0 +1,66 @@
+"""GroupNorm from per-channel statistics (the `channel_stats` switch).
+
+The UNet's activations are channels-last on the GPU: (N, C, H, W) with C contiguous. A GroupNorm's statistics are
+per sample and group of C/G channels, so the compiled reduction reads, for each (sample, group) row, runs of C/G
+values (20 bytes at 320 channels) C apart: inductor's kernels for it ran at ~1.1-1.3 TB/s on an H200
+(benchmarks/RESULTS.md). Taken per channel instead (mean and variance over H*W for each (sample, channel)),
+the reduction reads whole rows of C contiguous values at a time; the per-channel figures are then combined into
+the group's exactly (every channel holds the same number of values: the group's mean is the mean of the means,
+its variance the mean of the variances plus the variance of the means). Same normalisation, another summation
+order: equal up to float32 rounding of the statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_norm_by_channel(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
+    """(B*F, C, H, W) -> (B*F, C, H, W): `norm` applied to x viewed as (B, C, F, H, W) (frames=1: an ordinary
+    GroupNorm of x), i.e. one mean and variance per clip and channel group, taken over the group's channels and
+    all of the clip's frames and pixels.
+
+    The reshape into (B, F, G, C/G, H*W) is a view of both NCHW and channels-last memory. Statistics are float32
+    (as torch's GroupNorm keeps them for half inputs); the result has x's dtype and x's memory layout.
+    """
+    bf, c, h, w = x.shape
+    g, cg = norm.num_groups, c // norm.num_groups
+    x5 = x.reshape(bf // frames, frames, g, cg, h * w)
+    # per frame and channel: (B, F, G, C/G, 1)
+    var_c, mean_c = torch.var_mean(x5.float(), dim=4, correction=0, keepdim=True)
+    # over the group's channels and the frames (equal counts): (B, 1, G, 1, 1). Sums times 1/count rather than
+    # means, which inductor would leave as divisions for the apply kernel to repeat for every element.
+    k = 1.0 / (frames * cg)
+    mean = mean_c.sum((1, 3), keepdim=True) * k
+    var = (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
+    scale = torch.rsqrt(var + norm.eps)
+    shift = -mean * scale
+    if norm.affine:  # one scale and shift per (clip, channel): (B, 1, G, C/G, 1)
+        weight = norm.weight.float().reshape(1, 1, g, cg, 1)
+        scale = scale * weight
+        shift = shift * weight + norm.bias.float().reshape(1, 1, g, cg, 1)
+    # Stacked, scale and shift are written to memory (a few KB) before the apply, which then only multiplies and
+    # adds; left apart, inductor recomputed them from the statistics for every element, and that apply kernel
+    # took 0.35 ms instead of 0.19 at the top level (benchmarks/norm_probe.py).
+    ss = torch.stack(torch.broadcast_tensors(scale, shift))
+    return (x5 * ss[0] + ss[1]).to(x.dtype).reshape(bf, c, h, w)
+
+
+class ChannelStatsGroupNorm(torch.nn.GroupNorm):
+    """A GroupNorm (same parameters, same state dict) whose 4-D inputs are normalised by `group_norm_by_channel`.
+    Other ranks (diffusers' own temporal layers hand it 5-D views) go to torch's GroupNorm. v2v.temporal's layers
+    take their norms' statistics per channel too when their norm is one of these."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            return super().forward(x)
+        return group_norm_by_channel(x, 1, self)
+
+
+def use_channel_stats(model: torch.nn.Module) -> int:
+    """Make every GroupNorm in `model` a ChannelStatsGroupNorm (in place: the class changes, the parameters stay).
+    Returns how many."""
+    norms = [m for m in model.modules() if type(m) is torch.nn.GroupNorm]
+    for m in norms:
+        m.__class__ = ChannelStatsGroupNorm
+    return len(norms)
