@@ -270,20 +270,28 @@ def test_group_norm_by_channel_is_groupnorm_over_the_clip(affine, frames):
         torch.testing.assert_close(half.double(), want, rtol=0.02, atol=0.05)
 
 
-def test_channel_stats_norms_compute_the_same_latents(cache_dir, monkeypatch):
-    """Every GroupNorm of the UNet (spatial ones as ChannelStatsGroupNorm, the temporal layers' through them)."""
-    from v2v.group_norm import ChannelStatsGroupNorm, group_norm_by_channel
-    from v2v.temporal import TemporalConvFrames, TransformerTemporalFrames
-
+def _tiny_with_norm_and_temporal_weights(cache_dir, seed):
+    """The tiny model with weights in its GroupNorms and temporal convolutions: diffusers starts each temporal
+    convolution layer as an identity (its last convolution zeroed) and each GroupNorm as (1, 0), so a wrong swap
+    of either would not show in the latents."""
     c = load_components("tiny", cache_dir=cache_dir)
-    g = torch.Generator().manual_seed(6)
-    with torch.no_grad():  # GroupNorms start as (1, 0) and temporal convolutions as zero: give them weights
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
         for m in c.unet.modules():
             if isinstance(m, torch.nn.Conv3d):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
             if isinstance(m, torch.nn.GroupNorm):
                 m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
                 m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+    return c
+
+
+def test_channel_stats_norms_compute_the_same_latents(cache_dir, monkeypatch):
+    """Every GroupNorm of the UNet (spatial ones as ChannelStatsGroupNorm, the temporal layers' through them)."""
+    from v2v.group_norm import ChannelStatsGroupNorm, group_norm_by_channel
+    from v2v.temporal import TemporalConvFrames, TransformerTemporalFrames
+
+    c = _tiny_with_norm_and_temporal_weights(cache_dir, seed=6)
     keys = set(c.unet.state_dict())
     norms = sum(isinstance(m, torch.nn.GroupNorm) for m in c.unet.modules())
     want = restyle(c, _video(2), CLIPS, output="latents")
@@ -311,17 +319,7 @@ def test_temporal_layers_compute_the_same_latents(cache_dir):
 
     from v2v.temporal import TemporalConvFrames, TransformerTemporalFrames
 
-    c = load_components("tiny", cache_dir=cache_dir)
-    # diffusers starts each temporal convolution layer as an identity (its last convolution zeroed) and each
-    # GroupNorm as (0, 1): give them weights, so the swapped layers change the latents and a wrong swap shows
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for m in c.unet.modules():
-            if isinstance(m, torch.nn.Conv3d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
-            if isinstance(m, torch.nn.GroupNorm):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+    c = _tiny_with_norm_and_temporal_weights(cache_dir, seed=5)
     convs = sum(isinstance(m, TemporalConvLayer) for m in c.unet.modules())
     attns = sum(isinstance(m, TransformerTemporalModel) for m in c.unet.modules())
     keys = set(c.unet.state_dict())
