@@ -313,6 +313,15 @@ def test_channel_stats_norms_compute_the_same_latents(cache_dir, monkeypatch):
     assert len(calls) == temporal_norms * len(forwards) > 0 and set(calls) == {_video(1).shape[1]}  # frames
 
 
+def test_channel_stats_norms_without_the_temporal_layers(cache_dir):
+    # diffusers' own temporal layers hand their GroupNorms 5-D views: those stay torch's, the spatial ones swap
+    c = _tiny_with_norm_and_temporal_weights(cache_dir, seed=7)
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    apply_perf_settings(c, channel_stats=True)
+    got = restyle(c, _video(2), CLIPS, output="latents")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
 def test_temporal_layers_compute_the_same_latents(cache_dir):
     from diffusers.models.resnet import TemporalConvLayer
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel

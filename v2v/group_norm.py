@@ -3,7 +3,7 @@
 The UNet's activations are channels-last on the GPU: (N, C, H, W) with C contiguous. A GroupNorm's statistics are
 per sample and group of C/G channels, so the compiled reduction reads, for each (sample, group) row, runs of C/G
 values (20 bytes at 320 channels) C apart: inductor's kernels for it ran at ~1.1-1.3 TB/s on an H200
-(benchmarks/RESULTS.md). Taken per channel instead (mean and variance over H*W for each (sample, channel)),
+(benchmarks/RESULTS.md, thirteenth section: a 4-clip step 0.437 -> 0.414 s with this module). Taken per channel instead (mean and variance over H*W for each (sample, channel)),
 the reduction reads whole rows of C contiguous values at a time; the per-channel figures are then combined into
 the group's exactly (every channel holds the same number of values: the group's mean is the mean of the means,
 its variance the mean of the variances plus the variance of the means). Same normalisation, another summation
