@@ -16,13 +16,10 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
-
 import torch
 
-from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs, model_folder
+from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step
 from v2v.bench import profiler_kernels
-from v2v.models import model_geometry
 
 
 def main(out: str, model: str = "random-576w", work: str = "/tmp/bench") -> None:
@@ -31,18 +28,7 @@ def main(out: str, model: str = "random-576w", work: str = "/tmp/bench") -> None
     cuda = device == "cuda"
     folder, _ = model_folder(model, work, device)  # as jobs.benchmark --model MODEL --work-dir WORK
     variant = "float32+compile" if model == "tiny" else JOB_GPU_VARIANT
-    width, height, frames = model_geometry(folder)
-    b = SimpleNamespace(width=width, height=height, frames=frames)  # what _step_inputs reads of jobs.benchmark's Bench
-    batch = 4
-    c = _load(folder, device, variant, unet_batch=2 * batch)  # cond + uncond latents, as the sampler's 4-clip calls
-    x, e, t = _step_inputs(b, c, batch)
-
-    def step():
-        with torch.no_grad():
-            c.unet(x, t, encoder_hidden_states=e, return_dict=False)
-        if cuda:
-            torch.cuda.synchronize()
-
+    _, step = unet_step(folder, device, variant, batch=4)  # one 4-clip guided step, as the sampler's calls
     t0 = time.perf_counter()
     step()  # compiles
     print(f"compiled {variant} in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -11,8 +11,8 @@ processes, so this compiles every variant in one process on one GPU, then times 
 Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),
 optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtile`: prefer_nd_tiling;
 `@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above).
-Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median, min) and each output's relative error against the first
-variant's (the same inputs; a layout change alters at most the order of a reduction), in OUT/layout.json.
+Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median,
+min) and each output's relative error against the first variant's (the same inputs; a layout change alters at most the order of a reduction), in OUT/layout.json.
 
     python benchmarks/layout_probe.py OUT VARIANT...       # GPU: random-576w, 4 clips, kept under /tmp/bench
     python benchmarks/layout_probe.py OUT --tiny VARIANT... # CPU smoke run on the tiny model
@@ -23,13 +23,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
-
 import torch
 
-from jobs.benchmark import JOB_GPU_VARIANT, _load, _step_inputs, model_folder
+from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step
 from v2v.bench import profiler_kernels
-from v2v.models import model_geometry
 
 
 # VARIANT@OPTION: inductor settings for that variant's compile (inductor reads them when it compiles).
@@ -50,30 +47,15 @@ def main(out: str, *specs: str) -> None:
     cuda = device == "cuda"
     work = os.environ.get("V2V_PROBE_WORK", "/tmp/bench")
     folder, _ = model_folder("tiny" if tiny else "random-576w", work, device)
-    width, height, frames = model_geometry(folder)
-    b = SimpleNamespace(width=width, height=height, frames=frames)  # what _step_inputs reads of jobs.benchmark's Bench
     batch = 4
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
     runs = []
     for spec in specs:
         variant, _, option = spec.partition("@")
         variant = variant.replace("JOB", JOB_GPU_VARIANT)
         if tiny:
             variant = variant.replace("bfloat16", "float32")
-        # each UNet with its own compiled graph (jobs.benchmark._own_forward); cond + uncond latents per call
-        c = _load(folder, device, variant, unet_batch=2 * batch)
-        x, e, t = _step_inputs(b, c, batch)
-
-        def step(c=c, x=x, e=e, t=t):
-            with torch.no_grad():
-                y = c.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
-            sync()
-            return y
-
+        # each UNet with its own compiled graph (jobs.benchmark._own_forward)
+        _, step = unet_step(folder, device, variant, batch)
         if option not in OPTIONS:
             raise ValueError(f"{spec!r}: unknown option {option!r} (known: {[k for k in OPTIONS if k]})")
         t0 = time.perf_counter()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from v2v.bench import profiler_kernels
-from v2v.group_norm import group_norm_by_channel
+from v2v.group_norm import channel_scale_shift, group_norm_by_channel
 from v2v.temporal import group_norm_over_frames
 
 SHAPES = [(192, 320, 40, 72), (192, 640, 20, 36), (192, 1280, 10, 18)]  # (8 latents x 24 frames, C, h, w)
@@ -52,35 +52,21 @@ def _channel(x, frames, norm, s, t):
     return F.silu(group_norm_by_channel(x, frames, norm))
 
 
-def _stats(x, frames, norm, sums: bool):
-    """group_norm_by_channel's statistics before its final form: x viewed (B, F, G, C/G, H*W); mean and variance
-    per (B, 1, G, 1, 1) as means (`sums=False`, its first form) or as sums times 1/count."""
-    bf, c, h, w = x.shape
-    g = norm.num_groups
-    x5 = x.reshape(bf // frames, frames, g, c // g, h * w)
-    var_c, mean_c = torch.var_mean(x5.float(), dim=4, correction=0, keepdim=True)
-    if not sums:
-        mean = mean_c.mean((1, 3), keepdim=True)
-        return x5, mean, var_c.mean((1, 3), keepdim=True) + (mean_c - mean).square().mean((1, 3), keepdim=True)
-    k = 1.0 / (frames * (c // g))
-    mean = mean_c.sum((1, 3), keepdim=True) * k
-    return x5, mean, (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
-
-
-def _scale_shift(x, frames, norm, sums: bool):
-    x5, mean, var = _stats(x, frames, norm, sums)
-    g, cg = norm.num_groups, x.shape[1] // norm.num_groups
-    scale = torch.rsqrt(var + norm.eps) * norm.weight.float().reshape(1, 1, g, cg, 1)
-    return x5, scale, norm.bias.float().reshape(1, 1, g, cg, 1) - mean * scale
-
-
 def _channel_unstacked(x, frames, norm, s, t):
-    x5, scale, shift = _scale_shift(x, frames, norm, sums=False)
+    # group_norm_by_channel's first form: the per-channel statistics combined as means
+    bf, c, h, w = x.shape
+    g, cg = norm.num_groups, c // norm.num_groups
+    x5 = x.reshape(bf // frames, frames, g, cg, h * w)
+    var_c, mean_c = torch.var_mean(x5.float(), dim=4, correction=0, keepdim=True)
+    mean = mean_c.mean((1, 3), keepdim=True)
+    var = var_c.mean((1, 3), keepdim=True) + (mean_c - mean).square().mean((1, 3), keepdim=True)
+    scale = torch.rsqrt(var + norm.eps) * norm.weight.float().reshape(1, 1, g, cg, 1)
+    shift = norm.bias.float().reshape(1, 1, g, cg, 1) - mean * scale
     return F.silu((x5 * scale + shift).to(x.dtype).reshape(x.shape))
 
 
 def _channel_sums(x, frames, norm, s, t):
-    x5, scale, shift = _scale_shift(x, frames, norm, sums=True)
+    x5, scale, shift = channel_scale_shift(x, frames, norm)  # what ships, less the stacking
     return F.silu((x5 * scale + shift).to(x.dtype).reshape(x.shape))
 
 
@@ -90,7 +76,7 @@ def _barrier(t):
 
 
 def _channel_barrier(x, frames, norm, s, t):
-    x5, scale, shift = _scale_shift(x, frames, norm, sums=True)
+    x5, scale, shift = channel_scale_shift(x, frames, norm)
     return F.silu((x5 * _barrier(scale) + _barrier(shift)).to(x.dtype).reshape(x.shape))
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -62,8 +63,8 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats][+compile|+aot[+vae]] "
-                        "('' for none)")
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats]"
+                        "[+compile|+aot[+vae]] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -294,6 +295,28 @@ def _quality_clip(b: Bench):
 
 def _batch_sizes(b: Bench) -> list[int]:
     return [int(x) for x in b.a.batch_sizes.split(",") if x]
+
+
+def unet_step(folder: str, device: str, variant: str, batch: int):
+    """For the probes in benchmarks/: the model in `folder` with `variant`'s switches, its UNet's compiled graph (if
+    any) built for one guided step of `batch` clips, and that step as `step()` -> the UNet's output, returned once
+    the device has finished it. Inputs as `_step_inputs` makes them, at the folder's clip shape."""
+    import torch
+
+    from v2v.models import model_geometry
+
+    width, height, frames = model_geometry(folder)
+    c = _load(folder, device, variant, unet_batch=2 * batch)  # cond + uncond latents per call
+    x, e, t = _step_inputs(SimpleNamespace(width=width, height=height, frames=frames), c, batch)
+
+    def step():
+        with torch.no_grad():
+            y = c.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
+        if c.device.type == "cuda":
+            torch.cuda.synchronize()
+        return y
+
+    return c, step
 
 
 def _step_inputs(b: Bench, c, batch: int):

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,6 +159,23 @@ def test_benchmark_loads_give_each_unet_its_own_forward_code(cache_dir):
     assert torch.equal(got, want)
 
 
+def test_benchmark_unet_step_is_one_guided_step_of_the_variant(cache_dir):
+    from jobs.benchmark import _load, _step_inputs, unet_step
+    from v2v.group_norm import ChannelStatsGroupNorm
+    from v2v.models import model_geometry, resolve_model
+
+    folder = str(resolve_model("tiny"))
+    c, step = unet_step(folder, "cpu", "float32+chanstats", batch=2)
+    assert any(isinstance(m, ChannelStatsGroupNorm) for m in c.unet.modules())  # the variant's switches
+    width, height, frames = model_geometry(folder)
+    plain = _load(folder, "cpu", "float32")
+    x, e, t = _step_inputs(SimpleNamespace(width=width, height=height, frames=frames), plain, 2)
+    with torch.no_grad():
+        want = plain.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
+    assert want.shape[0] == 4  # cond + uncond latents for 2 clips
+    torch.testing.assert_close(step(), want, rtol=0, atol=1e-4)
+
+
 def test_benchmark_model_folder_builds_the_random_model_once_and_resolves_the_rest(tmp_path):
     from jobs.benchmark import model_folder
 
@@ -249,7 +267,8 @@ def test_group_norm_by_channel_is_groupnorm_over_the_clip(affine, frames):
     g = torch.Generator().manual_seed(1)
     b, c, h, w = 2, 24, 3, 5
     # channels and frames with their own offsets and spreads: the per-channel statistics differ from the group's
-    x = (torch.randn(b * frames, c, h, w, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, c).reshape(1, c, 1, 1)
+    spread = torch.linspace(0.5, 3, c).reshape(1, c, 1, 1)
+    x = (torch.randn(b * frames, c, h, w, generator=g, dtype=torch.float64) * spread
          + torch.arange(c).reshape(1, c, 1, 1) + torch.arange(b * frames).reshape(-1, 1, 1, 1))
     norm = torch.nn.GroupNorm(4, c, affine=affine).double()
     if affine:

@@ -3,10 +3,11 @@
 The UNet's activations are channels-last on the GPU: (N, C, H, W) with C contiguous. A GroupNorm's statistics are
 per sample and group of C/G channels, so the compiled reduction reads, for each (sample, group) row, runs of C/G
 values (20 bytes at 320 channels) C apart: inductor's kernels for it ran at ~1.1-1.3 TB/s on an H200
-(benchmarks/RESULTS.md, thirteenth section: a 4-clip step 0.437 -> 0.414 s with this module). Taken per channel instead (mean and variance over H*W for each (sample, channel)),
-the reduction reads whole rows of C contiguous values at a time; the per-channel figures are then combined into
-the group's exactly (every channel holds the same number of values: the group's mean is the mean of the means,
-its variance the mean of the variances plus the variance of the means). Same normalisation, another summation
+(benchmarks/RESULTS.md, thirteenth section: a 4-clip step 0.437 -> 0.414 s with this module). Taken per channel
+instead (mean and variance over H*W for each (sample, channel)), the reduction reads whole rows of C contiguous
+values at a time; the per-channel figures are then combined into the group's exactly (every channel holds the
+same number of values: the group's mean is the mean of the means, its variance the mean of the variances plus the
+variance of the means). Same normalisation, another summation
 order: equal up to float32 rounding of the statistics.
 """
 
@@ -18,10 +19,22 @@ import torch
 def group_norm_by_channel(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
     """(B*F, C, H, W) -> (B*F, C, H, W): `norm` applied to x viewed as (B, C, F, H, W) (frames=1: an ordinary
     GroupNorm of x), i.e. one mean and variance per clip and channel group, taken over the group's channels and
-    all of the clip's frames and pixels.
+    all of the clip's frames and pixels. The result has x's dtype and x's memory layout.
+    """
+    x5, scale, shift = channel_scale_shift(x, frames, norm)
+    # Stacked, scale and shift are written to memory (a few KB) before the apply, which then only multiplies and
+    # adds; left apart, inductor recomputed them from the statistics for every element, and that apply kernel
+    # took 0.35 ms instead of 0.19 at the top level (benchmarks/norm_probe.py).
+    ss = torch.stack(torch.broadcast_tensors(scale, shift))
+    return (x5 * ss[0] + ss[1]).to(x.dtype).reshape(x.shape)
 
-    The reshape into (B, F, G, C/G, H*W) is a view of both NCHW and channels-last memory. Statistics are float32
-    (as torch's GroupNorm keeps them for half inputs); the result has x's dtype and x's memory layout.
+
+def channel_scale_shift(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm):
+    """x (B*F, C, H, W) -> (x5: x viewed as (B, F, G, C/G, H*W), scale, shift): the norm is x5 * scale + shift, with
+    float32 scale and shift per (clip, channel) (B, 1, G, C/G, 1), or per (clip, group) without affine weights.
+
+    The reshape is a view of both NCHW and channels-last memory. Statistics are float32 (as torch's GroupNorm
+    keeps them for half inputs).
     """
     bf, c, h, w = x.shape
     g, cg = norm.num_groups, c // norm.num_groups
@@ -39,11 +52,7 @@ def group_norm_by_channel(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm
         weight = norm.weight.float().reshape(1, 1, g, cg, 1)
         scale = scale * weight
         shift = shift * weight + norm.bias.float().reshape(1, 1, g, cg, 1)
-    # Stacked, scale and shift are written to memory (a few KB) before the apply, which then only multiplies and
-    # adds; left apart, inductor recomputed them from the statistics for every element, and that apply kernel
-    # took 0.35 ms instead of 0.19 at the top level (benchmarks/norm_probe.py).
-    ss = torch.stack(torch.broadcast_tensors(scale, shift))
-    return (x5 * ss[0] + ss[1]).to(x.dtype).reshape(bf, c, h, w)
+    return x5, scale, shift
 
 
 class ChannelStatsGroupNorm(torch.nn.GroupNorm):
