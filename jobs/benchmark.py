@@ -164,8 +164,14 @@ def _actor(folder: str, device: str, variant: str, batch: str) -> int:
     cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype, **switches)
     t1 = time.perf_counter()
     actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
-    print(f"READY v2v imports {t1 - t0:.1f} s, actor built and warm {time.perf_counter() - t1:.1f} s "
-          f"({actor.start_report()})", flush=True)
+    ready = time.perf_counter() - t1
+    from torch._dynamo.utils import compilation_time_metrics
+
+    from v2v.bench import compile_breakdown
+
+    compiled = compile_breakdown(compilation_time_metrics)
+    print(f"READY v2v imports {t1 - t0:.1f} s, actor built and warm {ready:.1f} s ({actor.start_report()})"
+          + (f"; {compiled}" if compiled else ""), flush=True)
     return 0
 
 

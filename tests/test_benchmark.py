@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from v2v.bench import TARGETS, target_verdicts
+from v2v.bench import TARGETS, compile_breakdown, target_verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,6 +67,19 @@ def test_target_verdicts_hold_each_measure_to_its_threshold():
     bare = target_verdicts({"best_sampler": info["best_sampler"]},
                            [{"what": "actor ready (second start)", "seconds": 5.0, "note": "failed: boom"}])
     assert [t["verdict"] for t in bare] == ["not measured"] * 6
+
+
+def test_compile_breakdown_says_where_a_compile_went():
+    import torch
+    from torch._dynamo.utils import compilation_time_metrics
+
+    assert compile_breakdown({}) == ""  # nothing compiled: nothing said
+    assert compile_breakdown({"_compile.compile_inner": [2.0, 1.0], "bytecode_tracing": [0.5, 0.2]}) == \
+        "torch.compile 3.0 s in 2 graphs: tracing 0.7"
+    # dynamo's own timers, as a real compile in this process filled them (what the benchmark's actor start reads)
+    torch.compile(lambda x: torch.sin(x) * 2 + 1, dynamic=False)(torch.randn(8))
+    said = compile_breakdown(compilation_time_metrics)
+    assert said.startswith("torch.compile ") and "tracing " in said and "backend " in said, said
 
 
 def test_a_failing_section_still_reports_what_came_before(tmp_path):
