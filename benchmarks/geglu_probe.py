@@ -27,6 +27,7 @@ in float32, one rounding (diffusers rounds the projection first).
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 if "--cpu" in sys.argv:
@@ -163,16 +164,19 @@ def main(out: str, cpu: str = "") -> None:
         wi, bi = interleave(w), interleave(b)
         want = unfused(x.float(), w.float(), b.float())
         flop = 2 * m * k * 2 * n
-        forms = {"unfused": torch.compile(unfused, dynamic=False), "linear": F.linear} if cuda else {}
-        for form, bm, bn, bk, warps, stages in tiles:
+        forms = {}  # name -> one call on this shape's inputs
+        if cuda:
+            compiled = torch.compile(unfused, dynamic=False)
+            forms = {"unfused": lambda: compiled(x, w, b), "linear": lambda: F.linear(x, w, b)}
+        for tile in tiles:
+            form, bm, bn, bk, warps, stages = tile
             ww, bb = (wi, bi) if form == "interleaved" else (w, b)
-            forms[f"{form} {bm}x{bn}/k{bk}/w{warps}/s{stages}"] = (
-                lambda x, w, b, c=(form, ww, bb, bm, bn, bk, warps, stages): fused(c[0], x, *c[1:]))
+            forms[f"{form} {bm}x{bn}/k{bk}/w{warps}/s{stages}"] = partial(fused, form, x, ww, bb, *tile[1:])
         for name, fn in forms.items():
             try:
                 with torch.no_grad():
-                    y = fn(x, w, b)
-                    ms = 1e3 * cuda_seconds_per_call(lambda: fn(x, w, b), repeat=20) if cuda else None
+                    y = fn()
+                    ms = 1e3 * cuda_seconds_per_call(fn, repeat=20) if cuda else None
             except Exception as e:  # a tile shape that does not fit (shared memory, registers)
                 print(f"M={m:6d} K={k:4d} N={n:4d} {name:34} failed: {type(e).__name__}: {str(e)[:200]}")
                 continue

@@ -16,6 +16,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
 import torch
 
 from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step

@@ -12,7 +12,8 @@ Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs
 optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtile`: prefer_nd_tiling;
 `@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above).
 Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median,
-min) and each output's relative error against the first variant's (the same inputs; a layout change alters at most the order of a reduction), in OUT/layout.json.
+min) and each output's relative error against the first variant's (the same inputs; a layout change alters at
+most the order of a reduction), in OUT/layout.json.
 
     python benchmarks/layout_probe.py OUT VARIANT...       # GPU: random-576w, 4 clips, kept under /tmp/bench
     python benchmarks/layout_probe.py OUT --tiny VARIANT... # CPU smoke run on the tiny model
@@ -23,7 +24,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
 import torch
+import torch._inductor.config as inductor
 
 from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step
 from v2v.bench import profiler_kernels
@@ -48,6 +51,9 @@ def main(out: str, *specs: str) -> None:
     work = os.environ.get("V2V_PROBE_WORK", "/tmp/bench")
     folder, _ = model_folder("tiny" if tiny else "random-576w", work, device)
     batch = 4
+    unknown = [s for s in specs if s.partition("@")[2] not in OPTIONS]
+    if unknown:  # before any model loads
+        raise ValueError(f"{unknown}: unknown option(s) (known: {[k for k in OPTIONS if k]})")
     runs = []
     for spec in specs:
         variant, _, option = spec.partition("@")
@@ -56,11 +62,7 @@ def main(out: str, *specs: str) -> None:
             variant = variant.replace("bfloat16", "float32")
         # each UNet with its own compiled graph (jobs.benchmark._own_forward)
         _, step = unet_step(folder, device, variant, batch)
-        if option not in OPTIONS:
-            raise ValueError(f"{spec!r}: unknown option {option!r} (known: {[k for k in OPTIONS if k]})")
         t0 = time.perf_counter()
-        import torch._inductor.config as inductor
-
         with inductor.patch(OPTIONS[option]):  # compiles on this first call
             y = step()
         compile_s = time.perf_counter() - t0

@@ -16,23 +16,21 @@ x 24 frames; the top three levels), what each way of writing the norm compiles t
   `apply_sig`: with SiLU written y * sigmoid(y)
 - `copy`: x.clone(): one read and one write at the card's copy rate
 
-each followed by SiLU (as every norm of the UNet is), output bf16 channels-last. Per run: ms per call (median of
-50), the effective TB/s of moving x once in and once out, each kernel's share, the error against float32
-torch.nn.functional.group_norm. OUT/norm.json, OUT/code-*.py (inductor's output code of the top level).
+each followed by SiLU (as every norm of the UNet is), output bf16 channels-last. Per run: ms per call (median
+of 50, `v2v.bench.timed`), the effective TB/s of moving x once in and once out, each kernel's share, the error
+against float32 torch.nn.functional.group_norm. OUT/norm.json, OUT/code-*.py (inductor's output code of the top level).
 
     python benchmarks/norm_probe.py OUT          # GPU
     python benchmarks/norm_probe.py OUT --cpu    # smoke run, small shapes
 """
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from v2v.bench import profiler_kernels
+from v2v.bench import profiler_kernels, timed
 from v2v.group_norm import channel_scale_shift, group_norm_by_channel
 from v2v.temporal import group_norm_over_frames
 
@@ -117,6 +115,7 @@ def main(out: str, cpu: str = "") -> None:
     def sync():
         if cuda:
             torch.cuda.synchronize()
+
     g = torch.Generator(dev).manual_seed(0)
     runs = []
     for shape in shapes:
@@ -141,22 +140,14 @@ def main(out: str, cpu: str = "") -> None:
                     y, code = run_and_get_code(comp, x, frames, norm, s, t)
                     if shape == shapes[0]:
                         Path(out, f"code-{name}-f{frames}.py").write_text("\n\n".join(code))
-                    for _ in range(5):
-                        comp(x, frames, norm, s, t)
-                    sync()
-                    times = []
-                    for _ in range(50 if cuda else 3):
-                        t0 = time.perf_counter()
-                        comp(x, frames, norm, s, t)
-                        sync()
-                        times.append(1e3 * (time.perf_counter() - t0))
+                    secs, _ = timed(lambda: comp(x, frames, norm, s, t), repeat=50 if cuda else 3, warmup=5)
                     with torch.profiler.profile() as prof:
                         for _ in range(10):
                             comp(x, frames, norm, s, t)
                         sync()
                 kernels = [(k[:60], round(1e3 * sec / 10, 4), calls // 10)
                            for k, sec, calls in profiler_kernels(prof, cuda)]
-                ms = statistics.median(times)
+                ms = 1e3 * secs
                 err = None
                 if not name.startswith(("apply", "copy")):
                     err = float((y.float() - want).norm() / want.norm())

@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
-
 import numpy as np
 
 
@@ -287,7 +285,7 @@ def quality_reference(b: Bench) -> dict:
     ref = {"latents": restyle(c, b.video(1), [_quality_clip(b)], output="latents").float().cpu(), "steps": {}}
     with torch.no_grad():
         for batch in _batch_sizes(b):
-            x, e, t = _step_inputs(b, c, batch)
+            x, e, t = _step_inputs(c, batch)
             ref["steps"][batch] = c.unet(x, t, encoder_hidden_states=e).sample.float().cpu()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = b.cuda
     return ref
@@ -309,11 +307,8 @@ def unet_step(folder: str, device: str, variant: str, batch: int):
     the device has finished it. Inputs as `_step_inputs` makes them, at the folder's clip shape."""
     import torch
 
-    from v2v.models import model_geometry
-
-    width, height, frames = model_geometry(folder)
     c = _load(folder, device, variant, unet_batch=2 * batch)  # cond + uncond latents per call
-    x, e, t = _step_inputs(SimpleNamespace(width=width, height=height, frames=frames), c, batch)
+    x, e, t = _step_inputs(c, batch)
 
     def step():
         with torch.no_grad():
@@ -325,15 +320,16 @@ def unet_step(folder: str, device: str, variant: str, batch: int):
     return c, step
 
 
-def _step_inputs(b: Bench, c, batch: int):
-    """One guided UNet step's inputs for `batch` clips: 2 * batch latents (cond + uncond) (2B, 4, F, h, w) and
+def _step_inputs(c, batch: int):
+    """One guided UNet step's inputs for `batch` clips at the model's native clip shape (c.width, c.height,
+    c.frames): 2 * batch latents (cond + uncond) (2B, 4, F, h, w) and
     text embeddings (2B, 77, D), seeded, with values exact in bf16 and fp16 so that every dtype's step starts
     from the same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
     import torch
 
     g = torch.Generator().manual_seed(batch)
-    h8, w8 = b.height // c.vae_scale_factor, b.width // c.vae_scale_factor
-    x = torch.randn(2 * batch, c.unet.config.in_channels, b.frames, h8, w8, generator=g).bfloat16()
+    h8, w8 = c.height // c.vae_scale_factor, c.width // c.vae_scale_factor
+    x = torch.randn(2 * batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
     e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
     return x.to(c.device, c.dtype), e.to(c.device, c.dtype), torch.tensor(500)
 
@@ -383,7 +379,7 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_
         return None
     peak = b.peak_gib()
     # One guided UNet step alone: 2B latents (cond + uncond).
-    x, e, t = _step_inputs(b, c, batch)
+    x, e, t = _step_inputs(c, batch)
 
     def step():
         return c.unet(x, t, encoder_hidden_states=e, return_dict=False)
@@ -448,7 +444,7 @@ def attention(b: Bench, best: dict | None) -> None:
     variant, batch = _section_variant(best, b.cuda)
     dtype = _variant_cfg(variant)[0]
     c = _load(b.folder, b.a.device, dtype)
-    x, e, t = _step_inputs(b, c, batch)
+    x, e, t = _step_inputs(c, batch)
     rows, total = [], dict.fromkeys([*SDPA_BACKENDS, "best"], 0.0)
     for call in sdpa_calls(lambda: c.unet(x, t, encoder_hidden_states=e)):
         secs = time_sdpa(call, c.device.type)

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -162,14 +161,13 @@ def test_benchmark_loads_give_each_unet_its_own_forward_code(cache_dir):
 def test_benchmark_unet_step_is_one_guided_step_of_the_variant(cache_dir):
     from jobs.benchmark import _load, _step_inputs, unet_step
     from v2v.group_norm import ChannelStatsGroupNorm
-    from v2v.models import model_geometry, resolve_model
+    from v2v.models import resolve_model
 
     folder = str(resolve_model("tiny"))
     c, step = unet_step(folder, "cpu", "float32+chanstats", batch=2)
     assert any(isinstance(m, ChannelStatsGroupNorm) for m in c.unet.modules())  # the variant's switches
-    width, height, frames = model_geometry(folder)
     plain = _load(folder, "cpu", "float32")
-    x, e, t = _step_inputs(SimpleNamespace(width=width, height=height, frames=frames), plain, 2)
+    x, e, t = _step_inputs(plain, 2)
     with torch.no_grad():
         want = plain.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
     assert want.shape[0] == 4  # cond + uncond latents for 2 clips

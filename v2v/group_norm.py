@@ -46,13 +46,20 @@ def channel_scale_shift(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm):
     k = 1.0 / (frames * cg)
     mean = mean_c.sum((1, 3), keepdim=True) * k
     var = (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
+    return x5, *fold_affine(mean, var, norm)
+
+
+def fold_affine(mean: torch.Tensor, var: torch.Tensor, norm: torch.nn.GroupNorm):
+    """Float32 group statistics (B, 1, G, 1, 1) -> (scale, shift) such that the norm is x * scale + shift: per
+    (clip, channel) (B, 1, G, C/G, 1) with the norm's weight and bias folded in, per (clip, group) without."""
     scale = torch.rsqrt(var + norm.eps)
     shift = -mean * scale
-    if norm.affine:  # one scale and shift per (clip, channel): (B, 1, G, C/G, 1)
-        weight = norm.weight.float().reshape(1, 1, g, cg, 1)
+    if norm.affine:
+        g = norm.num_groups
+        weight = norm.weight.float().reshape(1, 1, g, -1, 1)
         scale = scale * weight
-        shift = shift * weight + norm.bias.float().reshape(1, 1, g, cg, 1)
-    return x5, scale, shift
+        shift = shift * weight + norm.bias.float().reshape(1, 1, g, -1, 1)
+    return scale, shift
 
 
 class ChannelStatsGroupNorm(torch.nn.GroupNorm):

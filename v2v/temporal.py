@@ -19,31 +19,26 @@ from __future__ import annotations
 
 import torch
 
-from v2v.group_norm import ChannelStatsGroupNorm, group_norm_by_channel
+from v2v.group_norm import ChannelStatsGroupNorm, fold_affine, group_norm_by_channel
 
 
 def group_norm_over_frames(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
     """(B*F, C, H, W) -> (B*F, C, H, W): `norm` applied to x viewed as (B, C, F, H, W), i.e. one mean and variance
     per clip and channel group, taken over all of the clip's frames.
 
-    The reshape into (B, F, G, C/G, H, W) is a view of both NCHW and channels-last memory. Statistics are float32
+    The reshape into (B, F, G, C/G, H*W) is a view of both NCHW and channels-last memory. Statistics are float32
     (as torch's GroupNorm keeps them for half inputs); the result has x's dtype.
     """
     bf, c, h, w = x.shape
     g = norm.num_groups
-    x6 = x.reshape(bf // frames, frames, g, c // g, h, w)
-    # per frame and group: (B, F, G, 1, 1, 1)
-    var_f, mean_f = torch.var_mean(x6.float(), dim=(3, 4, 5), correction=0, keepdim=True)
+    x5 = x.reshape(bf // frames, frames, g, c // g, h * w)
+    # per frame and group: (B, F, G, 1, 1)
+    var_f, mean_f = torch.var_mean(x5.float(), dim=(3, 4), correction=0, keepdim=True)
     # over the frames (equal counts): mean of means; mean of variances + variance of the means
     mean = mean_f.mean(1, keepdim=True)
     var = var_f.mean(1, keepdim=True) + (mean_f - mean).square().mean(1, keepdim=True)
-    scale = torch.rsqrt(var + norm.eps)  # (B, 1, G, 1, 1, 1)
-    shift = -mean * scale
-    if norm.affine:  # fold weight and bias into one scale and shift per (clip, channel): (B, 1, G, C/G, 1, 1)
-        weight = norm.weight.float().reshape(1, 1, g, c // g, 1, 1)
-        scale = scale * weight
-        shift = shift * weight + norm.bias.float().reshape(1, 1, g, c // g, 1, 1)
-    return (x6 * scale + shift).to(x.dtype).reshape(bf, c, h, w)
+    scale, shift = fold_affine(mean, var, norm)  # per (clip, channel), or per (clip, group) without affine
+    return (x5 * scale + shift).to(x.dtype).reshape(bf, c, h, w)
 
 
 def frames_norm(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
