@@ -24,7 +24,7 @@ import numpy as np
 
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
 # GroupNorm statistics per channel, the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+compile+vae"
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+compile+pre+vae"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -62,7 +62,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats]"
-                        "[+compile|+aot[+vae]] ('' for none)")
+                        "[+compile|+pre|+aot[+vae]] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -97,14 +97,15 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "compile", "aot", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "compile", "pre", "aot", "vae")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
     """'bfloat16+compile+vae' -> ('bfloat16', the perf switches as JobConfig names them).
 
-    `compile` alone compiles the UNet only; `+vae` also the VAE (the job's default when compiling); `aot` compiles
-    ahead of time into stored packages (implies compile)."""
+    `compile` alone compiles the UNet only (torch.compile, kernels cached); `+vae` also the VAE (the job's default
+    when compiling); `pre` saves torch.compile's compiled functions (the job's default when compiling); `aot`
+    compiles ahead of time into AOTInductor packages. `pre` and `aot` imply compile."""
     dtype, *parts = variant.split("+")
     unknown = [p for p in parts if p not in _PARTS]
     if unknown:
@@ -114,7 +115,10 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     switches["frame_attention"] = "frameattn" in parts
     switches["channel_stats"] = "chanstats" in parts
     switches["compile_aot"] = "aot" in parts
-    switches["compile"] |= switches["compile_aot"]
+    switches["precompile"] = "pre" in parts
+    if switches["precompile"] and switches["compile_aot"]:
+        raise ValueError(f"variant {variant!r}: pre and aot are two ways of storing the compiled parts; pick one")
+    switches["compile"] |= switches["compile_aot"] or switches["precompile"]
     switches["compile_vae"] = "vae" in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")

@@ -55,6 +55,8 @@ HELP = {
     "compile": "torch.compile the UNet, kernels cached on disk (default: on for GPU actors, off on CPU)",
     "compile_vae": "with --compile, also compile the VAE encoder and decoder (default: on)",
     "compile_aot": "with --compile, compile ahead of time into packages in the cache: later starts skip tracing",
+    "precompile": "with --compile, save torch.compile's compiled functions in the cache: later starts skip tracing "
+                  "(default: on)",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
     "temporal_layers": "run the UNet's temporal layers without permuted copies or layout conversions "

@@ -189,20 +189,18 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "channel_stats": False}
-    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_aot": False,
-                                                                 "compile_vae": True})
-    assert _variant_cfg("float16")[1] == {**off, "compile": False, "compile_aot": False, "compile_vae": False}
-    # aot is a way of compiling: it implies compile
+           "channel_stats": False, "compile": False, "compile_aot": False, "precompile": False, "compile_vae": False}
+    assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
+    assert _variant_cfg("float16")[1] == off
+    # pre and aot are ways of compiling: each implies compile
     assert _variant_cfg("bfloat16+aot+vae")[1] == {**off, "compile": True, "compile_aot": True, "compile_vae": True}
-    assert _variant_cfg("bfloat16+temporal+compile")[1] == {**off, "temporal_layers": True, "compile": True,
-                                                            "compile_aot": False, "compile_vae": False}
+    assert _variant_cfg("bfloat16+pre+vae")[1] == {**off, "compile": True, "precompile": True, "compile_vae": True}
+    assert _variant_cfg("bfloat16+temporal+compile")[1] == {**off, "temporal_layers": True, "compile": True}
     assert _variant_cfg("bfloat16+temporal+frameattn")[1] == {**off, "temporal_layers": True,
-                                                              "frame_attention": True, "compile": False,
-                                                              "compile_aot": False, "compile_vae": False}
-    assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True, "compile": False,
-                                                     "compile_aot": False, "compile_vae": False}
-    for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile")]:
+                                                              "frame_attention": True}
+    assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True}
+    for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
+                      ("bfloat16+pre+aot", "pick one")]:
         try:
             _variant_cfg(bad)
         except ValueError as e:
@@ -367,8 +365,8 @@ def test_temporal_layers_compute_the_same_latents(cache_dir):
 
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
 # decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
-# shorter clip, and reports outputs, torch's compile counters and, with --compile-aot, what each part's
-# ahead-of-time package did. Frame attention comes with compile by default: on the CPU its op is SDPA, traced into
+# shorter clip, and reports outputs, torch's compile counters and, with --compile-aot or --precompile, what each
+# part's stored compiled form did. Frame attention comes with compile by default: on the CPU its op is SDPA, traced into
 # the graphs.
 _ACTOR = """
 import json, sys, time
@@ -380,7 +378,7 @@ from v2v.stages import Restyle
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False,
-                compile_aot=sys.argv[2] == "aot")
+                compile_aot=sys.argv[2] == "aot", precompile=sys.argv[2] == "pre")
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
 graphs_after_start = counters["stats"]["unique_graphs"]
@@ -467,6 +465,30 @@ def test_aot_actor_matches_eager_and_its_second_start_loads_the_packages(tiny, t
     second, again, _, _ = _start_actor(tmp_path, "second", cache, "aot")
     loaded = {"built": 0, "loaded": 1, "failed": None}
     assert second["aot"] == {"unet": loaded, "vae_encoder": loaded, "vae_decoder": loaded}, second
+    assert second["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, second)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)  # the same kernels on the same weights
+
+
+def test_precompiled_actor_matches_eager_and_its_second_start_traces_nothing(tiny, tmp_path):
+    cache = tmp_path / "compiled"
+    first, got, short, frames = _start_actor(tmp_path, "first", cache, "pre")
+    # each part traced whole and compiled once at start, its compiled function saved beside inductor's kernels
+    built = {"built": 1, "loaded": 1, "failed": None}
+    assert first["aot"] == {"unet": built, "vae_encoder": built, "vae_decoder": built}, first
+    assert first["graphs_after_start"] == 3 and first["graphs_at_end"] == 3, first  # and no compile mid-job
+    assert first["frame_attention"] > 0, first
+    assert len(list((cache / "precompiled").glob("*.dynamo"))) == 3
+    video = _video(2)
+    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
+                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
+    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
+
+    second, again, _, _ = _start_actor(tmp_path, "second", cache, "pre")
+    loaded = {"built": 0, "loaded": 1, "failed": None}
+    assert second["aot"] == {"unet": loaded, "vae_encoder": loaded, "vae_decoder": loaded}, second
+    assert second["graphs_at_end"] == 0, second  # dynamo traced nothing: the saved functions ran
     assert second["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, second)
     torch.testing.assert_close(again, got, rtol=0, atol=0)  # the same kernels on the same weights
 
@@ -595,6 +617,11 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (forced.compile, forced.compile_vae, forced.batch_invariant) == (False, False, True)
     unet_only = resources(JobConfig(manifest="m", output="o", compile_vae=False), {"GPU": 1})
     assert (unet_only.compile, unet_only.compile_vae) == (True, False)
+    # compiled parts are saved as torch.compile's functions unless AOTInductor packages are asked for
+    assert (gpu.precompile, cpu.precompile, forced.precompile) == (True, False, False)
+    aot = resources(JobConfig(manifest="m", output="o", compile_aot=True), {"GPU": 1})
+    assert (aot.compile_aot, aot.precompile) == (True, False)
+    assert not resources(JobConfig(manifest="m", output="o", precompile=False), {"GPU": 1}).precompile
     # the temporal layers follow compile unless set
     assert (gpu.temporal_layers, cpu.temporal_layers, forced.temporal_layers) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", temporal_layers=False), {"GPU": 1}).temporal_layers is False
@@ -607,3 +634,56 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.channel_stats, cpu.channel_stats, forced.channel_stats) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", channel_stats=False), {"GPU": 1}).channel_stats is False
     assert resources(JobConfig(manifest="m", output="o", channel_stats=True), {"CPU": 2}).channel_stats is True
+
+
+def test_precompiled_part_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path):
+    from v2v.aot import PrecompiledForward, part_tensors
+
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        torch.testing.assert_close(part(x), head(x))
+        (saved,) = tmp_path.glob("head-*.dynamo")
+        # the compiled function reads the module's parameters at each call: an in-place update shows
+        head.conv.weight.mul_(2)
+        torch.testing.assert_close(part(x), head(x))
+        # a later start with the same key loads the saved function instead of tracing
+        again = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        torch.testing.assert_close(again(x), head(x))
+        assert not again.built and again.failed is None
+        # other weights are another model, another input shape another call: each its own file
+        other = PrecompiledForward(head, part_tensors, "head", {"model": "b"}, tmp_path, fallback=None)
+        torch.testing.assert_close(other(x), head(x))
+        torch.testing.assert_close(other(x[:1]), head(x[:1]))
+    assert len(other.built) == 2 and len(list(tmp_path.glob("head-*.dynamo"))) == 3 and saved.exists()
+
+
+def test_precompiled_part_that_cannot_be_traced_whole_runs_through_the_fallback(tmp_path, caplog):
+    from v2v.aot import PrecompiledForward
+
+    m = _DataDependent()
+    part = PrecompiledForward(m, lambda mod, x: mod(x), "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
+    x = torch.ones(3)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(part(x), x * 2) and torch.equal(part(-x), -x * 3)
+    assert part.failed and "branchy" in caplog.text and "torch.compile instead" in caplog.text
+    assert not list(tmp_path.glob("*.dynamo"))
+
+
+def test_precompiled_file_that_does_not_load_is_compiled_again(tmp_path, caplog):
+    from v2v.aot import PrecompiledForward, part_tensors
+
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)(x)
+        (saved,) = tmp_path.glob("head-*.dynamo")
+        saved.write_bytes(saved.read_bytes()[:1000])  # cut short (a full disk, an interrupted copy)
+        part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        with caplog.at_level("WARNING"):
+            torch.testing.assert_close(part(x), head(x))
+    assert part.built == [saved] and part.failed is None and saved.name in caplog.text
+    assert "does not load" in caplog.text and saved.stat().st_size > 1000

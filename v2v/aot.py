@@ -1,4 +1,4 @@
-"""Ahead-of-time compiled parts (AOTInductor): an actor's later starts load kernels instead of tracing.
+"""Ahead-of-time compiled parts: an actor's later starts load what was compiled instead of tracing the model.
 
 `torch.compile` caches its kernels on disk, but every start still traces the model with dynamo and replays
 inductor's graph passes before it finds them in the cache — tens of seconds for the 1.4 B-parameter UNet3D,
@@ -11,12 +11,16 @@ one copy of the weights sits in GPU memory. Inductor still writes tensors of a f
 biases of the UNet's last convolution) into its kernels as literals, so a package is only valid for the exact
 weights it was built from: the model's fingerprint is part of its key, with the input shapes, dtypes, torch
 version and device.
+
+`PrecompiledForward` is the other form, and needs no C++ compiler or loader of its own: torch.compile's own
+saved form of a traced function (dynamo's precompile), whose kernels are torch.compile's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -184,3 +188,51 @@ class AotForward:
                 check_loads(path)
                 checked.touch()
         return load_package(self.owner, path)
+
+
+def unet_tensors(unet, sample, timestep, encoder_hidden_states):
+    """The UNet's class forward as a function of the module and its three tensors: what a precompiled UNet takes
+    (the module an argument, so its parameters are read at each call and guards name no global)."""
+    return type(unet).forward(unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              return_dict=False)[0]
+
+
+def part_tensors(part, x):
+    """A VAE encoder's or decoder's class forward as a function of the module and its input."""
+    return type(part).forward(part, x)
+
+
+class PrecompiledForward(AotForward):
+    """Calls fn(owner, *tensors) through torch.compile's saved form of it, built for exactly these input shapes.
+
+    On a first start, dynamo traces fn whole (`aot_compile`, fullgraph) and inductor compiles it as torch.compile
+    does; the result (the traced bytecode, its guards and inductor's compiled graph) is saved under the compile
+    cache, next to inductor's kernels. A later start loads that file instead of tracing the model again: the part
+    of a cached torch.compile start that its kernel cache cannot skip (benchmarks/RESULTS.md). Unlike
+    AotForward's packages, no C++ wrapper is built or loaded.
+
+    Only the guards on the input tensors are kept (torch.compiler.keep_tensor_guards_unsafe): what else the
+    compiled graph depends on (the model, dtype, switches, device, torch version) is in the file's key (`base`),
+    and the parameters are read off `owner` at each call. torch's API is experimental: a part it cannot trace
+    whole, save or load runs through `fallback` (torch.compile) with a warning, as AotForward's do.
+    """
+
+    def _runner(self, key: str, tensors):
+        path = self.cache_dir / f"{self.name}-{key}.dynamo"
+        external = {"owner": self.owner}  # the module is an argument, never part of the file
+        with _locked(path):
+            if path.exists():
+                try:
+                    with open(path, "rb") as f:
+                        compiled = torch.compiler.load_compiled_function(f, external_data=external)
+                    return functools.partial(compiled, self.owner)
+                except Exception as e:  # another torch wrote it, or a partial file: compile it again
+                    logger.warning("%s: %s does not load (%s: %s); compiling it again", self.name, path,
+                                   type(e).__name__, e)
+            logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
+            compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
+                                     options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+                                     ).aot_compile(((self.owner, *tensors), {}))
+            compiled.save_compiled_function(str(path), external_data=external)  # written whole, then renamed
+            self.built.append(path)
+        return functools.partial(compiled, self.owner)

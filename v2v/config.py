@@ -67,6 +67,10 @@ class JobConfig:
     # With compile, build each compiled part ahead of time (AOTInductor) into a package in the compile cache:
     # later starts load it instead of tracing the model again (v2v.aot). None: off (see benchmarks/RESULTS.md).
     compile_aot: bool | None = None
+    # With compile (not compile_aot), save each compiled part as torch.compile's own compiled function (dynamo's
+    # precompile, v2v.aot.PrecompiledForward) in the compile cache: later starts load it instead of tracing the
+    # model, with no C++ compiler. None: on with compile.
+    precompile: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
     # The UNet's temporal layers without permuted copies or layout conversions: GroupNorms from per-frame
@@ -162,6 +166,7 @@ class Resources:
     compile: bool
     compile_vae: bool
     compile_aot: bool
+    precompile: bool
     temporal_layers: bool
     frame_attention: bool
     channel_stats: bool
@@ -198,8 +203,9 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     compile_ = cfg.compile if cfg.compile is not None else device == "cuda"
     compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
     compile_aot = compile_ and bool(cfg.compile_aot)
+    precompile = compile_ and not compile_aot and (cfg.precompile if cfg.precompile is not None else True)
     temporal = cfg.temporal_layers if cfg.temporal_layers is not None else compile_
     frame = cfg.frame_attention if cfg.frame_attention is not None else compile_
     chan = cfg.channel_stats if cfg.channel_stats is not None else compile_
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, temporal, frame, chan)
+                     invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan)

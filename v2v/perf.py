@@ -11,8 +11,9 @@ import os
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
-                        vae_chunk: int = 8, compile_aot: bool = False, temporal_layers: bool = False,
-                        frame_attention: bool = False, channel_stats: bool = False) -> dict:
+                        vae_chunk: int = 8, compile_aot: bool = False, precompile: bool = False,
+                        temporal_layers: bool = False, frame_attention: bool = False,
+                        channel_stats: bool = False) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -20,12 +21,15 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
+    precompile: with `compile` (not `compile_aot`), each compiled part is torch.compile's own saved form of it
+    (v2v.aot.PrecompiledForward) in the cache: later starts load it instead of tracing; no C++ compiler needed.
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     frame_attention: the temporal transformers' attention over the frames as one Triton kernel
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
     channel_stats: the UNet's GroupNorms take their statistics per channel, then combine them per group
     (v2v.group_norm): reductions over contiguous channels-last rows.
-    Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot):
+    Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot or
+    precompile):
     what each part's package did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
     coordinate-descent tuning, max-autotune, the temporal convolution layers run in 2-D (seventh section).
@@ -75,23 +79,28 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         vae = components.vae
         parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if compile_vae else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
-        if compile_aot:
+        if compile_aot or precompile:
             from pathlib import Path
 
-            from v2v.aot import AotForward, device_id
+            from v2v.aot import AotForward, PrecompiledForward, device_id, part_tensors, unet_tensors
 
-            # What a package is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
+            # What a compiled part is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
                     "temporal_layers": temporal_layers, "frame_attention": frame_attention,
                     "channel_stats": channel_stats}
-            aot_dir = Path(cache) / "aot"
-            aot["unet"] = AotForward(unet, UNetCall.tensors_only(eager), "unet", {**base, "part": "unet"}, aot_dir,
-                                     fallback=UNetCall.tensors_only(unet_fn))
+            if compile_aot:  # AOTInductor packages of functions of tensors, the weights handed over at load
+                form, folder = AotForward, "aot"
+                fns = {"unet": UNetCall.tensors_only(eager), **{name: p.forward for p, name in parts}}
+            else:  # torch.compile's saved functions of (module, tensors)
+                form, folder = PrecompiledForward, "precompiled"
+                fns = {"unet": unet_tensors, **{name: part_tensors for _, name in parts}}
+            aot["unet"] = form(unet, fns["unet"], "unet", {**base, "part": "unet"}, Path(cache) / folder,
+                               fallback=UNetCall.tensors_only(unet_fn))
             unet_fn = UNetCall(aot["unet"], eager)
             for i, (p, name) in enumerate(parts):
-                vae_fns[i] = aot[name] = AotForward(p, p.forward, name, {**base, "part": name}, aot_dir,
-                                                    fallback=vae_fns[i])
+                vae_fns[i] = aot[name] = form(p, fns[name], name, {**base, "part": name}, Path(cache) / folder,
+                                              fallback=vae_fns[i])
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)

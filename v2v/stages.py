@@ -134,6 +134,7 @@ class Restyle:
             self.aot = apply_perf_settings(c, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
                                            compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
                                            vae_chunk=cfg.vae_chunk, compile_aot=res.compile_aot,
+                                           precompile=res.precompile,
                                            temporal_layers=res.temporal_layers,
                                            frame_attention=res.frame_attention,
                                            channel_stats=res.channel_stats)
