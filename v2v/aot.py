@@ -230,9 +230,12 @@ class PrecompiledForward(AotForward):
                     logger.warning("%s: %s does not load (%s: %s); compiling it again", self.name, path,
                                    type(e).__name__, e)
             logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
-            compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
-                                     options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
-                                     ).aot_compile(((self.owner, *tensors), {}))
-            compiled.save_compiled_function(str(path), external_data=external)  # written whole, then renamed
+            # torch 2.11 gives torch.compile's function its `aot_compile` only under this setting (2.13: always)
+            with torch._dynamo.config.patch(enable_aot_compile=True):
+                compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
+                                         options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+                                         ).aot_compile(((self.owner, *tensors), {}))
+            with atomic_output(str(path), suffix=".dynamo") as tmp:  # 2.11 writes in place: no partial file
+                compiled.save_compiled_function(tmp, external_data=external)
             self.built.append(path)
         return functools.partial(compiled, self.owner)
