@@ -417,6 +417,16 @@ def _start_actor(tmp_path, name, cache, mode="jit"):
             torch.from_numpy(np.load(f"{out}.frames.npy")))
 
 
+def _assert_matches_eager(tiny, got, short, frames):
+    """What a compiled actor restyled (see _ACTOR) against the eager tiny model on the same inputs."""
+    video = _video(2)
+    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
+                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # inductor's fused kernels round differently
+    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
+    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
+
+
 def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(tiny, tmp_path):
     cache = tmp_path / "inductor"
     first, got, short, frames = _start_actor(tmp_path, "first", cache)
@@ -433,12 +443,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
                                       "warm_up_vae_decoder", "fingerprint"], first
     assert 0 < sum(first["start_s"].values()) <= first["ready_s"]
-    video = _video(2)
-    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
-                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # inductor's fused kernels round differently
-    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
-    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
+    _assert_matches_eager(tiny, got, short, frames)
 
     second, again, _, _ = _start_actor(tmp_path, "second", cache)
     assert second["cache_hits"] >= 1 and second["cache_misses"] == 0, second  # no kernel compiled again
@@ -446,49 +451,26 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     torch.testing.assert_close(again, got, rtol=0, atol=1e-6)
 
 
-def test_aot_actor_matches_eager_and_its_second_start_loads_the_packages(tiny, tmp_path):
+# The two stored forms of the compiled parts: AOTInductor packages (--compile-aot; exported, so no dynamo graph
+# ever) and torch.compile's saved functions (the default; dynamo traces each part on the first start only).
+@pytest.mark.parametrize("mode, folder, pattern, graphs_first", [("aot", "aot", "*.pt2", 0),
+                                                                 ("pre", "precompiled", "*.dynamo", 3)])
+def test_stored_compiled_actor_matches_eager_and_its_second_start_traces_nothing(tiny, tmp_path, mode, folder,
+                                                                                 pattern, graphs_first):
     cache = tmp_path / "compiled"
-    first, got, short, frames = _start_actor(tmp_path, "first", cache, "aot")
-    # each part exported and compiled once into a package at start; no dynamo graph (no tracing at run time)
+    first, got, short, frames = _start_actor(tmp_path, "first", cache, mode)
+    # each part compiled once at start and stored in the cache
     built = {"built": 1, "loaded": 1, "failed": None}
     assert first["aot"] == {"unet": built, "vae_encoder": built, "vae_decoder": built}, first
-    assert first["graphs_at_end"] == 0, first
-    assert first["frame_attention"] > 0, first  # exported with the op in the UNet
-    assert len(list((cache / "aot").glob("*.pt2"))) == 3
-    video = _video(2)
-    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
-                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
-    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
-    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
+    assert first["graphs_after_start"] == first["graphs_at_end"] == graphs_first, first  # none mid-job
+    assert first["frame_attention"] > 0, first  # compiled with the op in the UNet
+    assert len(list((cache / folder).glob(pattern))) == 3
+    _assert_matches_eager(tiny, got, short, frames)
 
-    second, again, _, _ = _start_actor(tmp_path, "second", cache, "aot")
+    second, again, _, _ = _start_actor(tmp_path, "second", cache, mode)
     loaded = {"built": 0, "loaded": 1, "failed": None}
     assert second["aot"] == {"unet": loaded, "vae_encoder": loaded, "vae_decoder": loaded}, second
-    assert second["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, second)
-    torch.testing.assert_close(again, got, rtol=0, atol=0)  # the same kernels on the same weights
-
-
-def test_precompiled_actor_matches_eager_and_its_second_start_traces_nothing(tiny, tmp_path):
-    cache = tmp_path / "compiled"
-    first, got, short, frames = _start_actor(tmp_path, "first", cache, "pre")
-    # each part traced whole and compiled once at start, its compiled function saved beside inductor's kernels
-    built = {"built": 1, "loaded": 1, "failed": None}
-    assert first["aot"] == {"unet": built, "vae_encoder": built, "vae_decoder": built}, first
-    assert first["graphs_after_start"] == 3 and first["graphs_at_end"] == 3, first  # and no compile mid-job
-    assert first["frame_attention"] > 0, first
-    assert len(list((cache / "precompiled").glob("*.dynamo"))) == 3
-    video = _video(2)
-    want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
-                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
-    torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
-    torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
-
-    second, again, _, _ = _start_actor(tmp_path, "second", cache, "pre")
-    loaded = {"built": 0, "loaded": 1, "failed": None}
-    assert second["aot"] == {"unet": loaded, "vae_encoder": loaded, "vae_decoder": loaded}, second
-    assert second["graphs_at_end"] == 0, second  # dynamo traced nothing: the saved functions ran
+    assert second["graphs_at_end"] == 0, second  # dynamo traced nothing: the stored parts ran
     assert second["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, second)
     torch.testing.assert_close(again, got, rtol=0, atol=0)  # the same kernels on the same weights
 

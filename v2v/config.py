@@ -59,7 +59,7 @@ class JobConfig:
     # batching pays and results agree to float rounding instead).
     batch_invariant: bool | None = None
     # torch.compile the UNet. None: on for GPU actors (1.5x per clip on an H200; the first start on a machine
-    # compiles for ~2.5-3 min, later starts load the cached kernels), off for CPU actors.
+    # compiles for ~4 min, later starts load what it compiled: see precompile), off for CPU actors.
     compile: bool | None = None
     # With compile, also the VAE's encoder and decoder (None: yes; 5 % per clip on an H100, ~1 min more of
     # first compile).
@@ -69,7 +69,8 @@ class JobConfig:
     compile_aot: bool | None = None
     # With compile (not compile_aot), save each compiled part as torch.compile's own compiled function (dynamo's
     # precompile, v2v.aot.PrecompiledForward) in the compile cache: later starts load it instead of tracing the
-    # model, with no C++ compiler. None: on with compile.
+    # model, with no C++ compiler. None: on with compile (an H200's second start 33 s against 58-66 s with the
+    # kernel cache alone, the same speed per clip: benchmarks/RESULTS.md fifteenth section).
     precompile: bool | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)

@@ -28,9 +28,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
     channel_stats: the UNet's GroupNorms take their statistics per channel, then combine them per group
     (v2v.group_norm): reductions over contiguous channels-last rows.
-    Returns {part name: v2v.aot.AotForward} of the parts compiled ahead of time (empty without compile_aot or
-    precompile):
-    what each part's package did, for the start-up log (`aot_status`).
+    Returns {part name: v2v.aot.AotForward or PrecompiledForward} of the parts stored in the cache (empty
+    without compile_aot or precompile): what each part's stored form did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
     coordinate-descent tuning, max-autotune, the temporal convolution layers run in 2-D (seventh section).
     """

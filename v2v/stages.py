@@ -142,7 +142,7 @@ class Restyle:
             width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
             for part, secs in warm_up(c, unet_batch, frames, height, width).items():
                 self.start_s[f"warm_up_{part}"] = secs
-        with self._phase("fingerprint"):  # cached on disk; already taken where compile_aot keyed packages by it
+        with self._phase("fingerprint"):  # cached on disk; already taken where stored compiled parts are keyed by it
             self.model_sha256 = c.sha256
         logger.info("restyle actor ready: %s", self.start_report())
         self.scheduler_name = type(self.components.scheduler).__name__
