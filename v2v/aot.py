@@ -211,10 +211,12 @@ class PrecompiledForward(AotForward):
     of a cached torch.compile start that its kernel cache cannot skip (benchmarks/RESULTS.md). Unlike
     AotForward's packages, no C++ wrapper is built or loaded.
 
-    Only the guards on the input tensors are kept (torch.compiler.keep_tensor_guards_unsafe): what else the
-    compiled graph depends on (the model, dtype, switches, device, torch version) is in the file's key (`base`),
-    and the parameters are read off `owner` at each call. torch's API is experimental: a part it cannot trace
-    whole, save or load runs through `fallback` (torch.compile) with a warning, as AotForward's do.
+    fn: a function defined at a module's top level (the saved form refers to its code), taking the module as its
+    first argument: `unet_tensors`, `part_tensors`. Only the guards on the input tensors are kept
+    (torch.compiler.keep_tensor_guards_unsafe): what else the compiled graph depends on (the model, dtype,
+    switches, device, torch version) is in the file's key (`base`), and the parameters are read off `owner` at
+    each call. torch's API is experimental: a part it cannot trace whole, save or load runs through `fallback`
+    (torch.compile) with a warning, as AotForward's do.
     """
 
     def _runner(self, key: str, tensors):
