@@ -88,7 +88,8 @@ def main(out: str) -> None:
     fa.frame_attention = opaque
     measure("opaque compiled", torch.compile(call(frame), dynamic=False))
     fa.frame_attention = frame_attention
-    aot = AotForward(frame, call(frame), "frame-block", {"probe": 1}, "/tmp/aot-probe", fallback=call(frame))
+    aot = AotForward(frame, lambda m, t: call(m)(t), "frame-block", {"probe": 1}, "/tmp/aot-probe",
+                     fallback=call(frame))
     measure("frame aot", aot)
     rows["frame aot"]["failed"] = aot.failed
     rows["compiled kernels"] = triton_dumps(os.environ.get("TRITON_DUMP_DIR"))

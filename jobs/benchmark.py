@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+
 import numpy as np
 
 

@@ -366,8 +366,8 @@ def test_temporal_layers_compute_the_same_latents(cache_dir):
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
 # decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
 # shorter clip, and reports outputs, torch's compile counters and, with --compile-aot or --precompile, what each
-# part's stored compiled form did. Frame attention comes with compile by default: on the CPU its op is SDPA, traced into
-# the graphs.
+# part's stored compiled form did. Frame attention comes with compile by default: on the CPU its op is SDPA, traced
+# into the graphs.
 _ACTOR = """
 import json, sys, time
 import numpy as np, torch
@@ -487,20 +487,20 @@ class _SmallHead(torch.nn.Module):
 
 
 def test_aot_package_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path):
-    from v2v.aot import AotForward
+    from v2v.aot import AotForward, part_tensors
 
     torch.manual_seed(0)
     head = _SmallHead().eval()
     x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
-        part = AotForward(head, head.forward, "head", {"model": "a"}, tmp_path, fallback=None)
+        part = AotForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
         torch.testing.assert_close(part(x), head(x))
         # the package reads the module's own weight tensor (shared, not a copy): an in-place update shows
         head.conv.weight.mul_(2)
         torch.testing.assert_close(part(x), head(x))
         # other weights (a fine-tune of the same architecture) are another model: another package
         head.conv.bias.add_(1)
-        other = AotForward(head, head.forward, "head", {"model": "b"}, tmp_path, fallback=None)
+        other = AotForward(head, part_tensors, "head", {"model": "b"}, tmp_path, fallback=None)
         torch.testing.assert_close(other(x), head(x))
     assert len(other.built) == 1 and len(list(tmp_path.glob("head-*.pt2"))) == 2
 
@@ -511,10 +511,10 @@ class _DataDependent(torch.nn.Module):
 
 
 def test_aot_part_that_cannot_be_exported_runs_through_the_fallback(tmp_path, caplog):
-    from v2v.aot import AotForward
+    from v2v.aot import AotForward, part_tensors
 
     m = _DataDependent()
-    part = AotForward(m, m.forward, "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
+    part = AotForward(m, part_tensors, "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
     x = torch.ones(3)
     with caplog.at_level("WARNING"):
         assert torch.equal(part(x), x * 2) and torch.equal(part(-x), -x * 3)
@@ -547,20 +547,20 @@ def test_aot_package_key_names_what_the_package_depends_on(tmp_path):
 
 
 def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, caplog):
-    from v2v.aot import AotForward
+    from v2v.aot import AotForward, part_tensors
 
     torch.manual_seed(0)
     head = _SmallHead().eval()
     x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
-        AotForward(head, head.forward, "head", {"model": "a"}, tmp_path, fallback=None)(x)
+        AotForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)(x)
         (package,) = tmp_path.glob("head-*.pt2")
         assert package.with_suffix(".loads").exists()  # checked in a test process once
         # a package cut short (a full disk, a copy interrupted): found, checked again, not loaded in-process
         package.write_bytes(package.read_bytes()[:1000])
         package.with_suffix(".loads").unlink()
         calls = []
-        part = AotForward(head, head.forward, "head", {"model": "a"}, tmp_path,
+        part = AotForward(head, part_tensors, "head", {"model": "a"}, tmp_path,
                           fallback=lambda t: calls.append(t) or head(t))
         with caplog.at_level("WARNING"):
             torch.testing.assert_close(part(x), head(x))

@@ -70,7 +70,7 @@ def package_key(base: dict, tensors) -> str:
 
 
 class _Call(torch.nn.Module):
-    """Lets torch.export trace a plain function of tensors whose weights live in `owner`."""
+    """Lets torch.export trace fn(owner, *tensors), a plain function whose weights live in `owner`."""
 
     def __init__(self, owner, fn):
         super().__init__()
@@ -78,7 +78,7 @@ class _Call(torch.nn.Module):
         self.fn = fn
 
     def forward(self, *tensors):
-        return self.fn(*tensors)
+        return self.fn(self.owner, *tensors)
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def _locked(path: Path):
 
 
 def build_package(owner, fn, tensors, path: Path) -> None:
-    """Export `fn(*tensors)` and compile it with AOTInductor into `path` (written whole, then renamed)."""
+    """Export `fn(owner, *tensors)` and compile it with AOTInductor into `path` (written whole, then renamed)."""
     exported = torch.export.export(_Call(owner, fn), tuple(tensors), strict=False)
     with atomic_output(str(path), suffix=".pt2") as tmp:
         torch._inductor.aoti_compile_and_package(
@@ -145,10 +145,24 @@ def load_package(owner, path: Path):
     return runner
 
 
-class AotForward:
-    """Calls fn(*tensors) through an AOTInductor package built for exactly these input shapes.
+def unet_tensors(unet, sample, timestep, encoder_hidden_states):
+    """The UNet's class forward as a function of the module and its three tensors: what a stored UNet computes
+    (the module an argument: an AOTInductor package's constants are its parameters, a saved function reads them
+    at each call and its guards name no global)."""
+    return type(unet).forward(unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                              return_dict=False)[0]
 
-    owner: the nn.Module whose parameters fn uses. base: what else the package depends on (model fingerprint,
+
+def part_tensors(part, x):
+    """A VAE encoder's or decoder's class forward as a function of the module and its input."""
+    return type(part).forward(part, x)
+
+
+class AotForward:
+    """Calls fn(owner, *tensors) through an AOTInductor package built for exactly these input shapes.
+
+    fn: `unet_tensors` or `part_tensors` (any function of the module and its input tensors). owner: the nn.Module
+    whose parameters fn uses. base: what else the package depends on (model fingerprint,
     dtype, perf switches, device), see `package_key`. A part that cannot be exported or compiled runs through
     `fallback` (torch.compile) instead, with a warning: the job still runs, only its starts stay slow.
     """
@@ -190,18 +204,6 @@ class AotForward:
         return load_package(self.owner, path)
 
 
-def unet_tensors(unet, sample, timestep, encoder_hidden_states):
-    """The UNet's class forward as a function of the module and its three tensors: what a precompiled UNet takes
-    (the module an argument, so its parameters are read at each call and guards name no global)."""
-    return type(unet).forward(unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                              return_dict=False)[0]
-
-
-def part_tensors(part, x):
-    """A VAE encoder's or decoder's class forward as a function of the module and its input."""
-    return type(part).forward(part, x)
-
-
 class PrecompiledForward(AotForward):
     """Calls fn(owner, *tensors) through torch.compile's saved form of it, built for exactly these input shapes.
 
@@ -211,33 +213,37 @@ class PrecompiledForward(AotForward):
     of a cached torch.compile start that its kernel cache cannot skip (benchmarks/RESULTS.md). Unlike
     AotForward's packages, no C++ wrapper is built or loaded.
 
-    fn: a function defined at a module's top level (the saved form refers to its code), taking the module as its
-    first argument: `unet_tensors`, `part_tensors`. Only the guards on the input tensors are kept
-    (torch.compiler.keep_tensor_guards_unsafe): what else the compiled graph depends on (the model, dtype,
-    switches, device, torch version) is in the file's key (`base`), and the parameters are read off `owner` at
-    each call. torch's API is experimental: a part it cannot trace whole, save or load runs through `fallback`
-    (torch.compile) with a warning, as AotForward's do.
+    fn: as AotForward's, defined at a module's top level (the saved form refers to its code). Only the guards on
+    the input tensors are kept (torch.compiler.keep_tensor_guards_unsafe): what else the compiled graph depends on
+    (the model, dtype, switches, device, torch version) is in the file's key (`base`), and the parameters are read
+    off `owner` at each call. torch's API is experimental: a part it cannot trace whole, save or load runs through
+    `fallback` (torch.compile) with a warning, as AotForward's do.
     """
 
     def _runner(self, key: str, tensors):
         path = self.cache_dir / f"{self.name}-{key}.dynamo"
         external = {"owner": self.owner}  # the module is an argument, never part of the file
         with _locked(path):
-            if path.exists():
-                try:
-                    with open(path, "rb") as f:
-                        compiled = torch.compiler.load_compiled_function(f, external_data=external)
-                    return functools.partial(compiled, self.owner)
-                except Exception as e:  # another torch wrote it, or a partial file: compile it again
-                    logger.warning("%s: %s does not load (%s: %s); compiling it again", self.name, path,
-                                   type(e).__name__, e)
-            logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
-            # torch 2.11 gives torch.compile's function its `aot_compile` only under this setting (2.13: always)
-            with torch._dynamo.config.patch(enable_aot_compile=True):
-                compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
-                                         options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
-                                         ).aot_compile(((self.owner, *tensors), {}))
-            with atomic_output(str(path), suffix=".dynamo") as tmp:  # 2.11 writes in place: no partial file
-                compiled.save_compiled_function(tmp, external_data=external)
-            self.built.append(path)
+            compiled = _load_saved(path, external) if path.exists() else None
+            if compiled is None:
+                logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
+                # torch 2.11 gives torch.compile's function its `aot_compile` only under this setting (2.13: always)
+                with torch._dynamo.config.patch(enable_aot_compile=True):
+                    compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
+                                             options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+                                             ).aot_compile(((self.owner, *tensors), {}))
+                with atomic_output(str(path), suffix=".dynamo") as tmp:  # 2.11 writes in place: no partial file
+                    compiled.save_compiled_function(tmp, external_data=external)
+                self.built.append(path)
         return functools.partial(compiled, self.owner)
+
+
+def _load_saved(path: Path, external: dict):
+    """The compiled function saved at `path`, or None (with a warning) where it does not load: another torch
+    wrote it, or the file is partial. The caller compiles it again."""
+    try:
+        with open(path, "rb") as f:
+            return torch.compiler.load_compiled_function(f, external_data=external)
+    except Exception as e:
+        logger.warning("%s does not load (%s: %s); compiling it again", path, type(e).__name__, e)
+        return None

@@ -7,8 +7,8 @@ values (20 bytes at 320 channels) C apart: inductor's kernels for it ran at ~1.1
 instead (mean and variance over H*W for each (sample, channel)), the reduction reads whole rows of C contiguous
 values at a time; the per-channel figures are then combined into the group's exactly (every channel holds the
 same number of values: the group's mean is the mean of the means, its variance the mean of the variances plus the
-variance of the means). Same normalisation, another summation
-order: equal up to float32 rounding of the statistics.
+variance of the means). Same normalisation, another summation order: equal up to float32 rounding of the
+statistics.
 """
 
 from __future__ import annotations

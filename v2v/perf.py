@@ -88,17 +88,13 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
                     "temporal_layers": temporal_layers, "frame_attention": frame_attention,
                     "channel_stats": channel_stats}
-            if compile_aot:  # AOTInductor packages of functions of tensors, the weights handed over at load
-                form, folder = AotForward, "aot"
-                fns = {"unet": UNetCall.tensors_only(eager), **{name: p.forward for p, name in parts}}
-            else:  # torch.compile's saved functions of (module, tensors)
-                form, folder = PrecompiledForward, "precompiled"
-                fns = {"unet": unet_tensors, **{name: part_tensors for _, name in parts}}
-            aot["unet"] = form(unet, fns["unet"], "unet", {**base, "part": "unet"}, Path(cache) / folder,
+            # AOTInductor packages, or torch.compile's saved functions: both of (module, tensors)
+            form, folder = (AotForward, "aot") if compile_aot else (PrecompiledForward, "precompiled")
+            aot["unet"] = form(unet, unet_tensors, "unet", {**base, "part": "unet"}, Path(cache) / folder,
                                fallback=UNetCall.tensors_only(unet_fn))
             unet_fn = UNetCall(aot["unet"], eager)
             for i, (p, name) in enumerate(parts):
-                vae_fns[i] = aot[name] = form(p, fns[name], name, {**base, "part": name}, Path(cache) / folder,
+                vae_fns[i] = aot[name] = form(p, part_tensors, name, {**base, "part": name}, Path(cache) / folder,
                                               fallback=vae_fns[i])
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
