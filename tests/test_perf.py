@@ -486,40 +486,56 @@ class _SmallHead(torch.nn.Module):
         return torch.nn.functional.silu(self.conv(x))
 
 
-def test_aot_package_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path):
-    from v2v.aot import AotForward, part_tensors
+# A compiled part's two stored forms (v2v.aot): AOTInductor packages, torch.compile's saved functions.
+STORED_FORMS = [("AotForward", ".pt2"), ("PrecompiledForward", ".dynamo")]
 
+
+@pytest.mark.parametrize("form, suffix", STORED_FORMS)
+def test_stored_part_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path, form, suffix):
+    import v2v.aot
+    from v2v.aot import part_tensors
+
+    stored = getattr(v2v.aot, form)
     torch.manual_seed(0)
     head = _SmallHead().eval()
     x = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
-        part = AotForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        part = stored(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
         torch.testing.assert_close(part(x), head(x))
-        # the package reads the module's own weight tensor (shared, not a copy): an in-place update shows
+        (saved,) = tmp_path.glob(f"head-*{suffix}")
+        # it reads the module's own weight tensor (shared, not a copy): an in-place update shows
         head.conv.weight.mul_(2)
         torch.testing.assert_close(part(x), head(x))
-        # other weights (a fine-tune of the same architecture) are another model: another package
+        # a later start with the same key loads what was stored instead of compiling
+        again = stored(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        torch.testing.assert_close(again(x), head(x))
+        assert not again.built and again.failed is None
+        # other weights (a fine-tune of the same architecture) are another model, another input shape another
+        # call: each its own file
         head.conv.bias.add_(1)
-        other = AotForward(head, part_tensors, "head", {"model": "b"}, tmp_path, fallback=None)
+        other = stored(head, part_tensors, "head", {"model": "b"}, tmp_path, fallback=None)
         torch.testing.assert_close(other(x), head(x))
-    assert len(other.built) == 1 and len(list(tmp_path.glob("head-*.pt2"))) == 2
+        torch.testing.assert_close(other(x[:1]), head(x[:1]))
+    assert len(other.built) == 2 and len(list(tmp_path.glob(f"head-*{suffix}"))) == 3 and saved.exists()
 
 
 class _DataDependent(torch.nn.Module):
     def forward(self, x):
-        return x * 2 if x.sum() > 0 else x * 3  # a branch on values: torch.export cannot trace it
+        return x * 2 if x.sum() > 0 else x * 3  # a branch on values: neither export nor a whole-graph trace takes it
 
 
-def test_aot_part_that_cannot_be_exported_runs_through_the_fallback(tmp_path, caplog):
-    from v2v.aot import AotForward, part_tensors
+@pytest.mark.parametrize("form, suffix", STORED_FORMS)
+def test_stored_part_that_cannot_be_traced_whole_runs_through_the_fallback(tmp_path, caplog, form, suffix):
+    import v2v.aot
+    from v2v.aot import part_tensors
 
     m = _DataDependent()
-    part = AotForward(m, part_tensors, "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
+    part = getattr(v2v.aot, form)(m, part_tensors, "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
     x = torch.ones(3)
     with caplog.at_level("WARNING"):
         assert torch.equal(part(x), x * 2) and torch.equal(part(-x), -x * 3)
     assert part.failed and "branchy" in caplog.text and "torch.compile instead" in caplog.text
-    assert not list(tmp_path.glob("*.pt2"))  # nothing half-written left behind
+    assert not list(tmp_path.glob(f"*{suffix}"))  # nothing half-written left behind
 
 
 def test_aot_package_key_names_what_the_package_depends_on(tmp_path):
@@ -566,6 +582,23 @@ def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, capl
             torch.testing.assert_close(part(x), head(x))
     assert calls and part.failed and package.name in part.failed and "delete the file" in part.failed
     assert not part.built and package.name in caplog.text
+
+
+def test_precompiled_file_that_does_not_load_is_compiled_again(tmp_path, caplog):
+    from v2v.aot import PrecompiledForward, part_tensors
+
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)(x)
+        (saved,) = tmp_path.glob("head-*.dynamo")
+        saved.write_bytes(saved.read_bytes()[:1000])  # cut short (a full disk, an interrupted copy)
+        part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        with caplog.at_level("WARNING"):
+            torch.testing.assert_close(part(x), head(x))
+    assert part.built == [saved] and part.failed is None and saved.name in caplog.text
+    assert "does not load" in caplog.text and saved.stat().st_size > 1000
 
 
 def test_actor_rates_count_batches_after_each_actors_first():
@@ -616,56 +649,3 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.channel_stats, cpu.channel_stats, forced.channel_stats) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", channel_stats=False), {"GPU": 1}).channel_stats is False
     assert resources(JobConfig(manifest="m", output="o", channel_stats=True), {"CPU": 2}).channel_stats is True
-
-
-def test_precompiled_part_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path):
-    from v2v.aot import PrecompiledForward, part_tensors
-
-    torch.manual_seed(0)
-    head = _SmallHead().eval()
-    x = torch.randn(2, 8, 4, 4)
-    with torch.no_grad():
-        part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
-        torch.testing.assert_close(part(x), head(x))
-        (saved,) = tmp_path.glob("head-*.dynamo")
-        # the compiled function reads the module's parameters at each call: an in-place update shows
-        head.conv.weight.mul_(2)
-        torch.testing.assert_close(part(x), head(x))
-        # a later start with the same key loads the saved function instead of tracing
-        again = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
-        torch.testing.assert_close(again(x), head(x))
-        assert not again.built and again.failed is None
-        # other weights are another model, another input shape another call: each its own file
-        other = PrecompiledForward(head, part_tensors, "head", {"model": "b"}, tmp_path, fallback=None)
-        torch.testing.assert_close(other(x), head(x))
-        torch.testing.assert_close(other(x[:1]), head(x[:1]))
-    assert len(other.built) == 2 and len(list(tmp_path.glob("head-*.dynamo"))) == 3 and saved.exists()
-
-
-def test_precompiled_part_that_cannot_be_traced_whole_runs_through_the_fallback(tmp_path, caplog):
-    from v2v.aot import PrecompiledForward
-
-    m = _DataDependent()
-    part = PrecompiledForward(m, lambda mod, x: mod(x), "branchy", {"model": "a"}, tmp_path, fallback=m.forward)
-    x = torch.ones(3)
-    with caplog.at_level("WARNING"):
-        assert torch.equal(part(x), x * 2) and torch.equal(part(-x), -x * 3)
-    assert part.failed and "branchy" in caplog.text and "torch.compile instead" in caplog.text
-    assert not list(tmp_path.glob("*.dynamo"))
-
-
-def test_precompiled_file_that_does_not_load_is_compiled_again(tmp_path, caplog):
-    from v2v.aot import PrecompiledForward, part_tensors
-
-    torch.manual_seed(0)
-    head = _SmallHead().eval()
-    x = torch.randn(2, 8, 4, 4)
-    with torch.no_grad():
-        PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)(x)
-        (saved,) = tmp_path.glob("head-*.dynamo")
-        saved.write_bytes(saved.read_bytes()[:1000])  # cut short (a full disk, an interrupted copy)
-        part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
-        with caplog.at_level("WARNING"):
-            torch.testing.assert_close(part(x), head(x))
-    assert part.built == [saved] and part.failed is None and saved.name in caplog.text
-    assert "does not load" in caplog.text and saved.stat().st_size > 1000
