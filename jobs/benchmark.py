@@ -63,7 +63,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats]"
-                        "[+compile|+pre|+aot[+vae]] ('' for none)")
+                        "[+compile|+pre|+aot[+vae]][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -98,7 +98,8 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "compile", "pre", "aot", "vae")
+_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "compile", "pre", "aot", "vae",
+          "nobench")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -106,7 +107,8 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
 
     `compile` alone compiles the UNet only (torch.compile, kernels cached); `+vae` also the VAE (the job's default
     when compiling); `pre` saves torch.compile's compiled functions (the job's default when compiling); `aot`
-    compiles ahead of time into AOTInductor packages. `pre` and `aot` imply compile."""
+    compiles ahead of time into AOTInductor packages. `pre` and `aot` imply compile. `nobench`: cuDNN's heuristics
+    pick each convolution's algorithm (no timing search, `cudnn_benchmark=False`)."""
     dtype, *parts = variant.split("+")
     unknown = [p for p in parts if p not in _PARTS]
     if unknown:
@@ -121,6 +123,7 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
         raise ValueError(f"variant {variant!r}: pre and aot are two ways of storing the compiled parts; pick one")
     switches["compile"] |= switches["compile_aot"] or switches["precompile"]
     switches["compile_vae"] = "vae" in parts
+    switches["cudnn_benchmark"] = "nobench" not in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
     return dtype, switches

@@ -64,6 +64,7 @@ HELP = {
     "frame_attention": "the temporal transformers' attention over the frames as one Triton kernel (GPU; "
                        "default: with --compile)",
     "channel_stats": "the UNet's GroupNorms from per-channel statistics (default: with --compile)",
+    "cudnn_benchmark": "GPU: time each convolution's cuDNN algorithms on first use and keep the fastest",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",

@@ -17,7 +17,7 @@ import torch
 
 from v2v.bench import actor_rates, kernel_kinds, profiler_kernels
 from v2v.models import load_components
-from v2v.perf import FixedBatch, PadFrames, apply_perf_settings
+from v2v.perf import FixedBatch, PadFrames, UNetCall, apply_perf_settings
 from v2v.sampler import ClipSettings, restyle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +189,8 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "channel_stats": False, "compile": False, "compile_aot": False, "precompile": False, "compile_vae": False}
+           "channel_stats": False, "compile": False, "compile_aot": False, "precompile": False, "compile_vae": False,
+           "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
     assert _variant_cfg("float16")[1] == off
     # pre and aot are ways of compiling: each implies compile
@@ -199,6 +200,7 @@ def test_benchmark_variants_name_config_switches():
     assert _variant_cfg("bfloat16+temporal+frameattn")[1] == {**off, "temporal_layers": True,
                                                               "frame_attention": True}
     assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True}
+    assert _variant_cfg("bfloat16+compile+nobench")[1] == {**off, "compile": True, "cudnn_benchmark": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
                       ("bfloat16+pre+aot", "pick one")]:
         try:
@@ -599,6 +601,21 @@ def test_precompiled_file_that_does_not_load_is_compiled_again(tmp_path, caplog)
             torch.testing.assert_close(part(x), head(x))
     assert part.built == [saved] and part.failed is None and saved.name in caplog.text
     assert "does not load" in caplog.text and saved.stat().st_size > 1000
+
+
+def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_once(cache_dir, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """torch before 2.11 has no saved compiled functions: precompile (on by default with compile) turns into
+    plain torch.compile with one line in the log, instead of each part failing over with a warning at every start."""
+    monkeypatch.setenv("V2V_COMPILE_CACHE", str(tmp_path))
+    have = apply_perf_settings(load_components("tiny", cache_dir=cache_dir), compile=True, precompile=True)
+    assert set(have) == {"unet"}  # this torch can: the UNet is a stored part (built lazily, at its first call)
+    monkeypatch.delattr(torch.compiler, "load_compiled_function")  # as in torch 2.10
+    c = load_components("tiny", cache_dir=cache_dir)
+    with caplog.at_level("INFO", logger="v2v.perf"):
+        assert apply_perf_settings(c, compile=True, precompile=True) == {}
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "cannot save compiled functions" in caplog.text
+    assert isinstance(c.unet.forward, FixedBatch) and not isinstance(c.unet.forward.forward, UNetCall)
 
 
 def test_actor_rates_count_batches_after_each_actors_first():

@@ -86,6 +86,9 @@ class JobConfig:
     # contiguous channels-last rows. None: on with compile (5 % per step on an H200, thirteenth section of
     # benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
     channel_stats: bool | None = None
+    # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
+    # mode). Off: its heuristics pick, no search at start.
+    cudnn_benchmark: bool = True
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1

@@ -6,14 +6,17 @@ gains are in benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 
 def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bool = False,
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8, compile_aot: bool = False, precompile: bool = False,
                         temporal_layers: bool = False, frame_attention: bool = False,
-                        channel_stats: bool = False) -> dict:
+                        channel_stats: bool = False, cudnn_benchmark: bool = True) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -23,11 +26,14 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     later starts load it instead of tracing the model again.
     precompile: with `compile` (not `compile_aot`), each compiled part is torch.compile's own saved form of it
     (v2v.aot.PrecompiledForward) in the cache: later starts load it instead of tracing; no C++ compiler needed.
+    A torch without that API (before 2.11) gets torch.compile with its kernel cache, said once in the log.
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     frame_attention: the temporal transformers' attention over the frames as one Triton kernel
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
     channel_stats: the UNet's GroupNorms take their statistics per channel, then combine them per group
     (v2v.group_norm): reductions over contiguous channels-last rows.
+    cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
+    fastest; off, its heuristics pick one with no search at start.
     Returns {part name: v2v.aot.AotForward or PrecompiledForward} of the parts stored in the cache (empty
     without compile_aot or precompile): what each part's stored form did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
@@ -40,7 +46,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     if unet.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     if temporal_layers:
         from v2v.temporal import swap_temporal_layers
 
@@ -78,6 +84,10 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         vae = components.vae
         parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if compile_vae else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
+        if precompile and not compile_aot and not precompile_supported():
+            logger.info("torch %s cannot save compiled functions (precompile): torch.compile with its kernel cache "
+                        "instead, so later starts trace the model again", torch.__version__)
+            precompile = False
         if compile_aot or precompile:
             from pathlib import Path
 
@@ -100,6 +110,13 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     return aot
+
+
+def precompile_supported() -> bool:
+    """Whether this torch can save torch.compile's compiled functions and load them (2.11 and later)."""
+    import torch
+
+    return all(hasattr(torch.compiler, n) for n in ("load_compiled_function", "keep_tensor_guards_unsafe"))
 
 
 class UNetCall:

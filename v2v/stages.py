@@ -137,7 +137,8 @@ class Restyle:
                                            precompile=res.precompile,
                                            temporal_layers=res.temporal_layers,
                                            frame_attention=res.frame_attention,
-                                           channel_stats=res.channel_stats)
+                                           channel_stats=res.channel_stats,
+                                           cudnn_benchmark=cfg.cudnn_benchmark)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
             for part, secs in warm_up(c, unet_batch, frames, height, width).items():
