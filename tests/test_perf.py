@@ -618,6 +618,25 @@ def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_onc
     assert isinstance(c.unet.forward, FixedBatch) and not isinstance(c.unet.forward.forward, UNetCall)
 
 
+def test_cudnn_benchmark_setting_reaches_torch(cache_dir):
+    """--no-cudnn-benchmark: the actor leaves each convolution's algorithm to cuDNN's heuristics (no timing search
+    at start; on an H200 the same speed per clip and ~3 s sooner ready, RESULTS.md sixteenth section)."""
+    from jobs.restyle import config_from_args
+    from v2v.config import JobConfig, resources
+    from v2v.stages import Restyle
+
+    cfg, _ = config_from_args(["--manifest", "m.csv", "--output", "out", "--no-cudnn-benchmark"])
+    assert cfg.cudnn_benchmark is False and JobConfig().cudnn_benchmark is True
+    was = torch.backends.cudnn.benchmark
+    try:
+        Restyle(cfg, resources(cfg, {"CPU": 2}))
+        assert torch.backends.cudnn.benchmark is False
+        apply_perf_settings(load_components("tiny", cache_dir=cache_dir))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = was
+
+
 def test_actor_rates_count_batches_after_each_actors_first():
     rows = []
     # actor A: batches of 2 clips every 10 s, the first after a long start-up; actor B: one batch only

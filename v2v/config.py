@@ -87,7 +87,8 @@ class JobConfig:
     # benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
     channel_stats: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
-    # mode). Off: its heuristics pick, no search at start.
+    # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready
+    # ~3 s sooner (benchmarks/RESULTS.md sixteenth section); on by default, as other cards are not measured.
     cudnn_benchmark: bool = True
 
     # Failure handling.

@@ -43,10 +43,10 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
 
     unet = components.unet
     aot: dict = {}
-    if unet.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+    # Process-wide flags that only act on CUDA kernels (set on CPU actors too, where they change nothing).
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     if temporal_layers:
         from v2v.temporal import swap_temporal_layers
 
