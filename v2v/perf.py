@@ -26,7 +26,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     later starts load it instead of tracing the model again.
     precompile: with `compile` (not `compile_aot`), each compiled part is torch.compile's own saved form of it
     (v2v.aot.PrecompiledForward) in the cache: later starts load it instead of tracing; no C++ compiler needed.
-    A torch without that API (before 2.11) gets torch.compile with its kernel cache, said once in the log.
+    A torch without that API (older ones; 2.11 and 2.13 have it) gets torch.compile with its kernel cache, said once.
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     frame_attention: the temporal transformers' attention over the frames as one Triton kernel
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
@@ -113,7 +113,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
 
 
 def precompile_supported() -> bool:
-    """Whether this torch can save torch.compile's compiled functions and load them (2.11 and later)."""
+    """Whether this torch can save torch.compile's compiled functions and load them (2.11 and 2.13 can)."""
     import torch
 
     return all(hasattr(torch.compiler, n) for n in ("load_compiled_function", "keep_tensor_guards_unsafe"))
