@@ -162,6 +162,8 @@ def test_ray_job_submit(ray_cluster, inputs, tmp_path):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "3 ok, 1 failed" in r.stdout
+    # the actor's own log line (where its start went) reaches the job's output
+    assert "INFO v2v.stages: restyle actor ready: imports" in r.stdout
     df = pd.read_parquet(out / "index")
     assert sorted(df.status) == ["failed", "ok", "ok", "ok"] and all(df[df.status == "ok"].output.str.endswith(".mp4"))
 

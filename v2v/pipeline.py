@@ -18,9 +18,26 @@ from v2v import index as idx
 from v2v.config import JobConfig, resources
 from v2v.manifest import NORMALIZED, load_manifest
 from v2v.stages import CLIP_COLUMNS as _PLAN_COLUMNS
+from v2v.stages import Restyle
 from v2v.storage import join, url_to_fs, write_bytes_atomic
 
 logger = logging.getLogger("v2v")
+
+class RestyleActor(Restyle):
+    """The restyle stage as a Ray actor, its log lines kept. Where its start went, what each stored compiled part
+    did and what it recovered from are INFO records of the `v2v` loggers, which a worker process (no handler on
+    its root logger) would drop: they go to the worker's stderr, which Ray keeps in the worker's log file and shows
+    in the driver's output. A job that configures logging itself (`ray.LoggingConfig`) keeps its own."""
+
+    def __init__(self, cfg: JobConfig, res):
+        v2v_log = logging.getLogger("v2v")
+        if not logging.getLogger().handlers and not v2v_log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            v2v_log.addHandler(handler)
+            v2v_log.setLevel(logging.INFO)
+        super().__init__(cfg, res)
+
 
 FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed run loses at most
 LOG_EVERY_S = 10.0
@@ -153,7 +170,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
     import ray.data
 
     from v2v.models import model_geometry
-    from v2v.stages import Restyle, decode, encode
+    from v2v.stages import decode, encode
 
     extra_cols = [c for c in manifest.column_names if c not in NORMALIZED]
     geometry = model_geometry(cfg.model)
@@ -214,7 +231,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
             warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
             ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
                                 ray_remote_args_fn=lambda: cpu_task)
-        ds = ds.map_batches(Restyle, fn_constructor_args=(cfg, res),
+        ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res),
                             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
                             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor)
         ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
