@@ -15,29 +15,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from v2v import index as idx
-from v2v.config import JobConfig, resources
+from v2v.config import JobConfig, Resources, resources
 from v2v.manifest import NORMALIZED, load_manifest
 from v2v.stages import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.stages import Restyle
 from v2v.storage import join, url_to_fs, write_bytes_atomic
 
 logger = logging.getLogger("v2v")
-
-class RestyleActor(Restyle):
-    """The restyle stage as a Ray actor, its log lines kept. Where its start went, what each stored compiled part
-    did and what it recovered from are INFO records of the `v2v` loggers, which a worker process (no handler on
-    its root logger) would drop: they go to the worker's stderr, which Ray keeps in the worker's log file and shows
-    in the driver's output. A job that configures logging itself (`ray.LoggingConfig`) keeps its own."""
-
-    def __init__(self, cfg: JobConfig, res):
-        v2v_log = logging.getLogger("v2v")
-        if not logging.getLogger().handlers and not v2v_log.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-            v2v_log.addHandler(handler)
-            v2v_log.setLevel(logging.INFO)
-        super().__init__(cfg, res)
-
 
 FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed run loses at most
 LOG_EVERY_S = 10.0
@@ -163,6 +147,21 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         if lease.took_over:
             log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose heartbeat had stopped")
         return _run(cfg, manifest, run_id, t_start, log)
+
+
+class RestyleActor(Restyle):
+    """The restyle stage as a Ray actor, its log lines kept. Where its start went, what each stored compiled part
+    did and what it recovered from are INFO records of the `v2v` loggers, which a worker process (no handler on
+    its root logger) would drop: they go to the worker's stderr, which Ray keeps in the worker's log file and shows
+    in the driver's output. A job that configures logging itself (`ray.LoggingConfig`) keeps its own."""
+
+    def __init__(self, cfg: JobConfig, res: Resources):
+        if not logging.getLogger().handlers and not logger.handlers:  # logger: the `v2v` loggers' parent
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        super().__init__(cfg, res)
 
 
 def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -> Summary:
