@@ -519,6 +519,8 @@ def test_stored_part_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_pa
         torch.testing.assert_close(other(x), head(x))
         torch.testing.assert_close(other(x[:1]), head(x[:1]))
     assert len(other.built) == 2 and len(list(tmp_path.glob(f"head-*{suffix}"))) == 3 and saved.exists()
+    # readable like any file made here (the lock beside it follows the umask), not torch's private 0600
+    assert saved.stat().st_mode & 0o777 == saved.with_suffix(".lock").stat().st_mode & 0o777 != 0o600
 
 
 class _DataDependent(torch.nn.Module):

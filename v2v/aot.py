@@ -234,8 +234,16 @@ class PrecompiledForward(AotForward):
                                              ).aot_compile(((self.owner, *tensors), {}))
                 with atomic_output(str(path), suffix=".dynamo") as tmp:  # 2.11 writes in place: no partial file
                     compiled.save_compiled_function(tmp, external_data=external)
+                    _plain_mode(tmp, path)
                 self.built.append(path)
         return functools.partial(compiled, self.owner)
+
+
+def _plain_mode(tmp: str, path: Path) -> None:
+    """Give a file torch wrote the mode any file created here gets (the lock file's, which follows the umask): torch
+    2.13 saves a compiled function through a private temp file (0600), which other users of a shared cache could not
+    read."""
+    os.chmod(tmp, path.with_suffix(".lock").stat().st_mode & 0o777)
 
 
 def _load_saved(path: Path, external: dict):
