@@ -492,19 +492,30 @@ class _SmallHead(torch.nn.Module):
 STORED_FORMS = [("AotForward", ".pt2"), ("PrecompiledForward", ".dynamo")]
 
 
+def _stored_head(form: str, suffix: str, tmp_path):
+    """A small head, an input, the head as a stored part of `form`, its first call's output (which stored it) and
+    the file it stored."""
+    import v2v.aot
+
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    x = torch.randn(2, 8, 4, 4)
+    part = getattr(v2v.aot, form)(head, v2v.aot.part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+    with torch.no_grad():
+        first = part(x)
+    (saved,) = tmp_path.glob(f"head-*{suffix}")
+    return head, x, part, first, saved
+
+
 @pytest.mark.parametrize("form, suffix", STORED_FORMS)
 def test_stored_part_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_path, form, suffix):
     import v2v.aot
     from v2v.aot import part_tensors
 
     stored = getattr(v2v.aot, form)
-    torch.manual_seed(0)
-    head = _SmallHead().eval()
-    x = torch.randn(2, 8, 4, 4)
+    head, x, part, first, saved = _stored_head(form, suffix, tmp_path)
     with torch.no_grad():
-        part = stored(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
-        torch.testing.assert_close(part(x), head(x))
-        (saved,) = tmp_path.glob(f"head-*{suffix}")
+        torch.testing.assert_close(first, head(x))
         # it reads the module's own weight tensor (shared, not a copy): an in-place update shows
         head.conv.weight.mul_(2)
         torch.testing.assert_close(part(x), head(x))
@@ -569,12 +580,8 @@ def test_aot_package_key_names_what_the_package_depends_on(tmp_path):
 def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, caplog):
     from v2v.aot import AotForward, part_tensors
 
-    torch.manual_seed(0)
-    head = _SmallHead().eval()
-    x = torch.randn(2, 8, 4, 4)
+    head, x, _, _, package = _stored_head("AotForward", ".pt2", tmp_path)
     with torch.no_grad():
-        AotForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)(x)
-        (package,) = tmp_path.glob("head-*.pt2")
         assert package.with_suffix(".loads").exists()  # checked in a test process once
         # a package cut short (a full disk, a copy interrupted): found, checked again, not loaded in-process
         package.write_bytes(package.read_bytes()[:1000])
@@ -591,12 +598,8 @@ def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, capl
 def test_precompiled_file_that_does_not_load_is_compiled_again(tmp_path, caplog):
     from v2v.aot import PrecompiledForward, part_tensors
 
-    torch.manual_seed(0)
-    head = _SmallHead().eval()
-    x = torch.randn(2, 8, 4, 4)
+    head, x, _, _, saved = _stored_head("PrecompiledForward", ".dynamo", tmp_path)
     with torch.no_grad():
-        PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)(x)
-        (saved,) = tmp_path.glob("head-*.dynamo")
         saved.write_bytes(saved.read_bytes()[:1000])  # cut short (a full disk, an interrupted copy)
         part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
         with caplog.at_level("WARNING"):
@@ -610,8 +613,10 @@ def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_onc
     """An older torch has no saved compiled functions: precompile (on by default with compile) turns into
     plain torch.compile with one line in the log, instead of each part failing over with a warning at every start."""
     monkeypatch.setenv("V2V_COMPILE_CACHE", str(tmp_path))
-    for var in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
-        monkeypatch.setenv(var, os.environ.get(var, str(tmp_path) if var.endswith("DIR") else "1"))  # restored after
+    # apply_perf_settings points inductor at that cache in os.environ: recorded here, so restored after the test
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    for flag in ("TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.setenv(flag, os.environ.get(flag, "1"))
     have = apply_perf_settings(load_components("tiny", cache_dir=cache_dir), compile=True, precompile=True)
     assert set(have) == {"unet"}  # this torch can: the UNet is a stored part (built lazily, at its first call)
     monkeypatch.delattr(torch.compiler, "load_compiled_function")  # as in a torch before the API
