@@ -57,6 +57,8 @@ HELP = {
     "compile_aot": "with --compile, compile ahead of time into packages in the cache: later starts skip tracing",
     "precompile": "with --compile, save torch.compile's compiled functions in the cache: later starts skip tracing "
                   "(default: on)",
+    "shared_compile_cache": "URI all machines reach (s3://, a shared folder) where actors share stored compiled "
+                            "parts: a new machine fetches them instead of compiling",
     "channels_last": "channels-last memory format for the UNet and VAE",
     "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
     "temporal_layers": "run the UNet's temporal layers without permuted copies or layout conversions "

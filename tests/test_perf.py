@@ -5,6 +5,7 @@ compiles once, serves a short last batch without a second compile, and a second 
 kernels from the persistent cache. GPU figures for the same switches are in benchmarks/RESULTS.md.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -380,7 +381,8 @@ from v2v.stages import Restyle
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False,
-                compile_aot=sys.argv[2] == "aot", precompile=sys.argv[2] == "pre")
+                compile_aot=sys.argv[2] == "aot", precompile=sys.argv[2] == "pre",
+                shared_compile_cache=sys.argv[3] or None)
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
 graphs_after_start = counters["stats"]["unique_graphs"]
@@ -393,7 +395,7 @@ frames = restyle(actor.components, video, clips)  # through the compiled VAE dec
 np.save(sys.argv[1], torch.cat([two, one]).numpy())
 np.save(sys.argv[1] + ".frames.npy", frames.numpy())
 np.save(sys.argv[1] + ".short.npy", short.numpy())
-print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "graphs_after_start": graphs_after_start,
+print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "report": actor.start_report(), "graphs_after_start": graphs_after_start,
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
@@ -403,16 +405,16 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "gra
                                                      == "FrameAttnProcessor" for m in actor.components.unet.modules()),
                               "norms": sorted({type(m).__name__ for m in actor.components.unet.modules()
                                                if isinstance(m, torch.nn.GroupNorm)}),
-                              "aot": {k: {"built": len(a.built), "loaded": len(a.runners), "failed": a.failed}
-                                      for k, a in actor.aot.items()}}))
+                              "aot": {k: {"built": len(a.built), "fetched": len(a.fetched), "loaded": len(a.runners),
+                                          "failed": a.failed} for k, a in actor.aot.items()}}))
 """
 
 
-def _start_actor(tmp_path, name, cache, mode="jit"):
+def _start_actor(tmp_path, name, cache, mode="jit", shared=""):
     out = tmp_path / f"{name}.npy"
     env = {**os.environ, "V2V_COMPILE_CACHE": str(cache), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", _ACTOR, str(out), mode], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=900)
+    p = subprocess.run([sys.executable, "-c", _ACTOR, str(out), mode, shared], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
     return (json.loads(line[7:]), torch.from_numpy(np.load(out)), torch.from_numpy(np.load(f"{out}.short.npy")),
@@ -454,27 +456,56 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
 
 
 # The two stored forms of the compiled parts: AOTInductor packages (--compile-aot; exported, so no dynamo graph
-# ever) and torch.compile's saved functions (the default; dynamo traces each part on the first start only).
+# ever) and torch.compile's saved functions (the default; dynamo traces each part on the first start only). Each
+# start is told of a shared compile cache on a real S3-compatible server, which the first start fills.
 @pytest.mark.parametrize("mode, folder, pattern, graphs_first", [("aot", "aot", "*.pt2", 0),
                                                                  ("pre", "precompiled", "*.dynamo", 3)])
-def test_stored_compiled_actor_matches_eager_and_its_second_start_traces_nothing(tiny, tmp_path, mode, folder,
-                                                                                 pattern, graphs_first):
+def test_stored_compiled_actor_matches_eager_and_its_later_starts_trace_nothing(tiny, tmp_path, s3_endpoint, mode,
+                                                                                folder, pattern, graphs_first):
+    import tarfile
+
+    import s3fs
+
+    s3 = s3fs.S3FileSystem()
+    s3.mkdir(f"v2v-compile-{mode}")
+    shared = f"s3://v2v-compile-{mode}/cache"
     cache = tmp_path / "compiled"
-    first, got, short, frames = _start_actor(tmp_path, "first", cache, mode)
-    # each part compiled once at start and stored in the cache
-    built = {"built": 1, "loaded": 1, "failed": None}
+    first, got, short, frames = _start_actor(tmp_path, "first", cache, mode, shared)
+    # each part compiled once at start and stored in the cache, and put in the shared cache
+    built = {"built": 1, "fetched": 0, "loaded": 1, "failed": None}
     assert first["aot"] == {"unet": built, "vae_encoder": built, "vae_decoder": built}, first
     assert first["graphs_after_start"] == first["graphs_at_end"] == graphs_first, first  # none mid-job
     assert first["frame_attention"] > 0, first  # compiled with the op in the UNet
     assert len(list((cache / folder).glob(pattern))) == 3
+    archives = s3.ls(shared)
+    assert sorted(os.path.basename(a).split("-")[0] for a in archives) == ["unet", "vae_decoder", "vae_encoder"]
+    assert "stored parts: unet built" in first["report"] and "shared compile cache: stored 3 archives" in first["report"]
     _assert_matches_eager(tiny, got, short, frames)
 
-    second, again, _, _ = _start_actor(tmp_path, "second", cache, mode)
-    loaded = {"built": 0, "loaded": 1, "failed": None}
+    second, again, _, _ = _start_actor(tmp_path, "second", cache, mode, shared)
+    loaded = {"built": 0, "fetched": 0, "loaded": 1, "failed": None}
     assert second["aot"] == {"unet": loaded, "vae_encoder": loaded, "vae_decoder": loaded}, second
     assert second["graphs_at_end"] == 0, second  # dynamo traced nothing: the stored parts ran
     assert second["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, second)
     torch.testing.assert_close(again, got, rtol=0, atol=0)  # the same kernels on the same weights
+
+    # another machine (an empty compile cache of its own): its parts come from the shared cache, nothing compiles
+    other = tmp_path / "other-machine"
+    third, elsewhere, _, _ = _start_actor(tmp_path, "third", other, mode, shared)
+    fetched = {"built": 0, "fetched": 1, "loaded": 1, "failed": None}
+    assert third["aot"] == {"unet": fetched, "vae_encoder": fetched, "vae_decoder": fetched}, third
+    assert third["graphs_at_end"] == 0, third
+    assert "shared compile cache: fetched 3 archives" in third["report"], third
+    assert third["start_s"]["warm_up_unet"] < first["start_s"]["warm_up_unet"] / 5, (first, third)
+    torch.testing.assert_close(elsewhere, got, rtol=0, atol=0)
+    # what it ran came whole from the archives: its cache holds their files and nothing it wrote itself
+    held = set()
+    for a in archives:
+        with s3.open(a, "rb") as f, tarfile.open(fileobj=f) as tar:
+            held |= set(tar.getnames())
+    from v2v.shared_cache import SharedCache
+
+    assert SharedCache(shared, other).files() == held
 
 
 class _SmallHead(torch.nn.Module):
@@ -492,19 +523,104 @@ class _SmallHead(torch.nn.Module):
 STORED_FORMS = [("AotForward", ".pt2"), ("PrecompiledForward", ".dynamo")]
 
 
-def _stored_head(form: str, suffix: str, tmp_path):
+def _stored_head(form: str, suffix: str, tmp_path, shared=None):
     """A small head, an input, the head as a stored part of `form`, its first call's output (which stored it) and
-    the file it stored."""
+    the file it stored. shared: a v2v.shared_cache.SharedCache for the part."""
     import v2v.aot
 
     torch.manual_seed(0)
     head = _SmallHead().eval()
     x = torch.randn(2, 8, 4, 4)
-    part = getattr(v2v.aot, form)(head, v2v.aot.part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+    part = getattr(v2v.aot, form)(head, v2v.aot.part_tensors, "head", {"model": "a"}, tmp_path, fallback=None,
+                                  shared=shared)
     with torch.no_grad():
         first = part(x)
     (saved,) = tmp_path.glob(f"head-*{suffix}")
     return head, x, part, first, saved
+
+
+@contextlib.contextmanager
+def _machine(tmp_path, shared_uri: str):
+    """Within: as on another machine, inductor's kernels go to a compile cache of their own (none of this process's
+    compiled kernels kept in memory). Yields the folder for saved functions (`precompiled`, as the job puts them)
+    and the machine's view of the shared cache."""
+    from torch._inductor.utils import fresh_cache
+
+    from v2v.shared_cache import SharedCache
+
+    with fresh_cache(dir=str(tmp_path), delete=False):
+        root = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        yield root / "precompiled", SharedCache(shared_uri, root)
+
+
+def _members(archive) -> list[str]:
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        return sorted(tar.getnames())
+
+
+def test_shared_cache_archive_is_completed_by_a_machine_that_fetched_part_of_it(tmp_path):
+    """A machine whose cache already held some kernels puts an archive without them; the next machine fetches it,
+    compiles what it lacked and puts the archive back whole, so the machine after that compiles nothing."""
+    import tarfile
+
+    from v2v.aot import PrecompiledForward, part_tensors
+
+    shared = tmp_path / "shared"
+    with _machine(tmp_path, str(shared)) as (folder, cache):
+        head, x, part, first, saved = _stored_head("PrecompiledForward", ".dynamo", folder, cache)
+        assert sorted(cache.files()) == _members(next(shared.glob("head-*.tar")))  # all it compiled for the part
+    (archive,) = shared.glob("head-*.tar")
+    whole = _members(archive)
+    assert f"precompiled/{saved.name}" in whole and len(whole) > 1  # the saved function and its kernels
+    with tarfile.open(archive) as tar, tarfile.open(tmp_path / "part.tar", "w") as cut:  # the function alone
+        m = tar.getmember(f"precompiled/{saved.name}")
+        cut.addfile(m, tar.extractfile(m))
+    os.replace(tmp_path / "part.tar", archive)
+
+    with _machine(tmp_path, str(shared)) as (folder, cache), torch.no_grad():
+        b = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, folder, fallback=None, shared=cache)
+        torch.testing.assert_close(b(x), first, rtol=0, atol=0)
+    assert b.fetched and not b.built
+    completed = _members(archive)  # put back with the kernels machine b compiled for it
+    assert len(completed) > 1 and f"precompiled/{saved.name}" in completed
+
+    with _machine(tmp_path, str(shared)) as (folder, cache), torch.no_grad():
+        c = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, folder, fallback=None, shared=cache)
+        torch.testing.assert_close(c(x), first, rtol=0, atol=0)
+        assert c.fetched and sorted(cache.files()) == completed  # it wrote nothing of its own: nothing compiled
+    assert _members(archive) == completed  # and, having compiled nothing, put nothing back
+
+
+def _escaping_archive(path):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        m = tarfile.TarInfo("../outside.py")
+        m.size = 4
+        tar.addfile(m, io.BytesIO(b"boom"))
+
+
+@pytest.mark.parametrize("bad", ["cut short", "escapes the cache"])
+def test_shared_cache_archive_that_cannot_be_used_costs_a_warning_and_a_compile(tmp_path, caplog, bad):
+    from v2v.aot import PrecompiledForward, part_tensors
+
+    shared = tmp_path / "shared"
+    with _machine(tmp_path, str(shared)) as (folder, cache):
+        head, x, _, first, _ = _stored_head("PrecompiledForward", ".dynamo", folder, cache)
+    (archive,) = shared.glob("head-*.tar")
+    if bad == "cut short":  # an interrupted copy into a shared folder
+        archive.write_bytes(archive.read_bytes()[:3000])
+    else:
+        _escaping_archive(archive)
+    with _machine(tmp_path, str(shared)) as (folder, cache), torch.no_grad(), caplog.at_level("WARNING"):
+        b = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, folder, fallback=None, shared=cache)
+        torch.testing.assert_close(b(x), first, rtol=0, atol=0)
+        assert _members(archive) == sorted(cache.files())  # replaced by what machine b built
+    assert archive.name in caplog.text and "compiling here instead" in caplog.text
+    assert b.built and not b.fetched and not (tmp_path / "outside.py").exists()
 
 
 @pytest.mark.parametrize("form, suffix", STORED_FORMS)

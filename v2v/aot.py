@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from v2v.shared_cache import SharedCache
 from v2v.storage import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -165,42 +166,67 @@ class AotForward:
     whose parameters fn uses. base: what else the package depends on (model fingerprint,
     dtype, perf switches, device), see `package_key`. A part that cannot be exported or compiled runs through
     `fallback` (torch.compile) instead, with a warning: the job still runs, only its starts stay slow.
+    shared: a compile cache shared by machines (v2v.shared_cache): where the local cache lacks the part, it is
+    fetched from there; where this process built it (or completed a fetched one), it is put there.
     """
 
-    def __init__(self, owner, fn, name: str, base: dict, cache_dir: str | Path, fallback):
+    suffix = ".pt2"
+
+    def __init__(self, owner, fn, name: str, base: dict, cache_dir: str | Path, fallback,
+                 shared: SharedCache | None = None):
         self.owner, self.fn, self.name, self.base = owner, fn, name, base
         self.cache_dir = Path(cache_dir)
         self.fallback = fallback
+        self.shared = shared
         self.runners: dict[tuple, object] = {}  # input signature -> loaded package
         self.failed: str | None = None  # why this part runs through the fallback, once it does
-        self.built: list[Path] = []  # packages this process compiled (not found in the cache)
+        self.built: list[Path] = []  # stored parts this process compiled (found in neither cache)
+        self.fetched: list[Path] = []  # those the local cache lacked and the shared cache had
 
     def __call__(self, *tensors):
         if self.failed is not None:
             return self.fallback(*tensors)
         sig = signature(tensors)  # per UNet step: the package key (a hash) only once per input signature
         runner = self.runners.get(sig)
-        if runner is None:
-            try:
-                runner = self.runners[sig] = self._runner(package_key(self.base, tensors), tensors)
-            except Exception as e:  # export or AOTInductor cannot take this model: run it the JIT way
-                self.failed = f"{type(e).__name__}: {e}"
-                logger.warning("%s: ahead-of-time compile failed, using torch.compile instead: %s",
-                               self.name, self.failed)
-                return self.fallback(*tensors)
-        return runner(*tensors)
+        if runner is not None:
+            return runner(*tensors)
+        path = self.cache_dir / f"{self.name}-{package_key(self.base, tensors)}{self.suffix}"
+        built, got = len(self.built), set()
+        try:
+            with _locked(path):  # actors starting together on one machine fetch or build a part once
+                before = self.shared.files() if self.shared else set()
+                if self.shared and not path.exists():
+                    got = self.shared.fetch(path.stem)
+                    if path.exists():
+                        self.fetched.append(path)
+                runner = self.runners[sig] = self._runner(path, tensors)
+        except Exception as e:  # export or the compiler cannot take this model: run it the JIT way
+            self.failed = f"{type(e).__name__}: {e}"
+            logger.warning("%s: ahead-of-time compile failed, using torch.compile instead: %s",
+                           self.name, self.failed)
+            return self.fallback(*tensors)
+        out = runner(*tensors)
+        if self.shared:  # after the first call, which on a GPU tunes kernels' launch settings and writes them
+            new = self.shared.files() - before
+            # built here, or fetched and completed here (kernels the archive lacked): the archive gets all of it
+            if len(self.built) > built or (got and new - got):
+                self.shared.store(path.stem, self._travels(path, new | got))
+        return out
 
-    def _runner(self, key: str, tensors):
-        path = self.cache_dir / f"{self.name}-{key}.pt2"
+    def _travels(self, path: Path, files: set[str]) -> set[str]:
+        """What of the files a part's build wrote goes to the shared cache: a package holds its kernels."""
+        return {path.relative_to(self.shared.local).as_posix()}
+
+    def _runner(self, path: Path, tensors):
+        """Under the part's lock: the package at `path`, built first where the cache lacks it."""
         checked = path.with_suffix(".loads")  # this package loaded in a test process once: no need again
-        with _locked(path):
-            if not path.exists():
-                logger.info("%s: compiling ahead of time into %s", self.name, path)
-                build_package(self.owner, self.fn, tensors, path)
-                self.built.append(path)
-            if not checked.exists():
-                check_loads(path)
-                checked.touch()
+        if not path.exists():
+            logger.info("%s: compiling ahead of time into %s", self.name, path)
+            build_package(self.owner, self.fn, tensors, path)
+            self.built.append(path)
+        if not checked.exists():
+            check_loads(path)
+            checked.touch()
         return load_package(self.owner, path)
 
 
@@ -220,22 +246,28 @@ class PrecompiledForward(AotForward):
     `fallback` (torch.compile) with a warning, as AotForward's do.
     """
 
-    def _runner(self, key: str, tensors):
-        path = self.cache_dir / f"{self.name}-{key}.dynamo"
+    suffix = ".dynamo"
+
+    def _travels(self, path: Path, files: set[str]) -> set[str]:
+        # the saved function holds its kernels' source, not their binaries: without them another machine compiles
+        # every kernel again (on this project's CPU, 40 s of an 80-s first start against 1 s with them)
+        return files
+
+    def _runner(self, path: Path, tensors):
+        """Under the part's lock: the function saved at `path`, compiled and saved first where the cache lacks it."""
         external = {"owner": self.owner}  # the module is an argument, never part of the file
-        with _locked(path):
-            compiled = _load_saved(path, external) if path.exists() else None
-            if compiled is None:
-                logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
-                # torch 2.11 gives torch.compile's function its `aot_compile` only under this setting (2.13: always)
-                with torch._dynamo.config.patch(enable_aot_compile=True):
-                    compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
-                                             options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
-                                             ).aot_compile(((self.owner, *tensors), {}))
-                with atomic_output(str(path), suffix=".dynamo") as tmp:  # 2.11 writes in place: no partial file
-                    compiled.save_compiled_function(tmp, external_data=external)
-                    _plain_mode(tmp, path)
-                self.built.append(path)
+        compiled = _load_saved(path, external) if path.exists() else None
+        if compiled is None:
+            logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
+            # torch 2.11 gives torch.compile's function its `aot_compile` only under this setting (2.13: always)
+            with torch._dynamo.config.patch(enable_aot_compile=True):
+                compiled = torch.compile(self.fn, fullgraph=True, dynamic=False,
+                                         options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+                                         ).aot_compile(((self.owner, *tensors), {}))
+            with atomic_output(str(path), suffix=".dynamo") as tmp:  # 2.11 writes in place: no partial file
+                compiled.save_compiled_function(tmp, external_data=external)
+                _plain_mode(tmp, path)
+            self.built.append(path)
         return functools.partial(compiled, self.owner)
 
 

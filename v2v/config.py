@@ -72,6 +72,11 @@ class JobConfig:
     # model, with no C++ compiler. None: on with compile (an H200's second start 33 s against 58-66 s with the
     # kernel cache alone, the same speed per clip: benchmarks/RESULTS.md fifteenth section).
     precompile: bool | None = None
+    # With precompile or compile_aot, a URI every machine of the cluster reaches (s3://, gs://, a shared folder)
+    # where actors share their stored compiled parts (v2v.shared_cache): an actor whose machine has not compiled
+    # them fetches them from there and starts as on a second start (a new node's first start); one that compiled
+    # them puts them there. None: each machine compiles its own. Trust it as you trust the model (it holds code).
+    shared_compile_cache: str | None = None
     channels_last: bool = False
     fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
     # The UNet's temporal layers without permuted copies or layout conversions: GroupNorms from per-frame

@@ -16,7 +16,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8, compile_aot: bool = False, precompile: bool = False,
                         temporal_layers: bool = False, frame_attention: bool = False,
-                        channel_stats: bool = False, cudnn_benchmark: bool = True) -> dict:
+                        channel_stats: bool = False, cudnn_benchmark: bool = True,
+                        shared_cache: str | None = None) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
@@ -34,6 +35,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     (v2v.group_norm): reductions over contiguous channels-last rows.
     cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
     fastest; off, its heuristics pick one with no search at start.
+    shared_cache: with compile_aot or precompile, a URI every machine reaches (v2v.shared_cache): a part the
+    local compile cache lacks is fetched from there, and a part built here is put there.
     Returns {part name: v2v.aot.AotForward or PrecompiledForward} of the parts stored in the cache (empty
     without compile_aot or precompile): what each part's stored form did, for the start-up log (`aot_status`).
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
@@ -92,23 +95,28 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             from pathlib import Path
 
             from v2v.aot import AotForward, PrecompiledForward, device_id, part_tensors, unet_tensors
+            from v2v.shared_cache import SharedCache
 
             # What a compiled part is valid for besides its input shapes (v2v.aot.package_key adds those and torch).
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
                     "temporal_layers": temporal_layers, "frame_attention": frame_attention,
                     "channel_stats": channel_stats}
+            shared = SharedCache(shared_cache, cache) if shared_cache else None
             # AOTInductor packages, or torch.compile's saved functions: both of (module, tensors)
             form, folder = (AotForward, "aot") if compile_aot else (PrecompiledForward, "precompiled")
             aot["unet"] = form(unet, unet_tensors, "unet", {**base, "part": "unet"}, Path(cache) / folder,
-                               fallback=UNetCall.tensors_only(unet_fn))
+                               fallback=UNetCall.tensors_only(unet_fn), shared=shared)
             unet_fn = UNetCall(aot["unet"], eager)
             for i, (p, name) in enumerate(parts):
                 vae_fns[i] = aot[name] = form(p, part_tensors, name, {**base, "part": name}, Path(cache) / folder,
-                                              fallback=vae_fns[i])
+                                              fallback=vae_fns[i], shared=shared)
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
+    if shared_cache and not aot:
+        logger.warning("shared compile cache %s unused: it holds stored compiled parts, and this actor stores none "
+                       "(they need compile with precompile or compile_aot)", shared_cache)
     return aot
 
 
@@ -254,6 +262,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
 
 
 def aot_status(aot: dict) -> dict[str, str]:
-    """{part: 'built' (compiled in this process) | 'loaded' (from the cache) | 'failed: why'} of what
-    apply_perf_settings returned, for the start-up log."""
-    return {k: f"failed: {p.failed}" if p.failed else "built" if p.built else "loaded" for k, p in aot.items()}
+    """{part: 'built' (compiled in this process) | 'fetched' (from the shared cache, then loaded) | 'loaded' (from
+    the local cache) | 'failed: why'} of what apply_perf_settings returned, for the start-up log."""
+    return {k: f"failed: {p.failed}" if p.failed else "built" if p.built else "fetched" if p.fetched else "loaded"
+            for k, p in aot.items()}

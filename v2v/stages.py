@@ -138,7 +138,8 @@ class Restyle:
                                            temporal_layers=res.temporal_layers,
                                            frame_attention=res.frame_attention,
                                            channel_stats=res.channel_stats,
-                                           cudnn_benchmark=cfg.cudnn_benchmark)
+                                           cudnn_benchmark=cfg.cudnn_benchmark,
+                                           shared_cache=cfg.shared_compile_cache)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
             width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
             for part, secs in warm_up(c, unet_batch, frames, height, width).items():
@@ -158,11 +159,16 @@ class Restyle:
         self.start_s[name] = time.perf_counter() - t0
 
     def start_report(self) -> str:
-        """Where the start went, and what each ahead-of-time package did (built, loaded or failed over)."""
+        """Where the start went, and what each stored compiled part did (built, fetched, loaded or failed over)."""
         from v2v.perf import aot_status
 
-        return ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items()) + "".join(
-            f"; {k} package {v}" for k, v in aot_status(self.aot).items())
+        report = ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items())
+        if self.aot:
+            report += "; stored parts: " + ", ".join(f"{k} {v}" for k, v in aot_status(self.aot).items())
+        shared = next((p.shared for p in self.aot.values() if p.shared), None)
+        if shared and shared.summary():
+            report += f"; shared compile cache: {shared.summary()}"
+        return report
 
     def __call__(self, batch: dict) -> dict:
         import torch
