@@ -74,7 +74,8 @@ def _args(argv=None):
     p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
     p.add_argument("--e2e-batch", type=int, default=None, help="batch size for the Ray job (default: fastest)")
     p.add_argument("--startup", action="store_true",
-                   help="time a restyle actor's first and second start in fresh processes (compile cache)")
+                   help="time a restyle actor's first and second start in fresh processes (compile cache) and, for "
+                        "a variant that stores its compiled parts, another machine's first from a shared cache")
     p.add_argument("--startup-variant", default=None, help="variant for --startup (default: fastest measured)")
     p.add_argument("--startup-batch", type=int, default=None, help="batch size for --startup (default: fastest)")
     p.add_argument("--startup-cache", default=None,
@@ -160,14 +161,16 @@ def _video(b, f, h, w, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, f, h, w, 3), dtype=np.uint8))
 
 
-def _actor(folder: str, device: str, variant: str, batch: str) -> int:
-    """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took."""
+def _actor(folder: str, device: str, variant: str, batch: str, shared: str = "") -> int:
+    """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took.
+    shared: the shared compile cache's URI, or ''."""
     t0 = time.perf_counter()
     from v2v.config import JobConfig, resources
     from v2v.stages import Restyle
 
     dtype, switches = _variant_cfg(variant)
-    cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype, **switches)
+    cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype,
+                    shared_compile_cache=shared or None, **switches)
     t1 = time.perf_counter()
     actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
     ready = time.perf_counter() - t1
@@ -475,14 +478,22 @@ def attention(b: Bench, best: dict | None) -> None:
 
 def startup(b: Bench, work: str, best: dict | None) -> None:
     """A fresh process builds a restyle actor (imports, model load, perf switches, compile or cached kernels,
-    warm-up), twice over one empty compile cache: the first start, then the second."""
+    warm-up), twice over one empty compile cache: the first start, then the second. Where the variant stores its
+    compiled parts (pre, aot) and the cache starts empty, a third start stands for another machine's first: an
+    empty compile cache of its own, and the shared compile cache (a folder here) the first start filled."""
     variant, batch = _section_variant(best, b.cuda, b.a.startup_variant, b.a.startup_batch)
-    cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{int(time.time())}")
-    for attempt in ("first start", "second start"):
+    stamp = int(time.time())
+    cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{stamp}")
+    shared = os.path.join(work, f"shared-cache-{stamp}")
+    starts = [("first start", cache), ("second start", cache)]
+    stores = {"pre", "aot"} & set(variant.split("+")[1:])
+    if stores and not b.a.startup_cache:
+        starts.append(("another machine's first start, shared cache", f"{cache}-other"))
+    for attempt, folder in starts:
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "jobs.benchmark", "--_actor", b.folder, b.a.device, variant,
-                              str(batch)], capture_output=True, text=True,
-                             env={**os.environ, "V2V_COMPILE_CACHE": cache, "TQDM_DISABLE": "1"})
+                              str(batch), shared if stores else ""], capture_output=True, text=True,
+                             env={**os.environ, "V2V_COMPILE_CACHE": folder, "TQDM_DISABLE": "1"})
         wall = time.perf_counter() - t0
         ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
         # a crash (e.g. a segmentation fault, exit code -11) leaves no traceback: say the code and the last lines

@@ -37,6 +37,7 @@ def test_rayjob_manifest():
     assert argv[:3] == ["python", "-m", "jobs.restyle"]
     cfg, _ = config_from_args(argv[3:])  # the real parser and validation
     assert cfg.manifest.startswith("s3://") and cfg.model.startswith("s3://") and cfg.max_failures == 0.01
+    assert cfg.shared_compile_cache.startswith("s3://")  # nodes the autoscaler adds fetch what one compiled
 
 
 def test_cluster_launcher_config_validates_against_rays_schema():
