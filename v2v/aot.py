@@ -14,6 +14,9 @@ version and device.
 
 `PrecompiledForward` is the other form, and needs no C++ compiler or loader of its own: torch.compile's own
 saved form of a traced function (dynamo's precompile), whose kernels are torch.compile's.
+
+Either form can be shared by machines: with a `v2v.shared_cache.SharedCache`, a part the local cache lacks is
+fetched from it, and a part built here is put there.
 """
 
 from __future__ import annotations
