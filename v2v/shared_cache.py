@@ -11,10 +11,11 @@ on a second start.
 An archive holds the files that appeared in the local cache while its part was built and first called: the saved
 compiled function and the kernels inductor compiled for it (on a GPU Triton's binaries, with their tuned launch
 settings, written at the first call), and perhaps a few files of another part built at the same moment by another
-actor. Files the build needed but the cache already held (from an earlier build), or that were written outside
-that window, are not in it; a machine that fetches the archive compiles those and puts the archive back with them
-(on the H200, once: 2.7 of 480 MB; benchmarks/RESULTS.md seventeenth section). Files are named by what they hold,
-so fetching never overwrites a file the machine already has.
+actor. Not in it: files the cache already held from an earlier build, and kernels that only loading a saved part
+in a fresh process compiles (on the H200, 9 Triton reductions, 2.5 of 480 MB; benchmarks/RESULTS.md seventeenth
+section). A machine that fetches the archive and compiles such files puts the archive back with them, so the
+machines after it compile nothing. Files are named by what they hold, so fetching never overwrites a file the
+machine already has.
 
 The shared cache is code the actors run (compiled kernels, pickled graphs): give it the trust of the model itself.
 """
