@@ -743,6 +743,14 @@ def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_onc
     assert isinstance(c.unet.forward, FixedBatch) and not isinstance(c.unet.forward.forward, UNetCall)
 
 
+def test_a_shared_compile_cache_without_stored_parts_is_said_unused(cache_dir, caplog):
+    """--shared-compile-cache holds stored compiled parts; an actor that stores none (no compile, as CPU actors by
+    default, or --no-precompile) says so instead of ignoring the setting silently."""
+    with caplog.at_level("WARNING", logger="v2v.perf"):
+        assert apply_perf_settings(load_components("tiny", cache_dir=cache_dir), shared_cache="s3://b/c") == {}
+    assert "shared compile cache s3://b/c unused" in caplog.text
+
+
 def test_cudnn_benchmark_setting_reaches_torch(cache_dir):
     """--no-cudnn-benchmark: the actor leaves each convolution's algorithm to cuDNN's heuristics (no timing search
     at start; on an H200 the same speed per clip and ~3 s sooner ready, RESULTS.md sixteenth section)."""
