@@ -486,7 +486,8 @@ def startup(b: Bench, work: str, best: dict | None) -> None:
     cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{stamp}")
     shared = os.path.join(work, f"shared-cache-{stamp}")
     starts = [("first start", cache), ("second start", cache)]
-    stores = {"pre", "aot"} & set(variant.split("+")[1:])
+    switches = _variant_cfg(variant)[1]
+    stores = switches["precompile"] or switches["compile_aot"]
     if stores and not b.a.startup_cache:
         starts.append(("another machine's first start, shared cache", f"{cache}-other"))
     for attempt, folder in starts:

@@ -194,11 +194,12 @@ class AotForward:
         if runner is not None:
             return runner(*tensors)
         path = self.cache_dir / f"{self.name}-{package_key(self.base, tensors)}{self.suffix}"
-        built, got = len(self.built), set()
+        built = len(self.built)
+        before = got = None  # where this start lacks the part: the local cache's files, and those fetched
         try:
             with _locked(path):  # actors starting together on one machine fetch or build a part once
-                before = self.shared.files() if self.shared else set()
                 if self.shared and not path.exists():
+                    before = self.shared.files()
                     got = self.shared.fetch(path.stem)
                     if path.exists():
                         self.fetched.append(path)
@@ -209,16 +210,14 @@ class AotForward:
                            self.name, self.failed)
             return self.fallback(*tensors)
         out = runner(*tensors)
-        if self.shared:  # after the first call, which on a GPU tunes kernels' launch settings and writes them
-            new = self.shared.files() - before
-            # built here, or fetched and completed here (kernels the archive lacked): the archive gets all of it
-            if len(self.built) > built or (got and new - got):
-                self.shared.store(path.stem, self._travels(path, new | got))
+        if before is not None:  # after the first call, which on a GPU tunes kernels' launch settings and writes them
+            self._share(path, len(self.built) > built, before, got)
         return out
 
-    def _travels(self, path: Path, files: set[str]) -> set[str]:
-        """What of the files a part's build wrote goes to the shared cache: a package holds its kernels."""
-        return {path.relative_to(self.shared.local).as_posix()}
+    def _share(self, path: Path, built: bool, before: set[str], got: set[str]) -> None:
+        """Put a part this start built into the shared cache: a package holds its kernels, so it travels alone."""
+        if built:
+            self.shared.store(path.stem, {path.relative_to(self.shared.local).as_posix()})
 
     def _runner(self, path: Path, tensors):
         """Under the part's lock: the package at `path`, built first where the cache lacks it."""
@@ -251,10 +250,14 @@ class PrecompiledForward(AotForward):
 
     suffix = ".dynamo"
 
-    def _travels(self, path: Path, files: set[str]) -> set[str]:
-        # the saved function holds its kernels' source, not their binaries: without them another machine compiles
-        # every kernel again (on this project's CPU, 40 s of an 80-s first start against 1 s with them)
-        return files
+    def _share(self, path: Path, built: bool, before: set[str], got: set[str]) -> None:
+        # The saved function holds its kernels' source, not their binaries: without them another machine compiles
+        # every kernel again (on this project's CPU, 40 s of an 80-s first start against 1 s with them). So the
+        # archive is every file the build (or the fetch and load) wrote: built here, or fetched and completed here
+        # (kernels the archive lacked).
+        new = self.shared.files() - before
+        if built or (got and new - got):
+            self.shared.store(path.stem, new | got)
 
     def _runner(self, path: Path, tensors):
         """Under the part's lock: the function saved at `path`, compiled and saved first where the cache lacks it."""
