@@ -523,16 +523,22 @@ class _SmallHead(torch.nn.Module):
 STORED_FORMS = [("AotForward", ".pt2"), ("PrecompiledForward", ".dynamo")]
 
 
+def _head_part(form: str, head, folder, shared=None):
+    """`head` as a stored part of `form` ("AotForward" or "PrecompiledForward") kept in `folder`, no fallback.
+    shared: a v2v.shared_cache.SharedCache for it."""
+    import v2v.aot
+
+    return getattr(v2v.aot, form)(head, v2v.aot.part_tensors, "head", {"model": "a"}, folder, fallback=None,
+                                  shared=shared)
+
+
 def _stored_head(form: str, suffix: str, tmp_path, shared=None):
     """A small head, an input, the head as a stored part of `form`, its first call's output (which stored it) and
     the file it stored. shared: a v2v.shared_cache.SharedCache for the part."""
-    import v2v.aot
-
     torch.manual_seed(0)
     head = _SmallHead().eval()
     x = torch.randn(2, 8, 4, 4)
-    part = getattr(v2v.aot, form)(head, v2v.aot.part_tensors, "head", {"model": "a"}, tmp_path, fallback=None,
-                                  shared=shared)
+    part = _head_part(form, head, tmp_path, shared)
     with torch.no_grad():
         first = part(x)
     (saved,) = tmp_path.glob(f"head-*{suffix}")
@@ -565,8 +571,6 @@ def test_shared_cache_archive_is_completed_by_a_machine_that_fetched_part_of_it(
     compiles what it lacked and puts the archive back whole, so the machine after that compiles nothing."""
     import tarfile
 
-    from v2v.aot import PrecompiledForward, part_tensors
-
     shared = tmp_path / "shared"
     with _machine(tmp_path, str(shared)) as (folder, cache):
         head, x, part, first, saved = _stored_head("PrecompiledForward", ".dynamo", folder, cache)
@@ -580,14 +584,14 @@ def test_shared_cache_archive_is_completed_by_a_machine_that_fetched_part_of_it(
     os.replace(tmp_path / "part.tar", archive)
 
     with _machine(tmp_path, str(shared)) as (folder, cache), torch.no_grad():
-        b = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, folder, fallback=None, shared=cache)
+        b = _head_part("PrecompiledForward", head, folder, cache)
         torch.testing.assert_close(b(x), first, rtol=0, atol=0)
     assert b.fetched and not b.built
     completed = _members(archive)  # put back with the kernels machine b compiled for it
     assert len(completed) > 1 and f"precompiled/{saved.name}" in completed
 
     with _machine(tmp_path, str(shared)) as (folder, cache), torch.no_grad():
-        c = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, folder, fallback=None, shared=cache)
+        c = _head_part("PrecompiledForward", head, folder, cache)
         torch.testing.assert_close(c(x), first, rtol=0, atol=0)
         assert c.fetched and sorted(cache.files()) == completed  # it wrote nothing of its own: nothing compiled
     assert _members(archive) == completed  # and, having compiled nothing, put nothing back
@@ -605,8 +609,6 @@ def _escaping_archive(path):
 
 @pytest.mark.parametrize("bad", ["cut short", "escapes the cache"])
 def test_shared_cache_archive_that_cannot_be_used_costs_a_warning_and_a_compile(tmp_path, caplog, bad):
-    from v2v.aot import PrecompiledForward, part_tensors
-
     shared = tmp_path / "shared"
     with _machine(tmp_path, str(shared)) as (folder, cache):
         head, x, _, first, _ = _stored_head("PrecompiledForward", ".dynamo", folder, cache)
@@ -616,7 +618,7 @@ def test_shared_cache_archive_that_cannot_be_used_costs_a_warning_and_a_compile(
     else:
         _escaping_archive(archive)
     with _machine(tmp_path, str(shared)) as (folder, cache), torch.no_grad(), caplog.at_level("WARNING"):
-        b = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, folder, fallback=None, shared=cache)
+        b = _head_part("PrecompiledForward", head, folder, cache)
         torch.testing.assert_close(b(x), first, rtol=0, atol=0)
         assert _members(archive) == sorted(cache.files())  # replaced by what machine b built
     assert archive.name in caplog.text and "compiling here instead" in caplog.text
@@ -636,7 +638,7 @@ def test_stored_part_runs_on_the_module_weights_and_is_keyed_by_the_model(tmp_pa
         head.conv.weight.mul_(2)
         torch.testing.assert_close(part(x), head(x))
         # a later start with the same key loads what was stored instead of compiling
-        again = stored(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        again = _head_part(form, head, tmp_path)
         torch.testing.assert_close(again(x), head(x))
         assert not again.built and again.failed is None
         # other weights (a fine-tune of the same architecture) are another model, another input shape another
@@ -712,12 +714,10 @@ def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, capl
 
 
 def test_precompiled_file_that_does_not_load_is_compiled_again(tmp_path, caplog):
-    from v2v.aot import PrecompiledForward, part_tensors
-
     head, x, _, _, saved = _stored_head("PrecompiledForward", ".dynamo", tmp_path)
     with torch.no_grad():
         saved.write_bytes(saved.read_bytes()[:1000])  # cut short (a full disk, an interrupted copy)
-        part = PrecompiledForward(head, part_tensors, "head", {"model": "a"}, tmp_path, fallback=None)
+        part = _head_part("PrecompiledForward", head, tmp_path)
         with caplog.at_level("WARNING"):
             torch.testing.assert_close(part(x), head(x))
     assert part.built == [saved] and part.failed is None and saved.name in caplog.text
