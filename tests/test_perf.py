@@ -671,7 +671,7 @@ def test_stored_part_that_cannot_be_traced_whole_runs_through_the_fallback(tmp_p
     assert not list(tmp_path.glob(f"*{suffix}"))  # nothing half-written left behind
 
 
-def test_aot_package_key_names_what_the_package_depends_on(tmp_path):
+def test_aot_package_key_names_what_the_package_depends_on(tmp_path, monkeypatch):
     import torch._inductor.config
 
     from v2v.aot import package_key
@@ -693,6 +693,13 @@ def test_aot_package_key_names_what_the_package_depends_on(tmp_path):
     with torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "alias-c++"))}):
         assert package_key({"model": "a"}, [x]) == other_key  # one compiler under two names
     assert package_key({"model": "a"}, [torch.ones(2, 3)]) == key  # values do not matter
+    # inductor's variables: where its caches live and its threads are per machine; a tuning setting is another part
+    for name, value in [("TORCHINDUCTOR_CACHE_DIR", str(tmp_path)), ("TORCHINDUCTOR_FX_GRAPH_CACHE", "0"),
+                        ("TORCHINDUCTOR_COMPILE_THREADS", "1")]:
+        monkeypatch.setenv(name, value)
+    assert package_key({"model": "a"}, [x]) == key
+    monkeypatch.setenv("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING", "1")
+    assert package_key({"model": "a"}, [x]) != key
 
 
 def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, caplog):

@@ -67,9 +67,19 @@ def cxx() -> str:
     return os.path.realpath(shutil.which(name) or name)
 
 
+def inductor_env() -> dict[str, str]:
+    """The TORCHINDUCTOR_* variables that change what inductor compiles (e.g. TORCHINDUCTOR_COORDINATE_DESCENT_TUNING
+    =1): a part compiled under others is another part. Left out: where caches live and whether they are used, and
+    compile threads (per machine, and v2v sets the cache ones itself). Variables, not inductor's config as it
+    stands: compiling changes some of that config in place (an AOTInductor build fills `aot_inductor.metadata`),
+    which would give a process's later parts other keys than a fresh process computes for them."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_")
+            and "CACHE" not in k and k not in ("TORCHINDUCTOR_COMPILE_THREADS", "TORCHINDUCTOR_WORKER_START")}
+
+
 def package_key(base: dict, tensors) -> str:
     key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "cxx": cxx(),
-           "inputs": signature(tensors)}
+           "inductor_env": inductor_env(), "inputs": signature(tensors)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
