@@ -11,7 +11,9 @@ so a run cut off by the machine's time limit still reports what it measured.
 Why per block: the whole UNet under max-autotune did not finish compiling in 9-10 minutes (third session); with
 saved compiled functions and a shared compile cache (v2v.shared_cache) a fleet pays a compile once per model and
 setting, so a slow compile that makes every step faster might now pay. The blocks say whether it does.
-(On a machine without CUDA it runs on the CPU at a small size: a check of the script itself.)
+(On a machine without CUDA it runs on the CPU at a small size: a check of the script itself.) As run in the
+eighteenth session the switches and the timing loop were written out inline; they now call apply_perf_settings
+and v2v.bench's cuda_seconds_per_call, which do the same.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 
 import torch
 
-from v2v.bench import ZEROSCOPE_UNET, kernel_kinds, profiler_kernels
+from v2v.bench import ZEROSCOPE_UNET, cuda_seconds_per_call, kernel_kinds, profiler_kernels, timed
 
 MODES = {
     "default": {},
@@ -61,18 +63,16 @@ def block_inputs(unet, sample, timestep, enc) -> dict[str, tuple]:
 
 
 def main(out: str, *plan: str) -> None:
+    from types import SimpleNamespace
+
     from diffusers import UNet3DConditionModel
 
-    from v2v.frame_attention import install_frame_attention
-    from v2v.group_norm import use_channel_stats
-    from v2v.temporal import swap_temporal_layers
+    from v2v.perf import apply_perf_settings
 
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
     clips, frames, h, w = (4, 24, 40, 72) if cuda else (1, 2, 8, 8)
     torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if cuda else torch.float32  # (CPU bf16: an inductor NaN, see RESULTS)
     with torch.device(dev):
         unet = UNet3DConditionModel(**ZEROSCOPE_UNET).to(dtype).eval()
@@ -80,10 +80,8 @@ def main(out: str, *plan: str) -> None:
         for m in unet.modules():
             if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)) and not m.weight.abs().sum():
                 m.weight.normal_(0, 0.02)
-    swap_temporal_layers(unet)  # the job's switches, in apply_perf_settings' order
-    use_channel_stats(unet)
-    if cuda:
-        install_frame_attention(unet)
+    # the job's switches that change the UNet's modules (and its process-wide cuDNN/TF32 flags); not compile
+    apply_perf_settings(SimpleNamespace(unet=unet), temporal_layers=True, frame_attention=True, channel_stats=True)
     g = torch.Generator(dev).manual_seed(1)
     n = 2 * clips  # cond + uncond
     sample = torch.randn(n, 4, frames, h, w, device=dev, generator=g).to(dtype)
@@ -107,21 +105,10 @@ def main(out: str, *plan: str) -> None:
                 if mode == "default":
                     want[name] = got.float()
                 err = float((got.float() - want[name]).norm() / want[name].norm()) if name in want else None
-                for _ in range(3):
-                    fn(*args, **kwargs)
-                sync()
-                times = []
-                for _ in range(5):  # 5 medians of 4 calls back to back (as within a step)
-                    start, end = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) \
-                        if cuda else (None, None)
-                    t0 = time.perf_counter()
-                    start and start.record()
-                    for _ in range(4):
-                        fn(*args, **kwargs)
-                    end and end.record()
-                    sync()
-                    times.append(start.elapsed_time(end) / 4 if cuda else (time.perf_counter() - t0) * 250)
-                times.sort()
+                call = lambda: fn(*args, **kwargs)  # noqa: E731
+                # ms: 5 timings of 4 calls back to back (as within a step), sorted
+                times = sorted(cuda_seconds_per_call(call, repeat=4) * 1e3 for _ in range(5)) if cuda else \
+                    sorted(t * 1e3 for t in timed(call, repeat=5)[1])
                 with torch.profiler.profile() as prof:
                     fn(*args, **kwargs)
                     sync()
