@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from v2v.bench import ZEROSCOPE_UNET, cuda_seconds_per_call, kernel_kinds, profiler_kernels, timed
+from v2v.bench import (ZEROSCOPE_UNET, cuda_seconds_per_call, kernel_kinds, profiler_kernels, timed,
+                       unzero_temporal_layers)
 
 MODES = {
     "default": {},
@@ -76,10 +77,7 @@ def main(out: str, *plan: str) -> None:
     dtype = torch.bfloat16 if cuda else torch.float32  # (CPU bf16: an inductor NaN, see RESULTS)
     with torch.device(dev):
         unet = UNet3DConditionModel(**ZEROSCOPE_UNET).to(dtype).eval()
-    with torch.no_grad():  # diffusers zeroes each temporal layer's last projection/convolution: undo, so they count
-        for m in unet.modules():
-            if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)) and not m.weight.abs().sum():
-                m.weight.normal_(0, 0.02)
+    unzero_temporal_layers(unet)
     # the job's switches that change the UNet's modules (and its process-wide cuDNN/TF32 flags); not compile
     apply_perf_settings(SimpleNamespace(unet=unet), temporal_layers=True, frame_attention=True, channel_stats=True)
     g = torch.Generator(dev).manual_seed(1)

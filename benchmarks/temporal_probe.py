@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from v2v.bench import ZEROSCOPE_UNET, kernel_kinds, profiler_kernels, timed
+from v2v.bench import ZEROSCOPE_UNET, kernel_kinds, profiler_kernels, timed, unzero_temporal_layers
 from v2v.temporal import swap_temporal_layers
 
 
@@ -34,10 +34,7 @@ def main(out: str, clips: int = 4, height: int = 40, width: int = 72, frames: in
         unet = UNet3DConditionModel(**ZEROSCOPE_UNET)
     block32 = unet.down_blocks[0].eval()  # CrossAttnDownBlock3D, 320 channels, 2 layers + downsampler
     del unet
-    with torch.no_grad():  # diffusers zeroes each temporal layer's last projection/convolution: undo, so they count
-        for m in block32.modules():
-            if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)) and not m.weight.abs().sum():
-                m.weight.normal_(0, 0.02)
+    unzero_temporal_layers(block32)
     n = 2 * clips  # cond + uncond
     g = torch.Generator(dev).manual_seed(1)
     x = torch.randn(n * frames, 320, height, width, device=dev, generator=g)

@@ -41,6 +41,17 @@ def random_zeroscope(folder: str, device: str = "cuda") -> None:
     (Path(folder) / "v2v.json").write_text(json.dumps({"width": 576, "height": 320, "frames": 24}))
 
 
+def unzero_temporal_layers(module) -> None:
+    """diffusers starts each temporal layer's last projection/convolution at zero (an identity layer): give the
+    zeroed Conv3d and Linear weights random values, so a probe of random weights times layers that do something."""
+    import torch
+
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)) and not m.weight.abs().sum():
+                m.weight.normal_(0, 0.02)
+
+
 def unet_step_flops(forward, sample, timestep, encoder_hidden_states) -> float:
     """FLOPs of one UNet forward on these inputs, counted by torch's FlopCounterMode.
 
