@@ -10,7 +10,8 @@ processes, so this compiles every variant in one process on one GPU, then times 
 
 Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),
 optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtile`: prefer_nd_tiling;
-`@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above).
+`@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above;
+`@coord`: coordinate-descent tuning of the generated kernels).
 Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median,
 min) and each output's relative error against the first variant's (the same inputs; a layout change alters at
 most the order of a reduction), in OUT/layout.json.
@@ -39,6 +40,9 @@ OPTIONS = {
     "ndtile": {"triton.prefer_nd_tiling": True},
     # inductor's tiling from candidate strides, without its coalescing analysis (on by default in these versions)
     "nocoalesce": {"triton.coalesce_tiling_analysis": False},
+    # each generated kernel's launch settings refined by coordinate descent after its autotuning (nineteenth
+    # session: the whole UNet, after the eighteenth measured it per block)
+    "coord": {"coordinate_descent_tuning": True},
 }
 
 
