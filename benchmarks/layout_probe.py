@@ -30,7 +30,7 @@ import torch
 import torch._inductor.config as inductor
 
 from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step
-from v2v.bench import profiler_kernels
+from v2v.bench import kernel_kinds, profiler_kernels
 
 
 # VARIANT@OPTION: inductor settings for that variant's compile (inductor reads them when it compiles).
@@ -61,7 +61,8 @@ def main(out: str, *specs: str) -> None:
     runs = []
     for spec in specs:
         variant, _, option = spec.partition("@")
-        variant = variant.replace("JOB", JOB_GPU_VARIANT)
+        # without +pre: a saved compiled function is keyed without inductor settings set in code (@OPTION)
+        variant = variant.replace("JOB", JOB_GPU_VARIANT).replace("+pre", "")
         if tiny:
             variant = variant.replace("bfloat16", "float32")
         # each UNet with its own compiled graph (jobs.benchmark._own_forward)
@@ -76,10 +77,10 @@ def main(out: str, *specs: str) -> None:
         kernels = profiler_kernels(prof, cuda)
         i = len(runs)
         Path(out, f"kernels-{i}.json").write_text(json.dumps(kernels, indent=0))
-        gn = [k for k in kernels if "group_norm" in k[0]]
         run = {"spec": spec, "variant": variant, "compile_s": round(compile_s, 1),
                "kernels_ms": round(1e3 * sum(s for _, s, _ in kernels), 2), "kernels": len(kernels),
-               "group_norm_kernels_ms": round(1e3 * sum(s for _, s, _ in gn), 2),
+               # by kind (v2v.bench.kernel_kinds): the generated norm reductions, pointwise, products, ...
+               "kinds_ms": {k: round(1e3 * s, 2) for k, s in kernel_kinds([(n, s) for n, s, _ in kernels]).items()},
                "slowest": [(n[:90], round(1e3 * s, 3), calls) for n, s, calls in kernels[:12]]}
         print(json.dumps({k: v for k, v in run.items() if k != "slowest"}), flush=True)
         for n, ms, calls in run["slowest"]:
@@ -103,7 +104,7 @@ def main(out: str, *specs: str) -> None:
                  rel_err_vs_first=float((r["y"] - ref).norm() / ref.norm()))
         print(f"{r['spec']:<30} step {r['step_ms_median']:8.2f} ms median, {r['step_ms_min']:8.2f} min, "
               f"x{r['vs_first']:.4f} of the first; kernels {r['kernels_ms']} ms "
-              f"(group_norm {r['group_norm_kernels_ms']}); output vs first {r['rel_err_vs_first']:.2e}", flush=True)
+              f"{r['kinds_ms']}; output vs first {r['rel_err_vs_first']:.2e}", flush=True)
     info = {"card": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
             "batch": batch, "rounds": rounds, "steps_per_turn": per,
             "runs": [{k: v for k, v in r.items() if k not in ("step", "y")} for r in runs]}
