@@ -395,7 +395,8 @@ frames = restyle(actor.components, video, clips)  # through the compiled VAE dec
 np.save(sys.argv[1], torch.cat([two, one]).numpy())
 np.save(sys.argv[1] + ".frames.npy", frames.numpy())
 np.save(sys.argv[1] + ".short.npy", short.numpy())
-print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "report": actor.start_report(), "graphs_after_start": graphs_after_start,
+print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "report": actor.start_report(),
+                              "graphs_after_start": graphs_after_start,
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
@@ -479,7 +480,8 @@ def test_stored_compiled_actor_matches_eager_and_its_later_starts_trace_nothing(
     assert len(list((cache / folder).glob(pattern))) == 3
     archives = s3.ls(shared)
     assert sorted(os.path.basename(a).split("-")[0] for a in archives) == ["unet", "vae_decoder", "vae_encoder"]
-    assert "stored parts: unet built" in first["report"] and "shared compile cache: stored 3 archives" in first["report"]
+    assert ("stored parts: unet built" in first["report"]
+            and "shared compile cache: stored 3 archives" in first["report"]), first
     _assert_matches_eager(tiny, got, short, frames)
 
     second, again, _, _ = _start_actor(tmp_path, "second", cache, mode, shared)

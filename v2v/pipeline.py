@@ -109,10 +109,10 @@ def _plan(manifest: pa.Table, cfg: JobConfig, geometry) -> pa.Table:
     from v2v.stages import plan_rows
 
     def plan_batch(batch: pa.Table) -> pa.Table:
-        rows = [r for row in batch.select(list(NORMALIZED)).to_pylist() for r in plan_rows(row, cfg, geometry)]
+        rows = [r for row in batch.to_pylist() for r in plan_rows(row, cfg, geometry)]
         return idx.to_table(rows).select(_PLAN_COLUMNS) if rows else _EMPTY_PLAN
 
-    rows = manifest.select(list(NORMALIZED)).to_pylist()
+    rows = manifest.select(list(NORMALIZED)).to_pylist()  # the manifest's own extra columns stay in the driver
     ds = _dataset(rows, 1 if len(rows) <= 2000 else 64).map_batches(plan_batch, batch_format="pyarrow",
                                                                    batch_size=None, num_cpus=cfg.cpus_per_task)
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]

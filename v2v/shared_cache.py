@@ -22,12 +22,11 @@ The shared cache is code the actors run (compiled kernels, pickled graphs): give
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import shutil
 import tarfile
 import time
-import uuid
 from pathlib import Path
 
 from v2v.storage import atomic_output, join, readable_path, url_to_fs
@@ -105,17 +104,10 @@ class SharedCache:
             target = self.local / m.name
             if target.exists():
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".tmp-{uuid.uuid4().hex}")
-            try:
+            with atomic_output(str(target)) as tmp:  # a `.tmp-` file beside it, renamed once whole
                 with tar.extractfile(m) as src, open(tmp, "wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
+                    shutil.copyfileobj(src, dst, 1 << 20)
                 os.chmod(tmp, m.mode & 0o755 | 0o644)
-                os.replace(tmp, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
         return {m.name for m in members}
 
     def store(self, name: str, files: set[str]) -> None:
