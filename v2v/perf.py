@@ -42,7 +42,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
     the temporal convolution layers run in 2-D (seventh section); coordinate-descent tuning and max-autotune
     (eighteenth section: 0.6-3.4 % on the blocks measured, for 3-14 times their compile; nineteenth: the whole
-    UNet under coordinate descent 1.6 % a step, for 3.7 times its compile).
+    UNet under coordinate descent 1.6 % a step, for 3.7 times its compile; twentieth: the persistent TMA
+    product templates, 1.2 % slower on three blocks for 5-12 times their compile).
     """
     import torch
 
