@@ -18,9 +18,8 @@ import json
 import sys
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from v2v.bench import ZEROSCOPE_UNET
+from v2v.bench import ZEROSCOPE_UNET, kernel_kinds, unet_step_flop_counts
 from v2v.bench import kernel_kind as bench_kernel_kind
 
 # FlopCounterMode's aten ops -> the profile's kernel kinds (v2v.bench.KERNEL_KINDS); attention split below
@@ -53,9 +52,7 @@ def step_flops_by_kind(clips: int = 4, frames: int = 24, h: int = 40, w: int = 7
         sample = torch.empty(n, 4, frames, h, w, dtype=torch.bfloat16)
         enc = torch.empty(n, 77, 1024, dtype=torch.bfloat16)
         t = torch.full((n,), 500)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(sample, t, encoder_hidden_states=enc)
-    counts = counter.get_flop_counts()
+    counts = unet_step_flop_counts(unet, sample, t, enc)
     # every op from Global but bmm; bmm from the attention modules (attn1/attn2), where the module says which kind
     # (their parents' counts repeat them)
     found = [(str(op).split(".")[1], "", f) for op, f in counts["Global"].items() if str(op) != "aten.bmm"]
@@ -64,15 +61,15 @@ def step_flops_by_kind(clips: int = 4, frames: int = 24, h: int = 40, w: int = 7
     out: dict[str, float] = {}
     for op, module, flops in found:
         out[_kind(op, module)] = out.get(_kind(op, module), 0.0) + flops
-    assert abs(sum(out.values()) - counter.get_total_flops()) < 1e-6 * counter.get_total_flops(), \
+    total = sum(counts["Global"].values())
+    assert abs(sum(out.values()) - total) < 1e-6 * total, \
         "products outside the attention modules' bmm: count them"
     return out
 
 
 def main(kernels_json: str, ceiling_tflops: float = 799.0) -> None:
-    ms: dict[str, float] = {}
-    for name, seconds, _calls in json.load(open(kernels_json)):
-        ms[kernel_kind(name)] = ms.get(kernel_kind(name), 0.0) + seconds * 1e3
+    kernels = json.load(open(kernels_json))
+    ms = kernel_kinds([(name, seconds * 1e3) for name, seconds, _calls in kernels], kind_of=kernel_kind)
     flops = step_flops_by_kind()
     print(f"| kind | TFLOP a step | kernel ms | TFLOP/s | of the {ceiling_tflops:.0f} TFLOP/s ceiling |")
     print("|---|---|---|---|---|")

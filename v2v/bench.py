@@ -52,8 +52,9 @@ def unzero_temporal_layers(module) -> None:
                 m.weight.normal_(0, 0.02)
 
 
-def unet_step_flops(forward, sample, timestep, encoder_hidden_states) -> float:
-    """FLOPs of one UNet forward on these inputs, counted by torch's FlopCounterMode.
+def unet_step_flop_counts(forward, sample, timestep, encoder_hidden_states) -> dict[str, dict]:
+    """FLOPs of one UNet forward on these inputs by module and op, as torch's FlopCounterMode counts them:
+    {"Global": {op: flops}, "UNet3DConditionModel.down_blocks.0...": {op: flops}, ...}.
 
     forward: the UNet's eager forward where the UNet is compiled (the counter cannot see inside compiled code).
     """
@@ -62,7 +63,12 @@ def unet_step_flops(forward, sample, timestep, encoder_hidden_states) -> float:
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         forward(sample, timestep, encoder_hidden_states=encoder_hidden_states)
-    return float(counter.get_total_flops())
+    return counter.get_flop_counts()
+
+
+def unet_step_flops(forward, sample, timestep, encoder_hidden_states) -> float:
+    """FLOPs of one UNet forward on these inputs (unet_step_flop_counts, all modules)."""
+    return float(sum(unet_step_flop_counts(forward, sample, timestep, encoder_hidden_states)["Global"].values()))
 
 
 def cuda_seconds_per_call(fn, repeat: int = 10) -> float:
@@ -183,11 +189,12 @@ def kernel_kind(name: str) -> str:
     return next((k for k, keys in KERNEL_KINDS if any(key in low for key in keys)), "other")
 
 
-def kernel_kinds(kernels: list[tuple[str, float]]) -> dict[str, float]:
-    """[(kernel name, seconds)] -> {kind: seconds}, kinds as KERNEL_KINDS names them, the rest 'other'."""
+def kernel_kinds(kernels: list[tuple[str, float]], kind_of=kernel_kind) -> dict[str, float]:
+    """[(kernel name, seconds)] -> {kind: seconds}, kinds as kind_of names them (by default KERNEL_KINDS's, the
+    rest 'other')."""
     out: dict[str, float] = {}
     for name, secs in kernels:
-        kind = kernel_kind(name)
+        kind = kind_of(name)
         out[kind] = out.get(kind, 0.0) + secs
     return out
 
