@@ -124,3 +124,16 @@ def test_million_row_manifest_plans_in_bounded_memory(tmp_path):
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert t.num_rows == n and len(set(t["id"].to_pylist()[:1000])) == 1000
     assert grown_mib < 2048, f"checking 1M rows grew the process by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.parametrize("field,value,want", [
+    ("batch_size", 0, ">= 1"), ("clip_skip", -1, ">= 0"), ("strength", 1.5, r"in \(0, 1\]"),
+    ("guidance_scale", math.inf, "finite"), ("width", 100, "a multiple of 8"), ("codec", "mpeg2", "h264, h265"),
+    ("seed", -1, r"in \[0, 2\*\*63\)"),
+])
+def test_job_settings_are_checked_before_anything_runs(field, value, want):
+    from v2v.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{field} must be {want}.*got {value!r}"):
+        JobConfig(manifest="x", output="y", **{field: value}).validate()
+    JobConfig(manifest="x", output="y").validate()  # the defaults pass

@@ -153,3 +153,22 @@ def test_bad_input_raises_clear_error(tiny, video, clips, match):
     clips = clips or [ClipSettings("a", 1)]
     with pytest.raises(SamplerInputError, match=match):
         restyle(tiny, video, clips)
+
+
+def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tiny):
+    """clip_skip k: the text encoder's (k+1)-th last hidden state through its final norm. The last hidden state
+    is the output before that norm, so clip_skip 0 must equal no clip_skip; 1 must not; too many is an error."""
+    from v2v.sampler import encode_prompts
+
+    def embed(k):
+        return encode_prompts(tiny.tokenizer, tiny.text_encoder, ["a watercolor fox"], None, clip_skip=k)[0]
+
+    assert torch.equal(embed(0), embed(None))
+    assert (embed(1) - embed(None)).abs().max() > 1e-2
+    layers = tiny.text_encoder.config.num_hidden_layers
+    with pytest.raises(SamplerInputError, match=f"clip_skip must be in \\[0, {layers}\\)"):
+        embed(layers)
+    # and through the whole sampler: the prompt's embedding changes the result
+    frames, clip = _frames(1), ClipSettings("a watercolor fox", seed=5, num_inference_steps=4)
+    assert (restyle(tiny, frames, [clip], clip_skip=1, output="latents")
+            - restyle(tiny, frames, [clip], output="latents")).abs().max() > 1e-4

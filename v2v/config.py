@@ -117,6 +117,7 @@ class JobConfig:
             ("steps", self.steps >= 1, ">= 1"),
             ("guidance_scale", math.isfinite(self.guidance_scale), "finite"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("clip_skip", self.clip_skip is None or self.clip_skip >= 0, ">= 0"),
             ("num_actors", self.num_actors is None or self.num_actors >= 1, ">= 1"),
             ("num_gpus_per_actor", self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, ">= 0"),
             ("vae_chunk", self.vae_chunk >= 1, ">= 1"),

@@ -116,8 +116,16 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts
     if clip_skip is None:
         cond = text_encoder(ids)[0]
     else:
+        layers = text_encoder.config.num_hidden_layers
+        if not 0 <= clip_skip < layers:
+            raise SamplerInputError(f"clip_skip must be in [0, {layers}) for this text encoder of {layers} layers, "
+                                    f"got {clip_skip}")
+        # hidden_states: the embeddings, then each layer's output; the last layer's output is
+        # last_hidden_state before the final norm, so clip_skip 0 gives the same as None.
         hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
-        cond = text_encoder.text_model.final_layer_norm(hidden)
+        # transformers 5 keeps CLIPTextModel's parts on the model itself; 4.x under .text_model (the reference's
+        # path, which therefore fails with clip_skip on transformers 5)
+        cond = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
     if negative_prompts is None:
         return cond, None
     neg_ids = _tokenize(tokenizer, negative_prompts, [f"{n} (negative)" for n in names]).to(device)
