@@ -293,3 +293,67 @@ def test_benchmark_runs_under_ray_job_submit(ray_cluster, tmp_path):
     assert len(df) == 4 and (df.status == "ok").all()
     # it joined the test cluster instead of starting a local Ray of its own
     assert "Started a local Ray instance" not in r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory):
+    """The tiny model with one token's embedding set to NaN: a prompt holding the word "~" gives that clip NaN
+    latents and frames (as float16 overflow or damaged weights would); every other prompt runs as on `tiny`."""
+    import torch
+
+    from v2v.tiny import TINY_FRAMES, TINY_SIZE, build_tiny_components, save_components
+
+    comps = build_tiny_components()
+    token = comps["tokenizer"].convert_tokens_to_ids("~</w>")
+    with torch.no_grad():
+        comps["text_encoder"].get_input_embeddings().weight[token] = float("nan")
+    folder = tmp_path_factory.mktemp("nan-model")
+    save_components(comps, folder)
+    (folder / "v2v.json").write_text(json.dumps({"width": TINY_SIZE, "height": TINY_SIZE, "frames": TINY_FRAMES}))
+    return str(folder)
+
+
+def test_nan_output_fails_its_clip_and_spares_its_batch_mates(nan_model):
+    """The actor stage with clips batched into one forward: the NaN clip's row fails and says so, the other's
+    frames are those of the same batch with a clean prompt, bit for bit."""
+    import numpy as np
+
+    from v2v.config import resources
+    from v2v.stages import Restyle
+
+    cfg = JobConfig(manifest="-", output="-", model=nan_model, steps=4, batch_size=2, batch_invariant=False)
+    actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 64, 64, 3), dtype=np.uint8)
+
+    def batch(first_prompt):
+        return {"id": np.array(["a", "b"], object), "clip_index": np.array([0, 0]),
+                "prompt": np.array([first_prompt, "ink"], object), "negative_prompt": np.array(["", ""], object),
+                "seed": np.array([1, 2]), "strength": np.array([0.6, 0.6]), "num_inference_steps": np.array([4, 4]),
+                "guidance_scale": np.array([9.0, 9.0]), "frames": frames, "error": np.array([None, None], object)}
+
+    bad, clean = actor(batch("a ~ fox")), actor(batch("a fox"))
+    assert bad["error"][0].startswith("restyle: the output holds NaN") and "float32" in bad["error"][0]
+    assert bad["error"][1] is None and clean["error"][0] is None and clean["error"][1] is None
+    assert np.array_equal(bad["frames"][1], clean["frames"][1])  # the batch-mate: restyled, unchanged
+    assert not np.array_equal(clean["frames"][1], frames[1])
+
+
+def test_nan_clip_is_a_failed_row_not_a_black_video(ray_cluster, inputs, nan_model, baseline, tmp_path):
+    """Through the job: the poisoned video's clips are failed rows with no files; the others match `tiny`'s."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("v0", "v1"):
+        (d / f"{name}.mp4").symlink_to(inputs / f"{name}.mp4")
+    rows = [{"video": "v0.mp4", "prompt": "style ~ 0", "seed": 0, "tag": "t0"},
+            {"video": "v1.mp4", "prompt": "style 1", "seed": 100, "tag": "t1"}]
+    pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
+    out = tmp_path / "out"
+    s = run_job(_cfg(d, out, model=nan_model, max_failures=2), **QUIET)
+    assert (s.ok, s.failed, s.exit_code) == (3, 2, 0)
+    df = pd.read_parquet(out / "index")
+    failed = df[df.status == "failed"]
+    assert set(failed.tag) == {"t0"} and all(e.startswith("restyle: the output holds NaN") for e in failed.error)
+    assert not (out / "clips" / failed.id.iloc[0]).exists()  # no black video written
+    base = pd.read_parquet(baseline[0] / "index")
+    shas = lambda d: sorted(zip(d.clip_index, d.output_sha256))  # noqa: E731
+    assert shas(df[df.status == "ok"]) == shas(base[base.tag == "t1"])  # v1's clips as `tiny` made them

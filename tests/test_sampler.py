@@ -172,3 +172,14 @@ def test_clip_skip_takes_an_earlier_layer_through_the_final_norm(tiny):
     frames, clip = _frames(1), ClipSettings("a watercolor fox", seed=5, num_inference_steps=4)
     assert (restyle(tiny, frames, [clip], clip_skip=1, output="latents")
             - restyle(tiny, frames, [clip], output="latents")).abs().max() > 1e-4
+
+
+def test_nonfinite_clips_finds_nan_and_infinities_per_clip():
+    from v2v.sampler import nonfinite_clips
+
+    frames = torch.rand(5, 3, 8, 8, 3)
+    assert nonfinite_clips(frames) == []
+    frames[1, 2, 3, 4, 0] = float("nan")
+    frames[2, 0, 0, 0, 0] = float("inf")
+    frames[4, 0, 0, 0, 1], frames[4, 1, 0, 0, 1] = float("inf"), float("-inf")  # sum NaN, still found
+    assert nonfinite_clips(frames) == [1, 2, 4]

@@ -173,7 +173,7 @@ class Restyle:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from v2v.sampler import ClipSettings, SamplerInputError, restyle, to_uint8
+        from v2v.sampler import ClipSettings, SamplerInputError, nonfinite_clips, restyle, to_uint8
 
         n = len(batch["id"])
         errors = _errors(batch)
@@ -198,16 +198,25 @@ class Restyle:
                 video = torch.from_numpy(np.stack([frames_in[i] for i in g]))
                 t0, wall0 = time.perf_counter(), time.time()
                 try:
-                    out = to_uint8(restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
-                                           vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant))
+                    frames = restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
+                                     vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant)
                 except (SamplerInputError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
                     if len(g) > 1:  # isolate the clip that fails; the others still get restyled
                         groups += [[i] for i in g]
                         continue
                     errors[g[0]] = f"restyle: {type(e).__name__}: {e}"
                     continue
+                # A clip whose output holds NaN would be written as black frames and pass as ok: fail its row
+                # instead. Clips of one forward do not mix, so its batch-mates stand.
+                bad = set(nonfinite_clips(frames))
+                out = to_uint8(frames)
                 elapsed = time.perf_counter() - t0
                 for j, i in enumerate(g):
+                    if j in bad:
+                        errors[i] = (f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
+                                     "float16 can overflow where bfloat16 and float32 do not, else the model's "
+                                     "weights or this clip's prompt embedding hold them")
+                        continue
                     frames_out[i] = out[j]
                     secs[i] = elapsed / len(g)
                     started[i], ended[i] = wall0, wall0 + elapsed
