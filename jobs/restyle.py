@@ -40,7 +40,7 @@ HELP = {
     "resize": "cover (scale + center-crop), pad (letterbox) or stretch",
     "max_clips": "at most this many clips per video",
     "codec": "h264, h265, av1 or ffv1 (lossless, .mkv)",
-    "crf": "encoder quality (lower is better; h264 default 18)",
+    "crf": "encoder quality, lower is better: h264 and h265 0-51 (defaults 18, 23), av1 0-63 (35)",
     "preset": "encoder speed preset",
     "audio": "copy each clip's segment of the source audio",
     "stitch": "also write videos/<id> from each video's clips (overlaps cross-faded)",

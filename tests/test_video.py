@@ -157,6 +157,33 @@ def test_encode_keeps_frames_and_fps(tmp_path, codec):
         assert [frame_index(f) for f in back] == list(range(12))
 
 
+@pytest.mark.parametrize("codec,crf,preset,match", [
+    ("h264", None, "bogus", r"the h264 encoder \(libx264\) refuses crf 18 with preset 'bogus'"),
+    ("h264", 52, None, r"crf must be an integer in 0\.\.51 for h264, got 52"),
+    ("h265", None, "warp9", "refuses crf 23 with preset 'warp9'"),
+    ("av1", None, "14", "refuses crf 35 with preset '14'"),  # SVT-AV1's OverflowError, not a ValueError
+    ("av1", 64, None, r"0\.\.63 for av1, got 64"),
+])
+def test_encoder_settings_are_checked_by_a_trial_encode(codec, crf, preset, match):
+    from v2v.video import check_encoder
+
+    with pytest.raises(VideoError, match=match):
+        check_encoder(codec, crf, preset)
+    check_encoder(codec, None, None)  # the defaults pass
+    check_encoder("ffv1", 99, "x")  # lossless takes neither; they are ignored as the writer ignores them
+
+
+def test_job_refuses_encoder_settings_before_it_runs(tmp_path):
+    """No Ray, no manifest read, no model: the job stops at the setting, naming it."""
+    from v2v.config import ConfigError, JobConfig
+    from v2v.pipeline import run_job
+
+    cfg = JobConfig(manifest=str(tmp_path / "absent.csv"), output=str(tmp_path / "out"), preset="bogus")
+    with pytest.raises(ConfigError, match="--crf/--preset: the h264 encoder .* preset 'bogus'"):
+        run_job(cfg, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_audio_passthrough_muxes_the_segment(vids, tmp_path):
     frames = decode_clip(vids["cfr"], [k / 24 for k in range(24, 48)], 64, 64)
     out = str(tmp_path / "a.mp4")

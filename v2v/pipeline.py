@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from v2v import index as idx
-from v2v.config import JobConfig, Resources, resources
+from v2v.config import ConfigError, JobConfig, Resources, resources
 from v2v.manifest import NORMALIZED, load_manifest
 from v2v.stages import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.stages import Restyle
@@ -145,7 +145,13 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     """
     from v2v.lease import Lease
 
+    from v2v.video import VideoError, check_encoder
+
     cfg.validate()
+    try:  # the encoder opens only after a clip is restyled: refuse its settings now, not on every clip then
+        check_encoder(cfg.codec, cfg.crf, cfg.preset)
+    except VideoError as e:
+        raise ConfigError(f"--crf/--preset: {e}") from None
     t_start = time.time()
     run_id = idx.new_run_id()
     manifest = load_manifest(cfg.manifest, cfg)  # raises ManifestError before anything else happens

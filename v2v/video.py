@@ -232,13 +232,14 @@ class Codec:
     pix_fmt: str
     default_crf: int | None
     default_preset: str | None
+    crf_range: tuple[int, int] | None = None  # what the encoder means by crf (x264 clamps others silently)
 
 
 CODECS = {
     # yuv420p H.264 in mp4 plays everywhere (browsers, phones, QuickTime).
-    "h264": Codec("h264", "libx264", "mp4", "yuv420p", 18, "medium"),
-    "h265": Codec("h265", "libx265", "mp4", "yuv420p", 23, "medium"),
-    "av1": Codec("av1", "libsvtav1", "mp4", "yuv420p", 35, "8"),
+    "h264": Codec("h264", "libx264", "mp4", "yuv420p", 18, "medium", (0, 51)),
+    "h265": Codec("h265", "libx265", "mp4", "yuv420p", 23, "medium", (0, 51)),
+    "av1": Codec("av1", "libsvtav1", "mp4", "yuv420p", 35, "8", (0, 63)),
     # Lossless: FFV1 with packed RGB (bgr0), so decoded frames equal the written frames bit for bit.
     "ffv1": Codec("ffv1", "ffv1", "mkv", "bgr0", None, None),
 }
@@ -248,6 +249,28 @@ def codec(name: str) -> Codec:
     if name not in CODECS:
         raise ValueError(f"codec {name!r} is unknown; choose one of {sorted(CODECS)}")
     return CODECS[name]
+
+
+def check_encoder(codec_name: str, crf: int | None = None, preset: str | None = None) -> None:
+    """Raise VideoError naming the setting when the encoder would refuse `crf` or `preset`: the job checks
+    this before it runs, since the encoder only opens after a clip has been restyled. Encodes two small frames
+    to a temporary folder through `write_video` itself."""
+    import tempfile
+
+    spec = codec(codec_name)
+    low, high = spec.crf_range or (None, None)
+    if crf is not None and spec.crf_range and not (isinstance(crf, int) and low <= crf <= high):
+        raise VideoError(f"crf must be an integer in {low}..{high} for {codec_name}, got {crf!r}")
+    if spec.default_crf is None:
+        return  # lossless: it takes no crf or preset
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            write_video(np.zeros((2, 64, 64, 3), np.uint8), os.path.join(d, "check." + spec.ext), 12.0, codec_name,
+                        crf, preset)
+        except av.FFmpegError as e:
+            used = (crf if crf is not None else spec.default_crf, preset if preset is not None else spec.default_preset)
+            raise VideoError(f"the {codec_name} encoder ({spec.encoder}) refuses crf {used[0]!r} with preset "
+                             f"{used[1]!r}: {e}") from e
 
 
 def _fps_fraction(fps: float) -> Fraction:
