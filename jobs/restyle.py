@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from v2v.lease import LeaseError
     from v2v.manifest import ManifestError
+    from v2v.models import ModelError
     from v2v.pipeline import run_job
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     try:
         summary = run_job(cfg)
-    except (ManifestError, ConfigError, LeaseError) as e:
+    except (ManifestError, ConfigError, ModelError, LeaseError) as e:
         print(f"v2v: {e}", file=sys.stderr)
         return 2
     print(summary.text())

@@ -78,3 +78,28 @@ def test_unknown_model_and_scheduler(tmp_path):
         scheduler_class("warp")
     with pytest.raises(ModelError, match="not fetchable"):
         load_components("someorg/somemodel", cache_dir=tmp_path)  # HF_HUB_OFFLINE=1 in tests
+
+
+def test_check_model_refuses_what_no_actor_could_load(tiny, tmp_path):
+    """The driver's check before a job runs: no weights read, nothing downloaded."""
+    from v2v.models import check_model
+
+    for ok in ("tiny", str(tiny.folder), f"file://{tiny.folder}", "someorg/somemodel"):
+        check_model(ok, "dpm")
+    with pytest.raises(ModelError, match="no such folder"):
+        check_model(str(tmp_path / "typo"))
+    with pytest.raises(ModelError, match="no model_index.json there"):
+        check_model(str(tmp_path))  # a folder, but not a diffusers one
+    with pytest.raises(ModelError, match="scheduler 'dpm2' is unknown"):
+        check_model("tiny", "dpm2")
+
+
+def test_job_stops_at_a_mistyped_model_before_it_runs(tmp_path):
+    """Before: the path passed the driver (planned with the zeroscope geometry) and failed in every actor."""
+    from v2v.config import JobConfig
+    from v2v.pipeline import run_job
+
+    cfg = JobConfig(manifest=str(tmp_path / "absent.csv"), output=str(tmp_path / "out"), model=str(tmp_path / "typo"))
+    with pytest.raises(ModelError, match="typo'?: no such folder"):
+        run_job(cfg, log=lambda m: None)
+    assert not (tmp_path / "out").exists()

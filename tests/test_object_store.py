@@ -49,3 +49,11 @@ def test_whole_job_on_s3(ray_cluster, bucket, tmp_path):
     # a second run resumes from what S3 holds: nothing left to render
     again = run_job(cfg, log=logs.append)
     assert again.rendered_now == 0 and again.ok == 4
+
+
+def test_model_uri_without_a_model_is_refused_before_the_job_runs(bucket):
+    from v2v.models import ModelError, check_model
+
+    check_model("s3://v2v-test/models/tiny")
+    with pytest.raises(ModelError, match="'s3://v2v-test/models/tiny2': no model_index.json there"):
+        check_model("s3://v2v-test/models/tiny2")

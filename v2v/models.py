@@ -95,6 +95,31 @@ def resolve_model(reference: str, cache_dir: str | Path | None = None) -> Path:
     raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', a URI (s3://...) or a hub id (org/name)")
 
 
+def check_model(reference: str, scheduler: str | None = None) -> None:
+    """What the driver can check of a model before anything runs, reading no weights and downloading nothing:
+    a folder (local or a URI) holds model_index.json, anything else is `tiny` or a hub id, and the scheduler
+    name is known. Without it a mistyped path surfaced as each actor's start failing inside Ray."""
+    if scheduler is not None:
+        scheduler_class_name(scheduler)
+    if reference == "tiny":
+        return
+    ref = reference[len("file://") :] if reference.startswith("file://") else reference
+    if "://" in ref:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(ref)
+        found = fs.exists(f"{root.rstrip('/')}/model_index.json")
+    elif Path(ref).exists():
+        found = (Path(ref) / "model_index.json").exists()
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        return  # a hub id: resolved (or found in the cache, offline) where the actors load it
+    else:
+        raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', a URI (s3://...) or a hub id "
+                         f"(org/name)")
+    if not found:
+        raise ModelError(f"model {reference!r}: no model_index.json there; expected a folder in the diffusers layout")
+
+
 def _fetch_fsspec(uri: str, cache: Path) -> Path:
     import fsspec
 
@@ -133,13 +158,17 @@ def _fetch_hub(repo_id: str, cache: Path) -> Path:
         raise ModelError(f"model {repo_id!r}: not a local folder and not fetchable from the hub ({e})") from e
 
 
-def scheduler_class(name: str):
-    import diffusers
-
+def scheduler_class_name(name: str) -> str:
     cls_name = SCHEDULERS.get(name.lower(), name)
     if cls_name not in _SCHEDULER_CLASSES:
         raise ModelError(f"scheduler {name!r} is unknown; choose one of {sorted(SCHEDULERS)}")
-    return getattr(diffusers, cls_name)
+    return cls_name
+
+
+def scheduler_class(name: str):
+    import diffusers
+
+    return getattr(diffusers, scheduler_class_name(name))
 
 
 def make_scheduler(base_scheduler, name: str | None):

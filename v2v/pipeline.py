@@ -140,11 +140,12 @@ def _write_job_json(cfg: JobConfig, run_id: str, started: float, extra: dict) ->
 def run_job(cfg: JobConfig, log=print) -> Summary:
     """Run the whole job on the connected Ray cluster. Bad inputs become failed rows; the summary says all.
 
-    Raises ManifestError / ConfigError for unusable input (before anything runs) and LeaseError when another
-    live job is writing the same output.
+    Raises ManifestError / ConfigError / ModelError for unusable input (before anything runs) and LeaseError
+    when another live job is writing the same output.
     """
     from v2v.lease import Lease
 
+    from v2v.models import check_model
     from v2v.video import VideoError, check_encoder
 
     cfg.validate()
@@ -152,6 +153,7 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         check_encoder(cfg.codec, cfg.crf, cfg.preset)
     except VideoError as e:
         raise ConfigError(f"--crf/--preset: {e}") from None
+    check_model(cfg.model, cfg.scheduler)  # raises ModelError: a mistyped path fails here, not in every actor
     t_start = time.time()
     run_id = idx.new_run_id()
     manifest = load_manifest(cfg.manifest, cfg)  # raises ManifestError before anything else happens
