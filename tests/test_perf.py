@@ -312,12 +312,16 @@ def test_channel_stats_norms_compute_the_same_latents(cache_dir, monkeypatch):
     c = _tiny_with_norm_and_temporal_weights(cache_dir, seed=6)
     keys = set(c.unet.state_dict())
     norms = sum(isinstance(m, torch.nn.GroupNorm) for m in c.unet.modules())
+    vae_norms = sum(isinstance(m, torch.nn.GroupNorm) for m in c.vae.modules())
     want = restyle(c, _video(2), CLIPS, output="latents")
+    want_frames = restyle(c, _video(2), CLIPS)  # through the VAE's decoder too
     apply_perf_settings(c, temporal_layers=True, channel_stats=True)
     assert sum(type(m) is ChannelStatsGroupNorm for m in c.unet.modules()) == norms > 0
+    assert sum(type(m) is ChannelStatsGroupNorm for m in c.vae.modules()) == vae_norms > 0
     assert set(c.unet.state_dict()) == keys
     got = restyle(c, _video(2), CLIPS, output="latents")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # other reductions, other rounding
+    torch.testing.assert_close(restyle(c, _video(2), CLIPS), want_frames, rtol=0, atol=1e-4)
     # the temporal layers' norms go through group_norm_by_channel too (every one of them, on every call)
     from v2v import temporal
 

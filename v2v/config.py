@@ -87,9 +87,10 @@ class JobConfig:
     # where the kernel does not apply (CPU, float32). None: on with compile (4.6 % per step on an H200, tenth
     # section of benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
     frame_attention: bool | None = None
-    # The UNet's GroupNorms from per-channel statistics, combined per group (v2v.group_norm): reductions over
-    # contiguous channels-last rows. None: on with compile (5 % per step on an H200, thirteenth section of
-    # benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
+    # The UNet's and the VAE's GroupNorms from per-channel statistics, combined per group (v2v.group_norm):
+    # reductions over contiguous channels-last rows. None: on with compile (5 % per UNet step on an H200,
+    # thirteenth section of benchmarks/RESULTS.md; the VAE 23 % faster, twenty-first), off without (eager GPU runs
+    # not measured with it).
     channel_stats: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
     # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready

@@ -31,8 +31,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     temporal_layers: the UNet's temporal layers without permuted copies or layout conversions (v2v.temporal).
     frame_attention: the temporal transformers' attention over the frames as one Triton kernel
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
-    channel_stats: the UNet's GroupNorms take their statistics per channel, then combine them per group
-    (v2v.group_norm): reductions over contiguous channels-last rows.
+    channel_stats: the UNet's and the VAE's GroupNorms take their statistics per channel, then combine them per
+    group (v2v.group_norm): reductions over contiguous channels-last rows.
     cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
     fastest; off, its heuristics pick one with no search at start.
     shared_cache: with compile_aot or precompile, a URI every machine reaches (v2v.shared_cache): a part the
@@ -61,6 +61,9 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         from v2v.group_norm import use_channel_stats
 
         use_channel_stats(unet)
+        # and the VAE's (2-D, per frame; 32 groups of 4-16 channels): 207 -> 159 ms a clip for its encoder and
+        # decoder on an H200 (benchmarks/RESULTS.md, twenty-first section)
+        use_channel_stats(components.vae)
     if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
         # Only rank-4 (Conv2d) weights: temporal_layers gives the temporal Conv3d layers theirs.
@@ -112,8 +115,11 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                                fallback=UNetCall.tensors_only(unet_fn), shared=shared)
             unet_fn = UNetCall(aot["unet"], eager)
             for i, (p, name) in enumerate(parts):
-                vae_fns[i] = aot[name] = form(p, part_tensors, name, {**base, "part": name}, Path(cache) / folder,
-                                              fallback=vae_fns[i], shared=shared)
+                # "vae_norms": the VAE's GroupNorms follow channel_stats since v2v's twenty-first session; parts
+                # stored before then (the key without it) are not taken for theirs
+                key = {**base, "part": name, "vae_norms": "channel_stats" if channel_stats else "torch"}
+                vae_fns[i] = aot[name] = form(p, part_tensors, name, key, Path(cache) / folder, fallback=vae_fns[i],
+                                              shared=shared)
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
