@@ -183,3 +183,16 @@ def test_nonfinite_clips_finds_nan_and_infinities_per_clip():
     frames[2, 0, 0, 0, 0] = float("inf")
     frames[4, 0, 0, 0, 1], frames[4, 1, 0, 0, 1] = float("inf"), float("-inf")  # sum NaN, still found
     assert nonfinite_clips(frames) == [1, 2, 4]
+
+
+def test_device_frames_are_the_frames_and_uint8_as_the_job_takes_them(tiny):
+    from v2v.sampler import to_uint8, to_uint8_checked
+
+    frames, clip = _frames(2), [ClipSettings("a", seed=1, num_inference_steps=4), ClipSettings("b", seed=2)]
+    on_device = restyle(tiny, frames, clip, output="device_frames")
+    assert torch.equal(on_device, restyle(tiny, frames, clip))  # the CPU is the device here
+    u8, bad = to_uint8_checked(on_device)
+    assert bad == [] and u8.dtype == np.uint8 and u8.shape == (2, 8, 64, 64, 3)
+    assert np.array_equal(u8, to_uint8(on_device)) and 0 < u8.mean() < 255
+    with pytest.raises(SamplerInputError, match="output must be"):
+        restyle(tiny, frames, clip, output="pixels")

@@ -179,13 +179,19 @@ def encode_posterior(vae, pixels: torch.Tensor, chunk: int):
 
 
 @torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(B, 4, F, h, w) latents -> float32 (B, F, H, W, 3) frames in [0, 1], `chunk` frames per VAE call."""
+def decode_frames(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, 4, F, h, w) latents -> float32 (B, F, H, W, 3) frames in [0, 1] on the VAE's device, `chunk` frames
+    per VAE call."""
     b, c, f, h, w = latents.shape
     flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
     images = torch.cat([vae.decode(flat[i : i + chunk]).sample.float() for i in range(0, b * f, chunk)])
     images = (images / 2 + 0.5).clamp(0, 1)  # (B*F, 3, H, W)
-    return images.reshape(b, f, *images.shape[1:]).permute(0, 1, 3, 4, 2).cpu()
+    return images.reshape(b, f, *images.shape[1:]).permute(0, 1, 3, 4, 2)
+
+
+def decode_latents(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`decode_frames` on the CPU: the reference pipeline's float frames."""
+    return decode_frames(vae, latents, chunk).cpu()
 
 
 def nonfinite_clips(frames: torch.Tensor) -> list[int]:
@@ -200,9 +206,25 @@ def nonfinite_clips(frames: torch.Tensor) -> list[int]:
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """float frames in [0, 1] -> uint8, rounded as the reference's postprocessing rounds (NaN would turn into
-    0: black; check `nonfinite_clips` first)."""
-    return (frames * 255).round().to(torch.uint8).numpy()
+    """float frames in [0, 1] -> uint8 on the CPU, rounded as the reference's postprocessing rounds (NaN would
+    turn into 0: black; check `nonfinite_clips` first).
+
+    Converted where the frames are: from a GPU a quarter of the bytes cross to the host, into pinned memory
+    (torch's host allocator reuses the block from call to call). Copied as float32 into fresh pageable memory
+    and converted there, a 4-clip batch of 576x320 frames took ~0.2 s more of the actor's time on an H200's host
+    (benchmarks/RESULTS.md, twenty-first section); the values are the same (IEEE multiply, round half to even).
+    """
+    u8 = (frames * 255).round().to(torch.uint8)
+    if u8.device.type == "cpu":
+        return u8.numpy()
+    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+    return host.copy_(u8).numpy()
+
+
+def to_uint8_checked(frames: torch.Tensor) -> tuple[np.ndarray, list[int]]:
+    """What the job does with restyled frames (B, F, H, W, 3), on their device: (uint8 frames on the CPU, the
+    indices of the clips that hold NaN or infinities, whose frames mean nothing)."""
+    return to_uint8(frames), nonfinite_clips(frames)
 
 
 # 5. Latents ----------------------------------------------------------------------------------------------
@@ -285,11 +307,12 @@ def restyle(components, video: torch.Tensor, clips: list[ClipSettings], *, sched
     """Restyle B clips together.
 
     video: uint8 (B, F, H, W, 3) RGB frames, or float (B, 4, F, h, w) latents (the VAE encode is skipped).
-    Returns float32 (B, F, H, W, 3) frames in [0, 1] on the CPU, or with output="latents" the final
-    (B, 4, F, h, w) latents. Clips with different step counts, strengths or guidance on/off run in groups.
+    Returns float32 (B, F, H, W, 3) frames in [0, 1] on the CPU; with output="device_frames" the same on the
+    model's device (for `to_uint8_checked`, as the job does); with output="latents" the final (B, 4, F, h, w)
+    latents. Clips with different step counts, strengths or guidance on/off run in groups.
     """
-    if output not in ("frames", "latents"):
-        raise SamplerInputError(f"output must be 'frames' or 'latents', got {output!r}")
+    if output not in ("frames", "device_frames", "latents"):
+        raise SamplerInputError(f"output must be 'frames', 'device_frames' or 'latents', got {output!r}")
     if vae_chunk < 1:
         raise SamplerInputError(f"vae_chunk must be >= 1, got {vae_chunk}")
     check_inputs(video, clips, components.vae_scale_factor)
@@ -331,4 +354,5 @@ def restyle(components, video: torch.Tensor, clips: list[ClipSettings], *, sched
     latents = torch.cat(results)  # (B, 4, F, h, w)
     if output == "latents":
         return latents
-    return decode_latents(vae, latents, vae_chunk)
+    frames = decode_frames(vae, latents, vae_chunk)
+    return frames if output == "device_frames" else frames.cpu()

@@ -174,7 +174,7 @@ class Restyle:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from v2v.sampler import ClipSettings, SamplerInputError, nonfinite_clips, restyle, to_uint8
+        from v2v.sampler import ClipSettings, SamplerInputError, restyle, to_uint8_checked
 
         n = len(batch["id"])
         errors = _errors(batch)
@@ -200,18 +200,18 @@ class Restyle:
                 t0, wall0 = time.perf_counter(), time.time()
                 try:
                     frames = restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
-                                     vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant)
+                                     vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant,
+                                     output="device_frames")
+                    out, bad = to_uint8_checked(frames)
                 except (SamplerInputError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
                     if len(g) > 1:  # isolate the clip that fails; the others still get restyled
                         groups += [[i] for i in g]
                         continue
                     errors[g[0]] = f"restyle: {type(e).__name__}: {e}"
                     continue
-                # A clip whose output holds NaN would be written as black frames and pass as ok: fail its row
-                # instead. Clips of one forward do not mix, so its batch-mates stand.
-                bad = set(nonfinite_clips(frames))
-                out = to_uint8(frames)
                 elapsed = time.perf_counter() - t0
+                # A clip whose output holds NaN would be written as black frames and pass as ok: its row fails
+                # instead. Clips of one forward do not mix, so its batch-mates stand.
                 for j, i in enumerate(g):
                     if j in bad:
                         errors[i] = (f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
