@@ -12,7 +12,7 @@ GroupNorms and one with per-channel statistics, and swapped in turn. Per path: s
 give the same bytes, and each VAE's decoded frames and encoder means against a float32 eager VAE on the same final
 latents and pixels. OUT/actor_path_probe.json.
 
-    python benchmarks/actor_path_probe.py OUT [--repeat N]     # GPU, random-576w under /tmp/bench
+    python benchmarks/actor_path_probe.py OUT [--repeat N] [--rounds N] [--paths before,after]   # GPU, random-576w
     python benchmarks/actor_path_probe.py OUT --cpu            # smoke run, the tiny model, float32, eager
 """
 import copy
@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vae_probe import _prepare  # noqa: E402
 
 from v2v.bench import timed  # noqa: E402
+from v2v.group_norm import ChannelStatsGroupNorm  # noqa: E402
 from v2v.sampler import (ClipSettings, decode_frames, encode_posterior, frames_to_pixels, restyle,  # noqa: E402
                          to_uint8, to_uint8_checked)
 
 
-def main(out: str, cpu: bool, repeat: int) -> None:
+def main(out: str, cpu: bool, repeat: int, rounds: int, which: set[str]) -> None:
     from jobs.benchmark import JOB_GPU_VARIANT, _load, _video, model_folder
 
     torch.set_num_threads(4)  # v2v.config.resources gives a GPU actor 4 threads
@@ -42,6 +43,11 @@ def main(out: str, cpu: bool, repeat: int) -> None:
     batch = 4
     c = _load(folder, device, variant, unet_batch=2 * batch)
     base_vae = copy.deepcopy(c.vae)
+    # channel_stats swapped the loaded VAE's norms too (since this session): torch's back for the base copy. (The
+    # first run of this probe missed that, so both of its VAEs had per-channel statistics: h200-twentyfirst/ap21.)
+    for m in base_vae.modules():
+        if type(m) is ChannelStatsGroupNorm:
+            m.__class__ = torch.nn.GroupNorm
     vaes = {"torch norms": _prepare(base_vae, "default", compile=not cpu),
             "channel stats": _prepare(base_vae, "chanstats", compile=not cpu)}
     clips = [ClipSettings(f"style {i}", seed=i, strength=0.6, num_inference_steps=40, guidance_scale=15.0)
@@ -50,23 +56,28 @@ def main(out: str, cpu: bool, repeat: int) -> None:
     paths = {"before: float32 frames to the host, uint8 on the CPU": lambda: to_uint8(restyle(c, video, clips)),
              "after: uint8 on the GPU, pinned copy": lambda: to_uint8_checked(
                  restyle(c, video, clips, output="device_frames"))[0]}
-    rows, outputs = [], {}
-    for vae_name, vae in vaes.items():
-        c.vae = vae
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            first = paths["before: float32 frames to the host, uint8 on the CPU"]()
-        warm_s = time.perf_counter() - t0
-        for path_name, fn in paths.items():
-            with torch.no_grad():
-                s, times = timed(fn, repeat=repeat, warmup=0)
-                outputs[(vae_name, path_name)] = fn()
-            rows.append({"vae": vae_name, "path": path_name, "s_per_clip": s / batch, "times_s": times,
-                         "first_call_s": warm_s})
-            print(f"{vae_name:14s} | {path_name:55s} | {s / batch:.4f} s a clip ({', '.join(f'{t:.3f}' for t in times)}"
-                  f" s a batch; first call {warm_s:.1f} s)", flush=True)
-        del first
-    same = {v: bool(np.array_equal(outputs[(v, list(paths)[0])], outputs[(v, list(paths)[1])])) for v in vaes}
+    paths = {k: v for k, v in paths.items() if k.split(":")[0] in which}
+    rows, outputs, warm = [], {}, {}
+    for round_ in range(rounds):  # the VAEs in turn, `rounds` times: drift shows as a difference between rounds
+        for vae_name, vae in vaes.items():
+            c.vae = vae
+            if vae_name not in warm:
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    list(paths.values())[0]()
+                warm[vae_name] = time.perf_counter() - t0
+            for path_name, fn in paths.items():
+                with torch.no_grad():
+                    s, times = timed(fn, repeat=repeat, warmup=0)
+                    if len(paths) > 1:  # for the check that both paths give the same bytes
+                        outputs[(vae_name, path_name)] = fn()
+                rows.append({"round": round_, "vae": vae_name, "path": path_name, "s_per_clip": s / batch,
+                             "times_s": times, "first_call_s": warm[vae_name]})
+                print(f"round {round_} {vae_name:14s} | {path_name:55s} | {s / batch:.4f} s a clip "
+                      f"({', '.join(f'{t:.3f}' for t in times)} s a batch; first call {warm[vae_name]:.1f} s)",
+                      flush=True)
+    same = {v: bool(np.array_equal(outputs[(v, list(paths)[0])], outputs[(v, list(paths)[-1])]))
+            for v in vaes} if len(paths) > 1 else None
     print("uint8 frames identical on both paths:", same, flush=True)
 
     # Quality: each bf16 VAE against float32 eager on the same final latents and the same pixels.
@@ -87,7 +98,7 @@ def main(out: str, cpu: bool, repeat: int) -> None:
                                  "encoder_mean_rel": float((mean - want_mean).norm() / want_mean.norm())}
             print(f"{vae_name:14s} vs float32 eager: {quality[vae_name]}", flush=True)
     info = {"device": torch.cuda.get_device_name() if not cpu else "cpu", "torch": torch.__version__,
-            "variant (UNet)": variant, "batch": batch, "repeat": repeat, "command": " ".join(["python"] + sys.argv)}
+            "variant (UNet)": variant, "batch": batch, "repeat": repeat, "rounds": rounds, "command": " ".join(["python"] + sys.argv)}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "actor_path_probe.json").write_text(json.dumps({"info": info, "rows": rows, "identical": same,
                                                                 "quality_vs_fp32": quality}, indent=1))
@@ -95,5 +106,6 @@ def main(out: str, cpu: bool, repeat: int) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    n = int(args[args.index("--repeat") + 1]) if "--repeat" in args else 2
-    main(args[0], "--cpu" in args, n)
+    opt = {k: args[args.index(k) + 1] for k in ("--repeat", "--rounds", "--paths") if k in args}
+    main(args[0], "--cpu" in args, int(opt.get("--repeat", 2)), int(opt.get("--rounds", 1)),
+         set(opt.get("--paths", "before,after").split(",")))
