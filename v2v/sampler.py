@@ -211,8 +211,8 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
     Converted where the frames are: from a GPU a quarter of the bytes cross to the host, into pinned memory
     (torch's host allocator reuses the block from call to call). Copied as float32 into fresh pageable memory
-    and converted there, a 4-clip batch of 576x320 frames took ~0.2 s more of the actor's time on an H200's host
-    (benchmarks/RESULTS.md, twenty-first section); the values are the same (IEEE multiply, round half to even).
+    and converted on the CPU, the actor's call took 45-94 ms a clip longer on an H200 (4 clips of 576x320x24;
+    benchmarks/RESULTS.md, twenty-first section); the bytes are the same (IEEE multiply, round half to even).
     """
     u8 = (frames * 255).round().to(torch.uint8)
     if u8.device.type == "cpu":
