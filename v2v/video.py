@@ -253,8 +253,9 @@ def codec(name: str) -> Codec:
 
 def check_encoder(codec_name: str, crf: int | None = None, preset: str | None = None) -> None:
     """Raise VideoError naming the setting when the encoder would refuse `crf` or `preset`: the job checks
-    this before it runs, since the encoder only opens after a clip has been restyled. Encodes two small frames
-    to a temporary folder through `write_video` itself."""
+    this before it runs, since the encoder only opens after a clip has been restyled. Encodes eight small frames
+    to a temporary folder through `write_video` itself (not fewer: libx265 in mp4 sometimes gives one or two
+    frames a pts/dts pair the muxer refuses)."""
     import tempfile
 
     spec = codec(codec_name)
@@ -265,8 +266,9 @@ def check_encoder(codec_name: str, crf: int | None = None, preset: str | None = 
         return  # lossless: it takes no crf or preset
     with tempfile.TemporaryDirectory() as d:
         try:
-            write_video(np.zeros((2, 64, 64, 3), np.uint8), os.path.join(d, "check." + spec.ext), 12.0, codec_name,
-                        crf, preset)
+            frames = np.zeros((8, 64, 64, 3), np.uint8)
+            frames[:, :, :32] = np.arange(8, dtype=np.uint8)[:, None, None, None] * 30  # some motion to code
+            write_video(frames, os.path.join(d, "check." + spec.ext), 12.0, codec_name, crf, preset)
         except av.FFmpegError as e:
             used = (crf if crf is not None else spec.default_crf, preset if preset is not None else spec.default_preset)
             raise VideoError(f"the {codec_name} encoder ({spec.encoder}) refuses crf {used[0]!r} with preset "
