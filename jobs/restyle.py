@@ -48,6 +48,7 @@ HELP = {
     "num_actors": "restyle actors (default: one per GPU, or 1 without GPUs)",
     "num_gpus_per_actor": "GPUs per actor (default: 1 if the cluster has GPUs, else 0)",
     "cpus_per_task": "CPUs per decode/encode task",
+    "actor_memory_gib": "host memory (GiB) Ray reserves per restyle actor (default: none; ~4.1 for a 576w GPU actor)",
     "dtype": "auto, float32, float16 or bfloat16 (auto: bfloat16 on GPU, float16 before Ampere, float32 on CPU)",
     "vae_chunk": "frames per VAE call (bounds memory)",
     "allow_pickle": "load pickled .bin weights (only checkpoints you trust)",

@@ -357,3 +357,22 @@ def test_nan_clip_is_a_failed_row_not_a_black_video(ray_cluster, inputs, nan_mod
     base = pd.read_parquet(baseline[0] / "index")
     shas = lambda d: sorted(zip(d.clip_index, d.output_sha256))  # noqa: E731
     assert shas(df[df.status == "ok"]) == shas(base[base.tag == "t1"])  # v1's clips as `tiny` made them
+
+
+def test_actor_memory_is_reserved_for_each_restyle_actor(ray_cluster, inputs, tmp_path):
+    """--actor-memory-gib reaches Ray as the restyle actors' `memory` resource (what Ray Data's warning asks)."""
+    from ray.util.state import list_actors
+
+    def restyle_actors():
+        return {a.actor_id: a for a in list_actors(detail=True, limit=10000) if "Restyle" in (a.class_name or "")}
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "v0.mp4").symlink_to(inputs / "v0.mp4")
+    pd.DataFrame([{"video": "v0.mp4", "prompt": "style 0", "seed": 0}]).to_csv(d / "m.csv", index=False)
+    before = set(restyle_actors())
+    s = run_job(_cfg(d, tmp_path / "out", actor_memory_gib=0.25), **QUIET)
+    assert s.ok == 2
+    new = [a for k, a in restyle_actors().items() if k not in before]
+    assert new and all(a.required_resources.get("memory") == 0.25 * 2**30 for a in new), [
+        a.required_resources for a in new]

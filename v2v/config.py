@@ -51,6 +51,10 @@ class JobConfig:
     num_actors: int | None = None  # None: one per GPU in the cluster (1 on a CPU-only cluster)
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
     cpus_per_task: float = 1.0  # decode and encode tasks
+    # Host memory Ray reserves for each restyle actor (Ray Data's `memory=`), so that a node is not given more
+    # actors than its RAM holds; None: none reserved. A GPU actor of zeroscope_v2_576w used ~4.1 GiB on an H200
+    # host (Ray Data's own estimate, printed as a warning at every GPU run without it).
+    actor_memory_gib: float | None = None
     dtype: str = "auto"  # auto: bfloat16 on GPU (float16 before Ampere), float32 on CPU; see auto_dtype
     vae_chunk: int = 8  # frames per VAE call: bounds memory regardless of batch x frames
     allow_pickle: bool = False  # load pickled (.bin) weights; only for checkpoints you trust
@@ -121,6 +125,7 @@ class JobConfig:
             ("clip_skip", self.clip_skip is None or self.clip_skip >= 0, ">= 0"),
             ("num_actors", self.num_actors is None or self.num_actors >= 1, ">= 1"),
             ("num_gpus_per_actor", self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, ">= 0"),
+            ("actor_memory_gib", self.actor_memory_gib is None or self.actor_memory_gib > 0, "> 0"),
             ("vae_chunk", self.vae_chunk >= 1, ">= 1"),
             ("max_failures", self.max_failures >= 0, ">= 0"),
             ("lease_ttl_s", self.lease_ttl_s >= 1, ">= 1"),

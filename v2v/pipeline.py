@@ -144,7 +144,6 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     when another live job is writing the same output.
     """
     from v2v.lease import Lease
-
     from v2v.models import check_model
     from v2v.video import VideoError, check_encoder
 
@@ -246,9 +245,10 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
             warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
             ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
                                 ray_remote_args_fn=lambda: cpu_task)
+        memory = {"memory": int(cfg.actor_memory_gib * 2**30)} if cfg.actor_memory_gib else {}
         ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res),
                             batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
-                            num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor)
+                            num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, **memory)
         ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
         pending: list[dict] = []
         last_flush = last_log = time.time()
