@@ -251,6 +251,19 @@ def codec(name: str) -> Codec:
     return CODECS[name]
 
 
+def _sane_dts(packet, last_dts: int | None) -> int | None:
+    """Keep a video packet's decode timestamp in (last packet's, its pts] and returns it. libx265 through FFmpeg
+    sometimes leaves a one- or two-frame stream's dts unset (values such as -5.8e17 or above the pts): mp4's muxer
+    then refuses the packet ("pts/dts pair unsupported") or writes a broken timeline. Encoders here delay
+    decoding by at most a few frames (x265's B-frames: dts from -2), so a dts below -16 is taken as unset too."""
+    if packet.pts is None:
+        return last_dts
+    dts = packet.dts
+    if dts is None or dts > packet.pts or dts < -16 or (last_dts is not None and dts <= last_dts):
+        packet.dts = dts = packet.pts if last_dts is None or packet.pts > last_dts else last_dts + 1
+    return dts
+
+
 def check_encoder(codec_name: str, crf: int | None = None, preset: str | None = None) -> None:
     """Raise VideoError naming the setting when the encoder would refuse `crf` or `preset`: the job checks
     this before it runs, since the encoder only opens after a clip has been restyled. Encodes eight small frames
@@ -311,13 +324,15 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
             if spec.ext == "mp4" and spec.encoder == "libx265":
                 vs.codec_tag = "hvc1"  # so Apple players accept it
             audio = _open_audio(audio_from, out) if audio_from else None
-            for i, arr in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format=spec.pix_fmt)
-                frame.pts = i
+            last_dts = None
+            for i in range(len(frames) + 1):  # the last round flushes the encoder
+                frame = None
+                if i < len(frames):
+                    frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(format=spec.pix_fmt)
+                    frame.pts = i
                 for packet in vs.encode(frame):
+                    last_dts = _sane_dts(packet, last_dts)
                     out.mux(packet)
-            for packet in vs.encode():
-                out.mux(packet)
             if audio is not None:
                 _copy_audio(audio, out, audio_span or (0.0, len(frames) / fps))
         return sha256_file(tmp), os.path.getsize(tmp)
