@@ -202,7 +202,8 @@ def nonfinite_clips(frames: torch.Tensor) -> list[int]:
     of finite values past float32's range would count too; frames lie in [0, 1].) Decoded frames come clamped to
     [0, 1], which keeps NaN, so NaN latents (float16 overflow in the UNet or the VAE, NaN weights) show here.
     """
-    return (~torch.isfinite(frames.flatten(1).sum(1))).nonzero().flatten().tolist()
+    per_clip = frames.sum(dim=tuple(range(1, frames.ndim)))  # any layout (decoded frames are a permuted view)
+    return (~torch.isfinite(per_clip)).nonzero().flatten().tolist()
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
