@@ -66,7 +66,7 @@ HELP = {
                        "(default: with --compile)",
     "frame_attention": "the temporal transformers' attention over the frames as one Triton kernel (GPU; "
                        "default: with --compile)",
-    "channel_stats": "the UNet's GroupNorms from per-channel statistics (default: with --compile)",
+    "channel_stats": "the UNet's and the VAE's GroupNorms from per-channel statistics (default: with --compile)",
     "cudnn_benchmark": "GPU: time each convolution's cuDNN algorithms on first use and keep the fastest",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
@@ -105,7 +105,11 @@ def config_from_args(argv: list[str] | None = None) -> tuple[JobConfig, argparse
         import fsspec
 
         with fsspec.open(args.config, "r") as f:
-            cfg = JobConfig.from_yaml(f.read())
+            text = f.read()
+        try:
+            cfg = JobConfig.from_yaml(text)
+        except ConfigError as e:
+            raise ConfigError(f"--config {args.config}: {e}") from None
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(JobConfig)
                  if f.name != "labels" and getattr(args, f.name) is not None}
     cfg = dataclasses.replace(cfg, **overrides)

@@ -137,3 +137,27 @@ def test_job_settings_are_checked_before_anything_runs(field, value, want):
     with pytest.raises(ConfigError, match=f"^{field} must be {want}.*got {value!r}"):
         JobConfig(manifest="x", output="y", **{field: value}).validate()
     JobConfig(manifest="x", output="y").validate()  # the defaults pass
+
+
+def test_config_file_is_read_and_checked_setting_by_setting(tmp_path):
+    """`--config job.yaml`: flags override it; a wrong type or name is a ConfigError naming the setting (it was a
+    TypeError from deep in the checks)."""
+    from jobs.restyle import config_from_args
+    from v2v.config import ConfigError
+
+    good = tmp_path / "good.yaml"
+    good.write_text("manifest: m.csv\noutput: out\nbatch-size: 4\nstrength: 1\nnum_actors: null\ncompile: true\n"
+                    "labels: {run: nightly}\n")
+    cfg, _ = config_from_args(["--config", str(good), "--batch-size", "2"])
+    assert (cfg.batch_size, cfg.strength, cfg.num_actors, cfg.compile, cfg.labels) == (2, 1, None, True,
+                                                                                        {"run": "nightly"})
+    for line, match in [("batch_size: four", "batch_size must be int, got 'four'"),
+                        ("strength: '0.5'", "strength must be float, got '0.5'"),
+                        ("compile: 1", "compile must be bool or null, got 1"),
+                        ("batch_size: true", "batch_size must be int, got True"),
+                        ("batchsize: 4", r"unknown setting\(s\) \['batchsize'\]"),
+                        ("strength: [0.5", r"(?s)bad\.yaml: the config file is not valid YAML: .*line 3")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"manifest: m.csv\noutput: out\n{line}\n")
+        with pytest.raises(ConfigError, match=match):
+            config_from_args(["--config", str(bad)])

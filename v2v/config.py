@@ -149,17 +149,36 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
+        """Settings by name (a config file's), each checked against its field's type: a wrong one is a ConfigError
+        naming it, not a TypeError deep in `validate` or the job."""
+        import typing
+
         names = {f.name: f for f in dataclasses.fields(cls)}
+        d = {k.replace("-", "_"): v for k, v in d.items()}
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**{k.replace("-", "_"): v for k, v in d.items()})
+        hints = typing.get_type_hints(cls)
+        for name, value in d.items():
+            allowed = typing.get_args(hints[name]) or (hints[name],)  # `int | None` -> (int, NoneType)
+            # YAML's ints serve float settings; bools are ints to Python but not to a config file
+            ok = any(value is None if t is type(None) else
+                     isinstance(value, bool) if t is bool else
+                     isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
+                     isinstance(value, t) and not isinstance(value, bool) for t in allowed)
+            if not ok:
+                want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ConfigError(f"{name} must be {want}, got {value!r}")
+        return cls(**d)
 
     @classmethod
     def from_yaml(cls, text: str) -> "JobConfig":
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"the config file is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError("a config file must be a mapping of setting: value")
         return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()})
