@@ -77,45 +77,52 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("V2V_CACHE", Path.home() / ".cache" / "v2v"))
 
 
+def model_source(reference: str) -> tuple[str, str]:
+    """What a model reference names, read off the string (and whether a local path exists), nothing fetched:
+    ("tiny" | "uri" | "folder" | "hub", the reference without a file:// prefix)."""
+    if reference == "tiny":
+        return "tiny", reference
+    ref = reference[len("file://") :] if reference.startswith("file://") else reference
+    if "://" in ref:
+        return "uri", ref
+    if Path(ref).exists():
+        return "folder", ref
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        return "hub", ref
+    raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', a URI (s3://...) or a hub id (org/name)")
+
+
 def resolve_model(reference: str, cache_dir: str | Path | None = None) -> Path:
     """Turn a model reference into a local diffusers folder, fetching it once if it is remote."""
     from v2v.tiny import tiny_model_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    if reference == "tiny":
+    kind, ref = model_source(reference)
+    if kind == "tiny":
         return tiny_model_dir(cache)
-    if reference.startswith("file://"):
-        reference = reference[len("file://") :]
-    if "://" in reference:
-        return _fetch_fsspec(reference, cache)
-    if Path(reference).exists():
-        return Path(reference).resolve()
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", reference):
-        return _fetch_hub(reference, cache)
-    raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', a URI (s3://...) or a hub id (org/name)")
+    if kind == "uri":
+        return _fetch_fsspec(ref, cache)
+    if kind == "folder":
+        return Path(ref).resolve()
+    return _fetch_hub(ref, cache)
 
 
 def check_model(reference: str, scheduler: str | None = None) -> None:
     """What the driver can check of a model before anything runs, reading no weights and downloading nothing:
-    a folder (local or a URI) holds model_index.json, anything else is `tiny` or a hub id, and the scheduler
-    name is known. Without it a mistyped path surfaced as each actor's start failing inside Ray."""
+    a folder (local or a URI) holds model_index.json, anything else is `tiny` or a hub id (`model_source`), and
+    the scheduler name is known. Without it a mistyped path surfaced as each actor's start failing inside Ray."""
     if scheduler is not None:
         scheduler_class_name(scheduler)
-    if reference == "tiny":
-        return
-    ref = reference[len("file://") :] if reference.startswith("file://") else reference
-    if "://" in ref:
+    kind, ref = model_source(reference)
+    if kind == "uri":
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(ref)
         found = fs.exists(f"{root.rstrip('/')}/model_index.json")
-    elif Path(ref).exists():
+    elif kind == "folder":
         found = (Path(ref) / "model_index.json").exists()
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
-        return  # a hub id: resolved (or found in the cache, offline) where the actors load it
     else:
-        raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', a URI (s3://...) or a hub id "
-                         f"(org/name)")
+        return  # tiny, or a hub id: resolved (or found in the cache, offline) where the actors load it
     if not found:
         raise ModelError(f"model {reference!r}: no model_index.json there; expected a folder in the diffusers layout")
 
@@ -299,12 +306,13 @@ def model_geometry(reference: str) -> tuple[int, int, int]:
 
     from v2v.tiny import TINY_FRAMES, TINY_SIZE
 
-    if reference == "tiny":
+    kind, ref = model_source(reference)
+    if kind == "tiny":
         return TINY_SIZE, TINY_SIZE, TINY_FRAMES
-    if "://" not in reference and not Path(reference).exists():
-        return _ZEROSCOPE_NATIVE  # a hub id: the family's default
+    if kind == "hub":
+        return _ZEROSCOPE_NATIVE  # the family's default
     try:
-        with fsspec.open(reference.rstrip("/") + "/v2v.json", "r") as f:
+        with fsspec.open(ref.rstrip("/") + "/v2v.json", "r") as f:
             m = json.load(f)
         return int(m["width"]), int(m["height"]), int(m["frames"])
     except FileNotFoundError:
