@@ -161,12 +161,7 @@ class JobConfig:
         hints = typing.get_type_hints(cls)
         for name, value in d.items():
             allowed = typing.get_args(hints[name]) or (hints[name],)  # `int | None` -> (int, NoneType)
-            # YAML's ints serve float settings; bools are ints to Python but not to a config file
-            ok = any(value is None if t is type(None) else
-                     isinstance(value, bool) if t is bool else
-                     isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
-                     isinstance(value, t) and not isinstance(value, bool) for t in allowed)
-            if not ok:
+            if not any(_is_a(value, t) for t in allowed):
                 want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
                 raise ConfigError(f"{name} must be {want}, got {value!r}")
         return cls(**d)
@@ -181,10 +176,20 @@ class JobConfig:
             raise ConfigError(f"the config file is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError("a config file must be a mapping of setting: value")
-        return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()})
+        return cls.from_dict(data)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _is_a(value, t: type) -> bool:
+    """A config file's value as a setting of type t: YAML's ints serve float settings; bools are ints to Python
+    but not to a config file."""
+    if t is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return t is bool
+    return isinstance(value, (int, float)) if t is float else isinstance(value, t)
 
 
 @dataclass(frozen=True)
