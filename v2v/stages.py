@@ -13,7 +13,6 @@ import os
 import socket
 import time
 
-import av
 import numpy as np
 
 from v2v.config import JobConfig, Resources, auto_dtype
@@ -243,7 +242,7 @@ def encode(batch: dict, cfg: JobConfig) -> dict:
             sha, size = write_video(batch["frames"][i], join(cfg.output, rel), float(batch["fps"][i]),
                                     cfg.codec, cfg.crf, cfg.preset,
                                     audio_from=batch["video"][i] if cfg.audio else None, audio_span=span)
-        except (OSError, VideoError, ValueError, av.FFmpegError) as e:  # full disk, read-only target, bad store
+        except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store, encoder
             errors[i] = f"encode: {type(e).__name__}: {e}"
             continue
         outputs[i], shas[i], sizes[i], status[i] = rel, sha, size, "ok"

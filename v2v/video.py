@@ -277,15 +277,28 @@ def check_encoder(codec_name: str, crf: int | None = None, preset: str | None = 
         raise VideoError(f"crf must be an integer in {low}..{high} for {codec_name}, got {crf!r}")
     if spec.default_crf is None:
         return  # lossless: it takes no crf or preset
+    from v2v.samples import pattern_frame
+
+    frames = np.stack([pattern_frame(i, 64, 64) for i in range(8)])
     with tempfile.TemporaryDirectory() as d:
         try:
-            frames = np.zeros((8, 64, 64, 3), np.uint8)
-            frames[:, :, :32] = np.arange(8, dtype=np.uint8)[:, None, None, None] * 30  # some motion to code
             write_video(frames, os.path.join(d, "check." + spec.ext), 12.0, codec_name, crf, preset)
-        except av.FFmpegError as e:
-            used = (crf if crf is not None else spec.default_crf, preset if preset is not None else spec.default_preset)
-            raise VideoError(f"the {codec_name} encoder ({spec.encoder}) refuses crf {used[0]!r} with preset "
-                             f"{used[1]!r}: {e}") from e
+        except VideoError as e:
+            opts = _encoder_options(spec, crf, preset)
+            raise VideoError(f"the {codec_name} encoder ({spec.encoder}) refuses crf {opts['crf']} with preset "
+                             f"{opts['preset']!r}: {e.__cause__}") from e.__cause__
+
+
+def _encoder_options(spec: Codec, crf: int | None, preset: str | None) -> dict[str, str]:
+    """The encoder's options: crf and preset (the codec's defaults where None), and quiet logs."""
+    opts = {}
+    if spec.default_crf is not None:
+        opts["crf"] = str(crf if crf is not None else spec.default_crf)
+    if spec.default_preset is not None:
+        opts["preset"] = str(preset if preset is not None else spec.default_preset)
+    if spec.encoder == "libx265":
+        opts["x265-params"] = "log-level=error:info=0"  # info=0: no SEI with encode time
+    return opts
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -299,43 +312,44 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
     """Encode uint8 (F, H, W, 3) frames to `uri` atomically: no reader ever sees a partial file there.
 
     With `audio_from`, the source's audio packets between audio_span (seconds) are copied in unchanged.
-    Returns (sha256, size in bytes) of the file written.
+    Returns (sha256, size in bytes) of the file written; raises VideoError naming `uri` where FFmpeg fails (an
+    encoder refusing its settings, a muxer refusing a packet, the audio source unreadable).
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"frames must be uint8 (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
     spec = codec(codec_name)
     rate = _fps_fraction(fps)
     with atomic_output(uri, suffix="." + spec.ext) as tmp:
-        # bitexact: no creation date or random ids in the file, so equal frames give equal bytes (retry-safe).
-        with av.open(tmp, "w", format="matroska" if spec.ext == "mkv" else "mp4",
-                     container_options={"fflags": "+bitexact"}) as out:
-            vs = out.add_stream(spec.encoder, rate=rate)
-            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], spec.pix_fmt
-            opts = {}
-            if spec.default_crf is not None:
-                opts["crf"] = str(crf if crf is not None else spec.default_crf)
-            if spec.default_preset is not None:
-                opts["preset"] = str(preset if preset is not None else spec.default_preset)
-            if spec.encoder == "libx265":
-                opts["x265-params"] = "log-level=error:info=0"  # info=0: no SEI with encode time
-            if spec.encoder == "libsvtav1":
-                os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config otherwise
-            vs.options = opts
-            if spec.ext == "mp4" and spec.encoder == "libx265":
-                vs.codec_tag = "hvc1"  # so Apple players accept it
-            audio = _open_audio(audio_from, out) if audio_from else None
-            last_dts = None
-            for i in range(len(frames) + 1):  # the last round flushes the encoder
-                frame = None
-                if i < len(frames):
-                    frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(format=spec.pix_fmt)
-                    frame.pts = i
-                for packet in vs.encode(frame):
-                    last_dts = _sane_dts(packet, last_dts)
-                    out.mux(packet)
-            if audio is not None:
-                _copy_audio(audio, out, audio_span or (0.0, len(frames) / fps))
+        try:
+            _encode(frames, tmp, rate, spec, _encoder_options(spec, crf, preset), audio_from, audio_span, fps)
+        except av.FFmpegError as e:
+            raise VideoError(f"{uri}: writing {codec_name} failed ({e})") from e
         return sha256_file(tmp), os.path.getsize(tmp)
+
+
+def _encode(frames: np.ndarray, path: str, rate: Fraction, spec: Codec, opts: dict, audio_from, audio_span, fps):
+    # bitexact: no creation date or random ids in the file, so equal frames give equal bytes (retry-safe).
+    if spec.encoder == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config otherwise
+    with av.open(path, "w", format="matroska" if spec.ext == "mkv" else "mp4",
+                 container_options={"fflags": "+bitexact"}) as out:
+        vs = out.add_stream(spec.encoder, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], spec.pix_fmt
+        vs.options = opts
+        if spec.ext == "mp4" and spec.encoder == "libx265":
+            vs.codec_tag = "hvc1"  # so Apple players accept it
+        audio = _open_audio(audio_from, out) if audio_from else None
+        last_dts = None
+        for i in range(len(frames) + 1):  # the last round flushes the encoder
+            frame = None
+            if i < len(frames):
+                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(format=spec.pix_fmt)
+                frame.pts = i
+            for packet in vs.encode(frame):
+                last_dts = _sane_dts(packet, last_dts)
+                out.mux(packet)
+        if audio is not None:
+            _copy_audio(audio, out, audio_span or (0.0, len(frames) / fps))
 
 
 def _open_audio(src_uri: str, out):
