@@ -5,7 +5,7 @@ RESULTS.md); the rest, ~0.21 s a clip, is the VAE's encoder (24 frames in), its 
 decoded frames' copy to the host, the text encoder and the schedulers. The VAE is ~61 TFLOP a clip at 576x320
 (encoder 0.78, decoder 1.76 TFLOP a frame: torch's FlopCounterMode on meta tensors), so at the convolutions' 700
 TFLOP/s in the UNet it would take ~0.09 s. This times it as the job runs it (bf16, each part compiled on
-`vae_chunk` = 8 frames a call through v2v.perf.PadFrames, the sampler's own encode_posterior/decode_latents), and
+`vae_chunk` = 8 frames a call through v2v.perf.PadFrames, the sampler's own encode_posterior/decode_frames), and
 with the UNet's switches applied to it:
 
 - `default`: as the job ships (no switch touches the VAE)
@@ -31,7 +31,7 @@ import torch
 from v2v.bench import kernel_kinds, profiler_kernels, timed
 from v2v.group_norm import use_channel_stats
 from v2v.perf import PadFrames
-from v2v.sampler import decode_latents, encode_posterior, frames_to_pixels
+from v2v.sampler import decode_frames, encode_posterior, frames_to_pixels
 
 VARIANTS = ("default", "chanstats", "cl", "cl+chanstats")
 CHUNK = 8
@@ -93,24 +93,28 @@ def main(out: str, cpu: bool) -> None:
         t0 = time.perf_counter()
         with torch.no_grad():
             encode_posterior(vae, pixels[:CHUNK], CHUNK)
-            decode_latents(vae, latents[:, :, :CHUNK], CHUNK)
+            decode_frames(vae, latents[:, :, :CHUNK], CHUNK)
         sync()
         first_s = time.perf_counter() - t0
 
-        def decode_gpu():  # decode_latents without its copy to the host
-            b, c, f, hh, ww = latents.shape
-            flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, hh, ww)
-            return torch.cat([vae.decode(flat[i: i + CHUNK]).sample.float() for i in range(0, f, CHUNK)])
+        # The decoder on the GPU, and with the float32 frames' copy to fresh host memory (what the sampler's
+        # decode_latents did before this section). h200-twentyfirst/vae21 ran a copy of decode_frames without its
+        # final scale and clamp (under a millisecond) and the since-removed decode_latents.
+        def decode_gpu():
+            return decode_frames(vae, latents, CHUNK)
+
+        def decode_to_host():
+            return decode_frames(vae, latents, CHUNK).cpu()
 
         with torch.no_grad():
             enc_s, _ = timed(lambda: encode_posterior(vae, pixels, CHUNK).mean, repeat=7)
             dec_s, _ = timed(decode_gpu, repeat=7)
-            whole_s, _ = timed(lambda: decode_latents(vae, latents, CHUNK), repeat=7)
+            whole_s, _ = timed(decode_to_host, repeat=7)
             images = decode_gpu()
             host = torch.empty(images.shape, dtype=images.dtype, pin_memory=False)
             copy_s, _ = timed(lambda: host.copy_(images), repeat=7)
             mean = encode_posterior(vae, pixels, CHUNK).mean.float()
-            decoded = decode_latents(vae, latents, CHUNK)
+            decoded = decode_to_host()
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
             with torch.profiler.profile(activities=acts) as prof:
                 encode_posterior(vae, pixels, CHUNK)

@@ -189,11 +189,6 @@ def decode_frames(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
     return images.reshape(b, f, *images.shape[1:]).permute(0, 1, 3, 4, 2)
 
 
-def decode_latents(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
-    """`decode_frames` on the CPU: the reference pipeline's float frames."""
-    return decode_frames(vae, latents, chunk).cpu()
-
-
 def nonfinite_clips(frames: torch.Tensor) -> list[int]:
     """Indices along dim 0 of the clips that hold a NaN or an infinity anywhere, e.g. (B, F, H, W, 3) frames.
 
