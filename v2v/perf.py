@@ -115,11 +115,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                                fallback=UNetCall.tensors_only(unet_fn), shared=shared)
             unet_fn = UNetCall(aot["unet"], eager)
             for i, (p, name) in enumerate(parts):
-                # "vae_norms": the VAE's GroupNorms follow channel_stats since v2v's twenty-first session; parts
-                # stored before then (the key without it) are not taken for theirs
-                key = {**base, "part": name, "vae_norms": "channel_stats" if channel_stats else "torch"}
-                vae_fns[i] = aot[name] = form(p, part_tensors, name, key, Path(cache) / folder, fallback=vae_fns[i],
-                                              shared=shared)
+                vae_fns[i] = aot[name] = form(p, part_tensors, name, {**base, "part": name}, Path(cache) / folder,
+                                              fallback=vae_fns[i], shared=shared)
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
