@@ -301,15 +301,14 @@ def nan_model(tmp_path_factory):
     latents and frames (as float16 overflow or damaged weights would); every other prompt runs as on `tiny`."""
     import torch
 
-    from v2v.tiny import TINY_FRAMES, TINY_SIZE, build_tiny_components, save_components
+    from v2v.tiny import build_tiny_components, save_tiny
 
     comps = build_tiny_components()
     token = comps["tokenizer"].convert_tokens_to_ids("~</w>")
     with torch.no_grad():
         comps["text_encoder"].get_input_embeddings().weight[token] = float("nan")
     folder = tmp_path_factory.mktemp("nan-model")
-    save_components(comps, folder)
-    (folder / "v2v.json").write_text(json.dumps({"width": TINY_SIZE, "height": TINY_SIZE, "frames": TINY_FRAMES}))
+    save_tiny(comps, folder)
     return str(folder)
 
 

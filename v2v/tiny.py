@@ -136,6 +136,14 @@ def save_components(components: dict, folder: str | Path, pipeline_class: str = 
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
+def save_tiny(components: dict, folder: str | Path) -> None:
+    """The tiny model's components as a model folder: save_components, and its native clip geometry in v2v.json
+    (it travels with the folder, so copies of it on s3://... keep it)."""
+    save_components(components, folder)
+    (Path(folder) / "v2v.json").write_text(json.dumps({"width": TINY_SIZE, "height": TINY_SIZE,
+                                                       "frames": TINY_FRAMES}))
+
+
 def tiny_model_dir(cache_dir: str | Path | None = None) -> Path:
     """The tiny model's folder, built on first use. Safe when several processes race to build it."""
     from v2v.models import default_cache_dir
@@ -147,9 +155,7 @@ def tiny_model_dir(cache_dir: str | Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:
-        save_components(build_tiny_components(), tmp)
-        # Native clip geometry travels with the folder (v2v.json), so copies of it (s3://...) keep it.
-        (tmp / "v2v.json").write_text(json.dumps({"width": TINY_SIZE, "height": TINY_SIZE, "frames": TINY_FRAMES}))
+        save_tiny(build_tiny_components(), tmp)
         try:
             os.rename(tmp, final)  # atomic; loses cleanly to a concurrent builder
         except OSError:
