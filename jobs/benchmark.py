@@ -24,8 +24,9 @@ import numpy as np
 
 
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
-# GroupNorm statistics per channel, the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+compile+pre+vae"
+# GroupNorm statistics per channel, a guided step's shared prefix computed once, the VAE compiled too); the dtype
+# is bf16, the job's `--dtype auto` on GPUs.
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+compile+pre+vae"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -62,7 +63,7 @@ def _args(argv=None):
     p.add_argument("--guidance-scale", type=float, default=15.0)
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
-                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats]"
+                   help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats][+prefix]"
                         "[+compile|+pre|+aot[+vae]][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
@@ -99,8 +100,8 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "compile", "pre", "aot", "vae",
-          "nobench")
+_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "prefix", "compile", "pre", "aot",
+          "vae", "nobench")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -118,6 +119,7 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     switches["temporal_layers"] = "temporal" in parts
     switches["frame_attention"] = "frameattn" in parts
     switches["channel_stats"] = "chanstats" in parts
+    switches["shared_prefix"] = "prefix" in parts
     switches["compile_aot"] = "aot" in parts
     switches["precompile"] = "pre" in parts
     if switches["precompile"] and switches["compile_aot"]:
@@ -333,15 +335,20 @@ def unet_step(folder: str, device: str, variant: str, batch: int):
 
 def _step_inputs(c, batch: int):
     """One guided UNet step's inputs for `batch` clips at the model's native clip shape (c.width, c.height,
-    c.frames): 2 * batch latents (cond + uncond) (2B, 4, F, h, w) and
-    text embeddings (2B, 77, D), seeded, with values exact in bf16 and fp16 so that every dtype's step starts
-    from the same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
+    c.frames), as the sampler passes them to the UNet's forward: the latents (B, 4, F, h, w) once where the forward
+    takes a guided step's pairs (`shared_prefix`), else twice (2B, ...) for the uncond and text halves; embeddings
+    (2B, 77, D), uncond first. Seeded, with values exact in bf16 and fp16 so that every dtype's step starts from the
+    same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
     import torch
+
+    from v2v.unet import takes_pairs
 
     g = torch.Generator().manual_seed(batch)
     h8, w8 = c.height // c.vae_scale_factor, c.width // c.vae_scale_factor
-    x = torch.randn(2 * batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
+    x = torch.randn(batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
     e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
+    if not takes_pairs(c.unet):
+        x = torch.cat([x, x])
     return x.to(c.device, c.dtype), e.to(c.device, c.dtype), torch.tensor(500)
 
 
@@ -401,7 +408,7 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_
 
     with torch.no_grad():
         step_s, _ = timed(step, repeat=5, warmup=2)
-    # counted through the eager forward: the counter cannot see inside compiled code
+    # counted through the eager forward (the counter cannot see inside compiled code): the FLOPs this variant runs
     flops = unet_step_flops(getattr(c.unet.forward, "eager", c.unet), x, t, e)
     r = dict(what="v2v sampler", variant=variant, batch=batch, s_per_clip=s / batch,
              clips_per_hour=3600 * batch / s, step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12,

@@ -59,6 +59,105 @@ def test_fixed_batch_pads_short_calls_and_cuts_the_result(tiny):
     assert seen[-1] == 3
 
 
+def _small_unet(**config):
+    """A random UNet3D of the tiny model's kind (the tiny one has one layer per block; zeroscope has two)."""
+    from diffusers import UNet3DConditionModel
+
+    from v2v.bench import unzero_temporal_layers
+
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(**{"block_out_channels": (32, 64), "layers_per_block": 2, "cross_attention_dim": 32,
+                                   "attention_head_dim": 8, "norm_num_groups": 8,
+                                   "down_block_types": ("CrossAttnDownBlock3D", "DownBlock3D"),
+                                   "up_block_types": ("UpBlock3D", "CrossAttnUpBlock3D"), **config}).eval()
+    unzero_temporal_layers(unet)  # diffusers starts them as identities: make them compute something
+    return unet
+
+
+@pytest.mark.parametrize("config, hw", [({}, (8, 8)), ({}, (6, 10)),  # 6 x 10: the forwarded upsample size
+                                        ({"down_block_types": ("DownBlock3D", "CrossAttnDownBlock3D"),
+                                          "up_block_types": ("CrossAttnUpBlock3D", "UpBlock3D")}, (8, 8))])
+def test_unet_forward_shares_the_guided_prefix_and_equals_diffusers(config, hw):
+    """v2v.unet.forward: with one embedding per latent, diffusers' forward bit for bit; with a guided step's pairs
+    (2B embeddings for B latents), diffusers' forward on the latents stacked twice, its prefix run on B latents."""
+    from v2v.unet import forward
+
+    unet = _small_unet(**config)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 5, *hw, generator=g)
+    e = torch.randn(4, 77, 32, generator=g)
+    t = torch.tensor(500)
+    rows = []
+    unet.conv_in.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    with torch.no_grad():
+        want = unet(torch.cat([x, x]), t, encoder_hidden_states=e).sample
+        plain = forward(unet, torch.cat([x, x]), t, e)
+        pairs = forward(unet, x, t, e)
+        per_latent_t = forward(unet, x, torch.tensor([500, 500]), e)
+    assert torch.equal(plain, want)
+    assert pairs.shape == want.shape == (4, 4, 5, *hw)
+    torch.testing.assert_close(pairs, want, rtol=0, atol=1e-5)  # B rows round as 2B rows may not
+    torch.testing.assert_close(per_latent_t, pairs, rtol=0, atol=0)
+    assert rows == [20, 20, 10, 10]  # conv_in saw the 2 latents x 5 frames once where given as pairs
+    # the halves really differ (the text embeddings reach them), so the equality above is not of a constant
+    assert (pairs[:2] - pairs[2:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="3 embeddings for 2 latents"):
+        forward(unet, x, t, e[:3])
+
+
+def test_shared_prefix_computes_the_same_latents_with_the_latents_once(cache_dir):
+    from v2v.unet import takes_pairs
+
+    c = load_components("tiny", cache_dir=cache_dir)
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    apply_perf_settings(c, shared_prefix=True)
+    assert takes_pairs(c.unet)
+    rows = []
+    c.unet.conv_in.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    got = restyle(c, _video(2), CLIPS, output="latents")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # B rows round as 2B rows may not, over 4 steps
+    assert set(rows) == {2 * 8}  # 2 clips x 8 frames: the latents once per guided step (2 x 2 x 8 before)
+    # a clip without guidance still runs (its embeddings one per latent)
+    plain = [ClipSettings("a red fox", seed=1, num_inference_steps=4, guidance_scale=1.0)]
+    apply_perf_settings(load_components("tiny", cache_dir=cache_dir))  # (another copy: nothing shared)
+    torch.testing.assert_close(restyle(c, _video(1), plain, output="latents"),
+                               restyle(load_components("tiny", cache_dir=cache_dir), _video(1), plain,
+                                       output="latents"), rtol=0, atol=0)
+
+
+def test_fixed_batch_over_pairs_pads_each_half_and_runs_unguided_calls_as_pairs(tiny):
+    """FixedBatch over a forward that takes a guided step's pairs: `size` counts embeddings; one graph shape
+    (size / 2 latents, size embeddings) serves short guided calls and unguided ones."""
+    from v2v.unet import PairsForward
+
+    pairs = PairsForward(tiny.unet)
+    seen = []
+
+    def forward(sample, timestep, encoder_hidden_states, **kw):  # the pairs forward, recording its shapes
+        seen.append((sample.shape[0], encoder_hidden_states.shape[0]))
+        return pairs(sample, timestep, encoder_hidden_states, **kw)
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 8, 8, 8, generator=g)
+    e = torch.randn(6, 77, tiny.text_encoder.config.hidden_size, generator=g)
+    t = torch.tensor(500)
+    fixed = FixedBatch(forward, 8, eager=pairs)
+    assert fixed.takes_pairs
+    with torch.no_grad():
+        want = pairs(x, t, e, return_dict=False)[0]  # (6, ...): 3 uncond then 3 text predictions
+        got = fixed(x, t, encoder_hidden_states=e, return_dict=False)[0]
+        want_plain = tiny.unet(x[:2], t, encoder_hidden_states=e[3:5]).sample
+        got_plain = fixed(x[:2], t, encoder_hidden_states=e[3:5]).sample  # unguided: 2 latents, 2 embeddings
+        full = fixed(torch.cat([x, x[:1]]), t, encoder_hidden_states=torch.cat([e[:3], e[:1], e[3:], e[3:4]]),
+                     return_dict=False)[0]
+    assert seen == [(4, 8), (4, 8), (4, 8)]  # one shape for all three
+    assert got.shape == want.shape and got_plain.shape == want_plain.shape and full.shape[0] == 8
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_plain, want_plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(full[:3], want[:3], rtol=0, atol=1e-5)
+    torch.testing.assert_close(full[4:7], want[3:], rtol=0, atol=1e-5)
+
+
 def test_pad_frames_pads_short_vae_chunks_and_cuts_the_result(tiny):
     decoder = tiny.vae.decoder
     seen = []
@@ -165,14 +264,17 @@ def test_benchmark_unet_step_is_one_guided_step_of_the_variant(cache_dir):
     from v2v.models import resolve_model
 
     folder = str(resolve_model("tiny"))
-    c, step = unet_step(folder, "cpu", "float32+chanstats", batch=2)
-    assert any(isinstance(m, ChannelStatsGroupNorm) for m in c.unet.modules())  # the variant's switches
     plain = _load(folder, "cpu", "float32")
     x, e, t = _step_inputs(plain, 2)
+    assert torch.equal(x[:2], x[2:])  # a guided step: the same latents for both halves
     with torch.no_grad():
         want = plain.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
     assert want.shape[0] == 4  # cond + uncond latents for 2 clips
-    torch.testing.assert_close(step(), want, rtol=0, atol=1e-4)
+    for variant in ("float32+chanstats", "float32+chanstats+prefix"):
+        c, step = unet_step(folder, "cpu", variant, batch=2)
+        assert any(isinstance(m, ChannelStatsGroupNorm) for m in c.unet.modules())  # the variant's switches
+        assert _step_inputs(c, 2)[0].shape[0] == (2 if variant.endswith("prefix") else 4)  # latents once, or twice
+        torch.testing.assert_close(step(), want, rtol=0, atol=1e-4)
 
 
 def test_benchmark_model_folder_builds_the_random_model_once_and_resolves_the_rest(tmp_path):
@@ -190,7 +292,7 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "channel_stats": False, "compile": False, "compile_aot": False, "precompile": False, "compile_vae": False,
+           "channel_stats": False, "shared_prefix": False, "compile": False, "compile_aot": False, "precompile": False, "compile_vae": False,
            "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
     assert _variant_cfg("float16")[1] == off
@@ -201,6 +303,7 @@ def test_benchmark_variants_name_config_switches():
     assert _variant_cfg("bfloat16+temporal+frameattn")[1] == {**off, "temporal_layers": True,
                                                               "frame_attention": True}
     assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True}
+    assert _variant_cfg("bfloat16+prefix")[1] == {**off, "shared_prefix": True}
     assert _variant_cfg("bfloat16+compile+nobench")[1] == {**off, "compile": True, "cudnn_benchmark": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
                       ("bfloat16+pre+aot", "pick one")]:
@@ -382,6 +485,7 @@ from torch._dynamo.utils import counters
 from v2v.config import JobConfig, resources
 from v2v.sampler import ClipSettings, restyle
 from v2v.stages import Restyle
+from v2v.unet import takes_pairs
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, compile=True, batch_invariant=False,
@@ -396,11 +500,14 @@ two = restyle(actor.components, video, clips, output="latents")
 one = restyle(actor.components, video[1:], clips[1:], output="latents")
 short = restyle(actor.components, video[1:, :5], clips[1:], output="latents")  # a shorter last clip: eager
 frames = restyle(actor.components, video, clips)  # through the compiled VAE decoder
-np.save(sys.argv[1], torch.cat([two, one]).numpy())
+plain = [ClipSettings(c.prompt, seed=c.seed, num_inference_steps=4, guidance_scale=1.0) for c in clips]
+unguided = restyle(actor.components, video, plain, output="latents")  # no guidance: the same compiled graph
+np.save(sys.argv[1], torch.cat([two, one, unguided]).numpy())
 np.save(sys.argv[1] + ".frames.npy", frames.numpy())
 np.save(sys.argv[1] + ".short.npy", short.numpy())
 print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "report": actor.start_report(),
                               "graphs_after_start": graphs_after_start,
+                              "takes_pairs": takes_pairs(actor.components.unet),
                               "graphs_at_end": counters["stats"]["unique_graphs"],
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
@@ -429,8 +536,10 @@ def _start_actor(tmp_path, name, cache, mode="jit", shared=""):
 def _assert_matches_eager(tiny, got, short, frames):
     """What a compiled actor restyled (see _ACTOR) against the eager tiny model on the same inputs."""
     video = _video(2)
+    plain = [ClipSettings(c.prompt, seed=c.seed, num_inference_steps=4, guidance_scale=1.0) for c in CLIPS]
     want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
-                      restyle(tiny, video[1:], CLIPS[1:], output="latents")])
+                      restyle(tiny, video[1:], CLIPS[1:], output="latents"),
+                      restyle(tiny, video, plain, output="latents")])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # inductor's fused kernels round differently
     torch.testing.assert_close(short, restyle(tiny, video[1:, :5], CLIPS[1:], output="latents"), rtol=0, atol=1e-4)
     torch.testing.assert_close(frames, restyle(tiny, video, CLIPS), rtol=0, atol=1e-3)
@@ -447,6 +556,7 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert first["temporal"] == ["TemporalConvFrames", "TransformerTemporalFrames"], first
     assert first["frame_attention"] > 0, first  # the default (on with compile) reached the model
     assert first["norms"] == ["ChannelStatsGroupNorm"], first  # so did per-channel GroupNorm statistics
+    assert first["takes_pairs"], first  # and the guided step's shared prefix (the unguided batch: no new graph)
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
     assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
@@ -831,3 +941,7 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.channel_stats, cpu.channel_stats, forced.channel_stats) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", channel_stats=False), {"GPU": 1}).channel_stats is False
     assert resources(JobConfig(manifest="m", output="o", channel_stats=True), {"CPU": 2}).channel_stats is True
+    # and the guided step's shared prefix
+    assert (gpu.shared_prefix, cpu.shared_prefix, forced.shared_prefix) == (True, False, False)
+    assert resources(JobConfig(manifest="m", output="o", shared_prefix=False), {"GPU": 1}).shared_prefix is False
+    assert resources(JobConfig(manifest="m", output="o", shared_prefix=True), {"CPU": 2}).shared_prefix is True

@@ -96,6 +96,10 @@ class JobConfig:
     # thirteenth section of benchmarks/RESULTS.md; the VAE 23 % faster, twenty-first), off without (eager GPU runs
     # not measured with it).
     channel_stats: bool | None = None
+    # A guided step's two halves (unconditional, text) share the UNet's layers before its first cross-attention:
+    # computed once on the clips' latents (v2v.unet; 5.6 % of a zeroscope step's FLOPs). None: on with compile
+    # (benchmarks/RESULTS.md, twenty-second section), off without.
+    shared_prefix: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
     # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready
     # ~3 s sooner (benchmarks/RESULTS.md sixteenth section); on by default, as other cards are not measured.
@@ -211,6 +215,7 @@ class Resources:
     temporal_layers: bool
     frame_attention: bool
     channel_stats: bool
+    shared_prefix: bool
 
 
 def auto_dtype(device: str, bf16_native: bool = True) -> str:
@@ -248,5 +253,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     temporal = cfg.temporal_layers if cfg.temporal_layers is not None else compile_
     frame = cfg.frame_attention if cfg.frame_attention is not None else compile_
     chan = cfg.channel_stats if cfg.channel_stats is not None else compile_
+    prefix = cfg.shared_prefix if cfg.shared_prefix is not None else compile_
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan)
+                     invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan, prefix)

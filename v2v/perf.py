@@ -16,7 +16,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8, compile_aot: bool = False, precompile: bool = False,
                         temporal_layers: bool = False, frame_attention: bool = False,
-                        channel_stats: bool = False, cudnn_benchmark: bool = True,
+                        channel_stats: bool = False, shared_prefix: bool = False, cudnn_benchmark: bool = True,
                         shared_cache: str | None = None) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
@@ -33,6 +33,9 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     (v2v.frame_attention); SDPA where the kernel does not apply (the CPU).
     channel_stats: the UNet's and the VAE's GroupNorms take their statistics per channel, then combine them per
     group (v2v.group_norm): reductions over contiguous channels-last rows.
+    shared_prefix: a guided step's two halves share the layers before the first cross-attention, computed once on
+    the clips' latents (v2v.unet); the UNet's forward then takes the latents once (`takes_pairs`), and
+    `unet_batch` counts the embeddings (2 x clips), the compiled graph's latents being half of them.
     cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
     fastest; off, its heuristics pick one with no search at start.
     shared_cache: with compile_aot or precompile, a URI every machine reaches (v2v.shared_cache): a part the
@@ -79,6 +82,10 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         from v2v.frame_attention import install_frame_attention
 
         install_frame_attention(unet)
+    if shared_prefix:
+        from v2v.unet import PairsForward
+
+        unet.forward = PairsForward(unet)
     if compile:
         # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
         # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
@@ -88,8 +95,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-        eager = unet.forward
-        unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
+        eager = unet.forward  # diffusers' forward, or PairsForward
+        unet_fn = torch.compile(eager.__call__ if shared_prefix else eager, fullgraph=False, dynamic=False)
         vae = components.vae
         parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if compile_vae else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
@@ -107,11 +114,15 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
                     "temporal_layers": temporal_layers, "frame_attention": frame_attention,
-                    "channel_stats": channel_stats}
+                    "channel_stats": channel_stats, "shared_prefix": shared_prefix}
             shared = SharedCache(shared_cache, cache) if shared_cache else None
             # AOTInductor packages, or torch.compile's saved functions: both of (module, tensors)
             form, folder = (AotForward, "aot") if compile_aot else (PrecompiledForward, "precompiled")
-            aot["unet"] = form(unet, unet_tensors, "unet", {**base, "part": "unet"}, Path(cache) / folder,
+            from v2v import unet as v2v_unet
+
+            # the function stored: the UNet's forward as one of (module, three tensors); v2v's takes the pairs
+            fn = v2v_unet.forward if shared_prefix else unet_tensors
+            aot["unet"] = form(unet, fn, "unet", {**base, "part": "unet"}, Path(cache) / folder,
                                fallback=UNetCall.tensors_only(unet_fn), shared=shared)
             unet_fn = UNetCall(aot["unet"], eager)
             for i, (p, name) in enumerate(parts):
@@ -174,6 +185,11 @@ class FixedBatch:
     Larger calls, or `size=None`, pass through unchanged (and compile for their own shape).
     The first call fixes the clip shape (C, F, h, w). Latents of another shape (a video's shorter last clip)
     go to `eager` when given: each new frame count would otherwise cost a full compile.
+
+    Over a forward that takes a guided step's pairs (`eager.takes_pairs`, v2v.unet), `size` counts embeddings and
+    the graph takes size / 2 latents: a guided call's two halves of embeddings are padded each to size / 2; an
+    unguided call of up to size / 2 latents runs as a pair of itself and keeps the first half (one graph for
+    both, at the cost an unguided call padded to `size` had before).
     """
 
     def __init__(self, forward, size: int | None, eager=None):
@@ -181,6 +197,7 @@ class FixedBatch:
         self.size = size
         self.eager = eager
         self.shape = None
+        self.takes_pairs = getattr(eager, "takes_pairs", False)
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
         import torch
@@ -189,16 +206,23 @@ class FixedBatch:
             self.shape = tuple(sample.shape[1:])
         elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
-        n = sample.shape[0]
-        if self.size is None or n >= self.size:
-            return self.forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+        n, e = sample.shape[0], encoder_hidden_states
+        latents = self.size if self.size is None or not self.takes_pairs else self.size // 2
+        if latents is None or n > latents or (n == latents and e.shape[0] == self.size):
+            return self.forward(sample, timestep, encoder_hidden_states=e, **kwargs)
         if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and timestep.shape[0] == n:
-            timestep = pad_rows(timestep, self.size)
-        out = self.forward(pad_rows(sample, self.size), timestep,
-                           encoder_hidden_states=pad_rows(encoder_hidden_states, self.size), **kwargs)
+            timestep = pad_rows(timestep, latents)
+        if not self.takes_pairs:
+            keep = slice(0, n)
+        else:  # (uncond, text) halves padded each; an unguided call as the pair of itself
+            pairs = e.shape[0] == 2 * n
+            e = torch.cat([pad_rows(h, latents) for h in (e.chunk(2) if pairs else (e, e))])
+            keep = [*range(n), *range(latents, latents + n)] if pairs else slice(0, n)
+        out = self.forward(pad_rows(sample, latents), timestep, encoder_hidden_states=pad_rows(e, self.size),
+                           **kwargs)
         if isinstance(out, tuple):  # return_dict=False
-            return (out[0][:n],) + tuple(out[1:])
-        out.sample = out.sample[:n]
+            return (out[0][keep],) + tuple(out[1:])
+        out.sample = out.sample[keep]
         return out
 
 
@@ -234,6 +258,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     import torch
 
     from v2v.sampler import schedule
+    from v2v.unet import takes_pairs
 
     unet = components.unet
 
@@ -243,7 +268,9 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
 
     h8, w8 = height // components.vae_scale_factor, width // components.vae_scale_factor
     g = torch.Generator("cpu").manual_seed(0)
-    x = torch.randn(unet_batch, unet.config.in_channels, frames, h8, w8, generator=g).to(unet.device, unet.dtype)
+    # a guided step's call: embeddings for 2 x clips, latents as many (or once, where the forward takes pairs)
+    latents = unet_batch // 2 if takes_pairs(unet) else unet_batch
+    x = torch.randn(latents, unet.config.in_channels, frames, h8, w8, generator=g).to(unet.device, unet.dtype)
     dim = components.text_encoder.config.hidden_size
     e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
     # A timestep exactly as the sampler passes it (a 0-d CPU tensor of the scheduler's dtype): another device or

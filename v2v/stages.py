@@ -138,6 +138,7 @@ class Restyle:
                                            temporal_layers=res.temporal_layers,
                                            frame_attention=res.frame_attention,
                                            channel_stats=res.channel_stats,
+                                           shared_prefix=res.shared_prefix,
                                            cudnn_benchmark=cfg.cudnn_benchmark,
                                            shared_cache=cfg.shared_compile_cache)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch

@@ -1,0 +1,135 @@
+"""The UNet3D's forward for a guided step, with what its two halves share computed once (`shared_prefix`).
+
+A guided step runs the UNet on each clip's latents twice, with the unconditional and with the text embeddings
+(diffusers' pipeline and the plain sampler stack them into one batch of 2B). The embeddings first enter at the
+first cross-attention; everything before it computes the same values for both halves: `conv_in`, the input
+temporal transformer (`transformer_in`, attention over frames only) and the first down block's first ResNet and
+temporal convolution, all at full resolution. This forward runs that prefix once, on the B latents, and repeats
+its output (and the skip connection it leaves for the last up block) for both halves. At zeroscope_v2_576w size
+the prefix is 5.6 % of a guided step's FLOPs (`benchmarks/flops_by_kind.py`'s counter); its speed is in
+benchmarks/RESULTS.md. The arithmetic per row is unchanged; batched kernels may round differently for B rows
+than for 2B (the sampler's batching already does).
+
+Otherwise it is UNet3DConditionModel.forward (diffusers 0.42) for what the sampler passes: no class labels,
+attention mask, ControlNet residuals or cross_attention_kwargs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """UNet3DConditionModel's noise prediction, where the embeddings may be a guided step's pairs.
+
+    sample (B, C, F, h, w); timestep a number, a 0-d tensor or one per latent (B,); encoder_hidden_states
+    (B, 77, D), one per latent, or (2B, 77, D): a guided step's unconditional then text embeddings, both for the
+    same B latents. Returns (rows of encoder_hidden_states, C, F, h, w).
+    """
+    b, _, frames = sample.shape[:3]
+    rows = encoder_hidden_states.shape[0]
+    if rows not in (b, 2 * b):
+        raise ValueError(f"v2v.unet.forward: {rows} embeddings for {b} latents (want {b}, or {2 * b} for a "
+                         "guided step's pairs)")
+    # an output size forwarded where the latents are not a multiple of the UNet's overall upsampling
+    odd = any(s % 2**unet.num_upsamplers for s in sample.shape[-2:])
+
+    # 1. time, as diffusers makes it: one embedding per latent, repeated per frame -> (B*F, 1280)
+    t = timestep
+    if not torch.is_tensor(t):
+        t = torch.tensor([t], dtype=torch.float64 if isinstance(t, float) else torch.int64, device=sample.device)
+    elif t.ndim == 0:
+        t = t[None].to(sample.device)
+    emb = unet.time_embedding(unet.time_proj(t.expand(b)).to(dtype=unet.dtype))
+    emb = emb.repeat_interleave(frames, dim=0, output_size=b * frames)
+    enc = encoder_hidden_states.repeat_interleave(frames, dim=0, output_size=rows * frames)  # (rows*F, 77, D)
+
+    # 2. the prefix, on the B latents: (B, C, F, h, w) -> (B*F, C, h, w) frames as images
+    x = sample.permute(0, 2, 1, 3, 4).reshape((b * frames, -1) + sample.shape[3:])
+    x = unet.conv_in(x)
+    x = unet.transformer_in(x, num_frames=frames, return_dict=False)[0]
+    skip = x
+    first = unet.down_blocks[0]
+    shared_layer = getattr(first, "has_cross_attention", False)  # CrossAttnDownBlock3D: attention comes third
+    if shared_layer:
+        x = first.resnets[0](x, emb)
+        x = first.temp_convs[0](x, num_frames=frames)
+    if rows == 2 * b:  # both halves from here: (2B*F, ...), the unconditional half first
+        x, skip, emb = torch.cat([x, x]), torch.cat([skip, skip]), torch.cat([emb, emb])
+
+    # 3. down
+    res = (skip,)
+    blocks = list(unet.down_blocks)
+    if shared_layer:  # the rest of the first down block (CrossAttnDownBlock3D.forward from its first attention)
+        for i, (resnet, temp_conv, attn, temp_attn) in enumerate(
+                zip(first.resnets, first.temp_convs, first.attentions, first.temp_attentions)):
+            if i > 0:
+                x = resnet(x, emb)
+                x = temp_conv(x, num_frames=frames)
+            x = attn(x, encoder_hidden_states=enc, return_dict=False)[0]
+            x = temp_attn(x, num_frames=frames, return_dict=False)[0]
+            res += (x,)
+        if first.downsamplers is not None:
+            for down in first.downsamplers:
+                x = down(x)
+            res += (x,)
+        blocks = blocks[1:]
+    for block in blocks:
+        if getattr(block, "has_cross_attention", False):
+            x, block_res = block(hidden_states=x, temb=emb, encoder_hidden_states=enc, num_frames=frames)
+        else:
+            x, block_res = block(hidden_states=x, temb=emb, num_frames=frames)
+        res += block_res
+
+    # 4. mid
+    if unet.mid_block is not None:
+        x = unet.mid_block(x, emb, encoder_hidden_states=enc, num_frames=frames)
+
+    # 5. up
+    upsample_size = None
+    for i, block in enumerate(unet.up_blocks):
+        block_res, res = res[-len(block.resnets):], res[: -len(block.resnets)]
+        if i < len(unet.up_blocks) - 1 and odd:
+            upsample_size = res[-1].shape[2:]
+        if getattr(block, "has_cross_attention", False):
+            x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=block_res, encoder_hidden_states=enc,
+                      upsample_size=upsample_size, num_frames=frames)
+        else:
+            x = block(hidden_states=x, temb=emb, res_hidden_states_tuple=block_res, upsample_size=upsample_size,
+                      num_frames=frames)
+
+    # 6. out: (rows*F, C, h, w) -> (rows, C, F, h, w)
+    if unet.conv_norm_out:
+        x = unet.conv_act(unet.conv_norm_out(x))
+    x = unet.conv_out(x)
+    return x[None, :].reshape((-1, frames) + x.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class PairsForward:
+    """A UNet's `forward` (diffusers' call convention) that also takes a guided step's latents once: with twice as
+    many embeddings as latents (unconditional, then text) it computes both halves, sharing their prefix (`forward`
+    above). The sampler reads `takes_pairs` to pass B latents instead of 2B. Other arguments (e.g.
+    cross_attention_kwargs) go to diffusers' forward, on latents repeated for both halves."""
+
+    takes_pairs = True
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **kwargs):
+        if kwargs:
+            if encoder_hidden_states.shape[0] == 2 * sample.shape[0]:
+                sample = torch.cat([sample, sample])
+            return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                           return_dict=return_dict, **kwargs)
+        out = forward(self.unet, sample, timestep, encoder_hidden_states)
+        if return_dict:
+            from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
+
+            return UNet3DConditionOutput(sample=out)
+        return (out,)
+
+
+def takes_pairs(unet) -> bool:
+    """Whether `unet`'s forward takes a guided step's latents once (PairsForward, or a compiled call of it)."""
+    return getattr(unet.forward, "takes_pairs", False)
