@@ -98,7 +98,8 @@ class JobConfig:
     channel_stats: bool | None = None
     # A guided step's two halves (unconditional, text) share the UNet's layers before its first cross-attention:
     # computed once on the clips' latents (v2v.unet; 5.6 % of a zeroscope step's FLOPs). None: on with compile
-    # (benchmarks/RESULTS.md, twenty-second section), off without.
+    # (a 4-clip step 3.7 % faster on an H200, benchmarks/RESULTS.md twenty-second section), off without (eager
+    # runs not measured with it).
     shared_prefix: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
     # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready
