@@ -252,15 +252,15 @@ def prepare_latents(vae, sched, video: torch.Tensor, timestep: torch.Tensor, gen
 # 6. Denoising --------------------------------------------------------------------------------------------
 
 
-def predict_noise(unet, scaled: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+def _predict_noise(unet, scaled: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
     """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) -> (2B, ...) uncond/text predictions
     (or (B, ...) text predictions without guidance)."""
     if uncond is None:
         return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
-    text = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them
+    embeddings = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them
     if takes_pairs(unet):  # the `shared_prefix` switch: the latents once, repeated inside after the shared layers
-        return unet(scaled, t, encoder_hidden_states=text, return_dict=False)[0]
-    return unet(torch.cat([scaled, scaled]), t, encoder_hidden_states=text, return_dict=False)[0]
+        return unet(scaled, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+    return unet(torch.cat([scaled, scaled]), t, encoder_hidden_states=embeddings, return_dict=False)[0]
 
 
 @torch.no_grad()
@@ -279,11 +279,11 @@ def denoise(unet, scheds: list, timesteps: torch.Tensor, latents: torch.Tensor, 
     for t in timesteps:
         scaled = torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(scheds)])
         if batch_invariant:
-            preds = [predict_noise(unet, scaled[i : i + 1], t, cond[i : i + 1],
+            preds = [_predict_noise(unet, scaled[i : i + 1], t, cond[i : i + 1],
                                     uncond[i : i + 1] if cfg else None) for i in range(len(scheds))]
             noise_pred = torch.cat([p.chunk(2)[k] for k in range(2) for p in preds]) if cfg else torch.cat(preds)
         else:
-            noise_pred = predict_noise(unet, scaled, t, cond, uncond)
+            noise_pred = _predict_noise(unet, scaled, t, cond, uncond)
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + g * (noise_text - noise_uncond)
