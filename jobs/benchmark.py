@@ -100,8 +100,11 @@ def _card() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-_PARTS = ("channels_last", "fuse_qkv", "temporal", "frameattn", "chanstats", "prefix", "compile", "pre", "aot",
-          "vae", "nobench")
+# a variant's parts -> the JobConfig switch each turns on (`nobench` turns cudnn_benchmark off)
+_PART_SWITCHES = {"channels_last": "channels_last", "fuse_qkv": "fuse_qkv", "temporal": "temporal_layers",
+                  "frameattn": "frame_attention", "chanstats": "channel_stats", "prefix": "shared_prefix",
+                  "compile": "compile", "pre": "precompile", "aot": "compile_aot", "vae": "compile_vae"}
+_PARTS = (*_PART_SWITCHES, "nobench")
 
 
 def _variant_cfg(variant: str) -> tuple[str, dict]:
@@ -115,17 +118,10 @@ def _variant_cfg(variant: str) -> tuple[str, dict]:
     unknown = [p for p in parts if p not in _PARTS]
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
-    switches = {name: name in parts for name in ("channels_last", "fuse_qkv", "compile")}
-    switches["temporal_layers"] = "temporal" in parts
-    switches["frame_attention"] = "frameattn" in parts
-    switches["channel_stats"] = "chanstats" in parts
-    switches["shared_prefix"] = "prefix" in parts
-    switches["compile_aot"] = "aot" in parts
-    switches["precompile"] = "pre" in parts
+    switches = {name: part in parts for part, name in _PART_SWITCHES.items()}
     if switches["precompile"] and switches["compile_aot"]:
         raise ValueError(f"variant {variant!r}: pre and aot are two ways of storing the compiled parts; pick one")
     switches["compile"] |= switches["compile_aot"] or switches["precompile"]
-    switches["compile_vae"] = "vae" in parts
     switches["cudnn_benchmark"] = "nobench" not in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
@@ -341,15 +337,13 @@ def _step_inputs(c, batch: int):
     same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
     import torch
 
-    from v2v.unet import takes_pairs
+    from v2v.unet import guided_latents
 
     g = torch.Generator().manual_seed(batch)
     h8, w8 = c.height // c.vae_scale_factor, c.width // c.vae_scale_factor
     x = torch.randn(batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
     e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
-    if not takes_pairs(c.unet):
-        x = torch.cat([x, x])
-    return x.to(c.device, c.dtype), e.to(c.device, c.dtype), torch.tensor(500)
+    return guided_latents(c.unet, x.to(c.device, c.dtype)), e.to(c.device, c.dtype), torch.tensor(500)
 
 
 def sampler(b: Bench, ref: dict | None) -> dict | None:

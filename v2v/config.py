@@ -251,9 +251,8 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
     compile_aot = compile_ and bool(cfg.compile_aot)
     precompile = compile_ and not compile_aot and (cfg.precompile if cfg.precompile is not None else True)
-    temporal = cfg.temporal_layers if cfg.temporal_layers is not None else compile_
-    frame = cfg.frame_attention if cfg.frame_attention is not None else compile_
-    chan = cfg.channel_stats if cfg.channel_stats is not None else compile_
-    prefix = cfg.shared_prefix if cfg.shared_prefix is not None else compile_
+    # the switches measured with compile only: on with it unless set
+    temporal, frame, chan, prefix = (compile_ if on is None else on for on in (
+        cfg.temporal_layers, cfg.frame_attention, cfg.channel_stats, cfg.shared_prefix))
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
                      invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan, prefix)

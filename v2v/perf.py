@@ -20,8 +20,9 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                         shared_cache: str | None = None) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
-    unet_batch: latents per UNet forward the compiled graph is built for (2 x clips per batch with guidance);
-    smaller calls are padded up to it so a short last batch does not trigger a second compile.
+    unet_batch: rows per UNet forward the compiled graph is built for (2 x clips per batch with guidance: its
+    embeddings, and its latents unless `shared_prefix`); smaller calls are padded up to it so a short last batch
+    does not trigger a second compile.
     compile_vae: with `compile`, the VAE's encoder and decoder too, each padded to `vae_chunk` frames a call.
     compile_aot: with `compile`, each compiled part is an AOTInductor package stored in the cache (v2v.aot), so
     later starts load it instead of tracing the model again.
@@ -158,16 +159,14 @@ class UNetCall:
     def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **kwargs):
         import torch
 
+        from v2v.unet import as_unet_output
+
         if kwargs:  # the sampler passes none; anything else (e.g. cross_attention_kwargs) runs eager
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                               return_dict=return_dict, **kwargs)
         # diffusers moves a 0-d timestep to the sample's device itself: same values either way
         out = self.fn(sample, torch.as_tensor(timestep, device=sample.device), encoder_hidden_states)
-        if return_dict:
-            from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
-
-            return UNet3DConditionOutput(sample=out)
-        return (out,)
+        return as_unet_output(out, return_dict)
 
 
 def pad_rows(x, size: int):
@@ -207,7 +206,7 @@ class FixedBatch:
         elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         n, e = sample.shape[0], encoder_hidden_states
-        latents = self.size if self.size is None or not self.takes_pairs else self.size // 2
+        latents = self.size // 2 if self.takes_pairs and self.size else self.size  # the graph's
         if latents is None or n > latents or (n == latents and e.shape[0] == self.size):
             return self.forward(sample, timestep, encoder_hidden_states=e, **kwargs)
         if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and timestep.shape[0] == n:
@@ -258,7 +257,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     import torch
 
     from v2v.sampler import schedule
-    from v2v.unet import takes_pairs
+    from v2v.unet import guided_latents
 
     unet = components.unet
 
@@ -268,9 +267,9 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
 
     h8, w8 = height // components.vae_scale_factor, width // components.vae_scale_factor
     g = torch.Generator("cpu").manual_seed(0)
-    # a guided step's call: embeddings for 2 x clips, latents as many (or once, where the forward takes pairs)
-    latents = unet_batch // 2 if takes_pairs(unet) else unet_batch
-    x = torch.randn(latents, unet.config.in_channels, frames, h8, w8, generator=g).to(unet.device, unet.dtype)
+    # a guided step's call: embeddings for 2 x clips, the clips' latents as the forward takes them
+    x = torch.randn(unet_batch // 2, unet.config.in_channels, frames, h8, w8, generator=g)
+    x = guided_latents(unet, x.to(unet.device, unet.dtype))
     dim = components.text_encoder.config.hidden_size
     e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
     # A timestep exactly as the sampler passes it (a 0-d CPU tensor of the scheduler's dtype): another device or

@@ -20,7 +20,7 @@ from itertools import groupby
 import numpy as np
 import torch
 
-from v2v.unet import takes_pairs
+from v2v.unet import guided_latents
 
 logger = logging.getLogger(__name__)
 
@@ -258,9 +258,8 @@ def _predict_noise(unet, scaled: torch.Tensor, t, cond: torch.Tensor, uncond: to
     if uncond is None:
         return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
     embeddings = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them
-    if takes_pairs(unet):  # the `shared_prefix` switch: the latents once, repeated inside after the shared layers
-        return unet(scaled, t, encoder_hidden_states=embeddings, return_dict=False)[0]
-    return unet(torch.cat([scaled, scaled]), t, encoder_hidden_states=embeddings, return_dict=False)[0]
+    # the latents twice, or once where the UNet shares the layers before the embeddings enter (`shared_prefix`)
+    return unet(guided_latents(unet, scaled), t, encoder_hidden_states=embeddings, return_dict=False)[0]
 
 
 @torch.no_grad()

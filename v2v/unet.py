@@ -123,14 +123,24 @@ class PairsForward:
                 sample = torch.cat([sample, sample])
             return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
                                            return_dict=return_dict, **kwargs)
-        out = forward(self.unet, sample, timestep, encoder_hidden_states)
-        if return_dict:
-            from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
+        return as_unet_output(forward(self.unet, sample, timestep, encoder_hidden_states), return_dict)
 
-            return UNet3DConditionOutput(sample=out)
-        return (out,)
+
+def as_unet_output(sample: torch.Tensor, return_dict: bool):
+    """A noise prediction as diffusers' UNet3D forward returns it: its output class, or a 1-tuple."""
+    if return_dict:
+        from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
+
+        return UNet3DConditionOutput(sample=sample)
+    return (sample,)
 
 
 def takes_pairs(unet) -> bool:
     """Whether `unet`'s forward takes a guided step's latents once (PairsForward, or a compiled call of it)."""
     return getattr(unet.forward, "takes_pairs", False)
+
+
+def guided_latents(unet, latents: torch.Tensor) -> torch.Tensor:
+    """A guided step's latents (B, C, F, h, w) as `unet`'s forward takes them beside its 2B embeddings: once
+    where it takes pairs, else stacked twice (2B, ...) for the unconditional and the text halves."""
+    return latents if takes_pairs(unet) else torch.cat([latents, latents])
