@@ -87,18 +87,30 @@ def test_unet_forward_shares_the_guided_prefix_and_equals_diffusers(config, hw):
     x = torch.randn(2, 4, 5, *hw, generator=g)
     e = torch.randn(4, 77, 32, generator=g)
     t = torch.tensor(500)
-    rows = []
+    rows, attn_rows = [], []
     unet.conv_in.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    first = unet.down_blocks[0]
+    shares_attention = hasattr(first, "attentions")  # a CrossAttnDownBlock3D first: its first self-attention too
+    if shares_attention:
+        block = first.attentions[0].transformer_blocks[0]
+        for name in ("attn1", "attn2"):
+            getattr(block, name).register_forward_hook(
+                lambda m, i, o, name=name: attn_rows.append((name, i[0].shape[0])))
     with torch.no_grad():
         want = unet(torch.cat([x, x]), t, encoder_hidden_states=e).sample
         plain = forward(unet, torch.cat([x, x]), t, e)
         pairs = forward(unet, x, t, e)
         per_latent_t = forward(unet, x, torch.tensor([500, 500]), e)
+        to_resnet = forward(unet, x, t, e, share_self_attention=False)
     assert torch.equal(plain, want)
     assert pairs.shape == want.shape == (4, 4, 5, *hw)
     torch.testing.assert_close(pairs, want, rtol=0, atol=1e-5)  # B rows round as 2B rows may not
     torch.testing.assert_close(per_latent_t, pairs, rtol=0, atol=0)
-    assert rows == [20, 20, 10, 10]  # conv_in saw the 2 latents x 5 frames once where given as pairs
+    torch.testing.assert_close(to_resnet, want, rtol=0, atol=1e-5)
+    assert rows == [20, 20, 10, 10, 10]  # conv_in saw the 2 latents x 5 frames once where given as pairs
+    if shares_attention:  # self-attention on the B latents' frames with pairs, unless told not to; cross on 2B
+        assert attn_rows == [("attn1", 20), ("attn2", 20)] * 2 + [("attn1", 10), ("attn2", 20)] * 2 + [
+            ("attn1", 20), ("attn2", 20)]
     # the halves really differ (the text embeddings reach them), so the equality above is not of a constant
     assert (pairs[:2] - pairs[2:]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="3 embeddings for 2 latents"):

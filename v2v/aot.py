@@ -41,8 +41,9 @@ from v2v.storage import atomic_output
 logger = logging.getLogger(__name__)
 
 # Bump when what a package computes for the same key changes (the wrappers below, how inputs are passed, what a
-# switch in the key swaps). 2: `channel_stats` covers the VAE's GroupNorms too.
-AOT_VERSION = 2
+# switch in the key swaps). 2: `channel_stats` covers the VAE's GroupNorms too. 3: `shared_prefix` shares the first
+# spatial transformer's self-attention too.
+AOT_VERSION = 3
 
 
 def device_id(device) -> str:

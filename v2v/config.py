@@ -97,8 +97,9 @@ class JobConfig:
     # not measured with it).
     channel_stats: bool | None = None
     # A guided step's two halves (unconditional, text) share the UNet's layers before its first cross-attention:
-    # computed once on the clips' latents (v2v.unet; 5.6 % of a zeroscope step's FLOPs). None: on with compile
-    # (a 4-clip step 3.7 % faster on an H200, benchmarks/RESULTS.md twenty-second section), off without (eager
+    # computed once on the clips' latents (v2v.unet; 7.1 % of a zeroscope step's FLOPs, half of it saved). None: on
+    # with compile (a 4-clip step 3.7 % faster on an H200 through the first temporal convolution, 0.7 % more with
+    # the first self-attention, benchmarks/RESULTS.md twenty-second and twenty-third sections), off without (eager
     # runs not measured with it).
     shared_prefix: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark

@@ -3,16 +3,20 @@
 A guided step runs the UNet on each clip's latents twice, with the unconditional and with the text embeddings
 (diffusers' pipeline and the plain sampler stack them into one batch of 2B). The embeddings first enter at the
 first cross-attention; everything before it computes the same values for both halves: `conv_in`, the input
-temporal transformer (`transformer_in`, attention over frames only) and the first down block's first ResNet and
-temporal convolution, all at full resolution. This forward runs that prefix once, on the B latents, and repeats
-its output (and the skip connection it leaves for the last up block) for both halves. At zeroscope_v2_576w size
-the prefix is 5.6 % of a guided step's FLOPs (torch's FlopCounterMode: 170.8 -> 166.0 TFLOP for 4 clips), and a
-4-clip step took 0.412 -> 0.397 s on an H200 (benchmarks/RESULTS.md, twenty-second section). The arithmetic per
-row is unchanged; batched kernels may round differently for B rows than for 2B (the sampler's batching already
-does).
+temporal transformer (`transformer_in`, attention over frames only), the first down block's first ResNet and
+temporal convolution, and in that block's first spatial transformer its GroupNorm, input projection, LayerNorm
+and self-attention (with its residual add), all at full resolution. This forward runs that prefix once, on the B
+latents, and repeats its output (and the skip connection it leaves for the last up block) for both halves. At
+zeroscope_v2_576w size the prefix through the first ResNet and temporal convolution is 2.8 % of a guided step's
+FLOPs (torch's FlopCounterMode: 170.8 -> 166.0 TFLOP for 4 clips; a 4-clip step 0.412 -> 0.397 s on an H200,
+benchmarks/RESULTS.md, twenty-second section); the first self-attention at 2880 tokens saves 0.8 % more (164.7
+TFLOP; a step 0.7 % faster in the same process, twenty-third section). The arithmetic per row is unchanged; batched kernels may round differently for B rows than
+for 2B (the sampler's batching already does).
 
 Otherwise it is UNet3DConditionModel.forward (diffusers 0.42) for what the sampler passes: no class labels,
-attention mask, ControlNet residuals or cross_attention_kwargs.
+attention mask, ControlNet residuals or cross_attention_kwargs; and Transformer2DModel's and
+BasicTransformerBlock's forwards for the first spatial transformer (layer norms, continuous input; another kind
+of block is not split: only the layers before it are shared).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from __future__ import annotations
 import torch
 
 
-def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+            share_self_attention: bool = True) -> torch.Tensor:
     """UNet3DConditionModel's noise prediction, where the embeddings may be a guided step's pairs.
 
     sample (B, C, F, h, w); timestep a number, a 0-d tensor or one per latent (B,); encoder_hidden_states
     (B, 77, D), one per latent, or (2B, 77, D): a guided step's unconditional then text embeddings, both for the
-    same B latents. Returns (rows of encoder_hidden_states, C, F, h, w).
+    same B latents. share_self_attention: with pairs, the first spatial transformer's layers before its
+    cross-attention are shared too (off: the prefix ends at the first temporal convolution, as in the
+    twenty-second session; for the benchmark's comparison). Returns (rows of encoder_hidden_states, C, F, h, w).
     """
     b, _, frames = sample.shape[:3]
     rows = encoder_hidden_states.shape[0]
@@ -52,11 +59,16 @@ def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.T
     skip = x
     first = unet.down_blocks[0]
     shared_layer = getattr(first, "has_cross_attention", False)  # CrossAttnDownBlock3D: attention comes third
+    split = None  # the first spatial transformer's state after its self-attention, where shared
     if shared_layer:
         x = first.resnets[0](x, emb)
         x = first.temp_convs[0](x, num_frames=frames)
+        if rows == 2 * b and share_self_attention and splits_at_cross_attention(first.attentions[0]):
+            split = before_cross_attention(first.attentions[0], x)
     if rows == 2 * b:  # both halves from here: (2B*F, ...), the unconditional half first
         x, skip, emb = torch.cat([x, x]), torch.cat([skip, skip]), torch.cat([emb, emb])
+        if split is not None:
+            split = (torch.cat([split[0], split[0]]), split[1])
 
     # 3. down
     res = (skip,)
@@ -67,7 +79,10 @@ def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.T
             if i > 0:
                 x = resnet(x, emb)
                 x = temp_conv(x, num_frames=frames)
-            x = attn(x, encoder_hidden_states=enc, return_dict=False)[0]
+            if i == 0 and split is not None:  # x, the transformer's input, is its residual
+                x = after_self_attention(attn, *split, x, enc)
+            else:
+                x = attn(x, encoder_hidden_states=enc, return_dict=False)[0]
             x = temp_attn(x, num_frames=frames, return_dict=False)[0]
             res += (x,)
         if first.downsamplers is not None:
@@ -106,16 +121,52 @@ def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.T
     return x[None, :].reshape((-1, frames) + x.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
+def splits_at_cross_attention(transformer) -> bool:
+    """Whether `before_cross_attention` and `after_self_attention` compute this Transformer2DModel (continuous
+    input, LayerNorm blocks, the first block's self-attention without the embeddings, feed-forward unchunked)."""
+    blocks = getattr(transformer, "transformer_blocks", None)
+    if not getattr(transformer, "is_input_continuous", False) or not blocks:
+        return False
+    blk = blocks[0]
+    return (blk.norm_type in ("layer_norm", "layer_norm_i2vgen") and blk.pos_embed is None
+            and not blk.only_cross_attention and blk.attn2 is not None and blk._chunk_size is None)
+
+
+def before_cross_attention(transformer, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Transformer2DModel.forward up to its first block's cross-attention: x (N, C, h, w) -> (the tokens after the
+    norm, the input projection and the self-attention with its residual add (N, h*w, inner), inner)."""
+    h, inner = transformer._operate_on_continuous_inputs(x)  # GroupNorm, proj_in -> (N, h*w, inner)
+    blk = transformer.transformer_blocks[0]
+    h = blk.attn1(blk.norm1(h), encoder_hidden_states=None, attention_mask=None) + h
+    return (h.squeeze(1) if h.ndim == 4 else h), inner
+
+
+def after_self_attention(transformer, h: torch.Tensor, inner: int, residual: torch.Tensor,
+                         enc: torch.Tensor) -> torch.Tensor:
+    """The rest of Transformer2DModel.forward: the first block's cross-attention and feed-forward on the tokens
+    `before_cross_attention` left, the other blocks, the output projection and the residual (N, C, h, w)."""
+    blk = transformer.transformer_blocks[0]
+    h = blk.attn2(blk.norm2(h), encoder_hidden_states=enc, attention_mask=None) + h
+    h = blk.ff(blk.norm3(h)) + h
+    h = h.squeeze(1) if h.ndim == 4 else h
+    for blk in transformer.transformer_blocks[1:]:
+        h = blk(h, encoder_hidden_states=enc)
+    n, _, height, width = residual.shape
+    return transformer._get_output_for_continuous_inputs(h, residual, n, height, width, inner)
+
+
 class PairsForward:
     """A UNet's `forward` (diffusers' call convention) that also takes a guided step's latents once: with twice as
     many embeddings as latents (unconditional, then text) it computes both halves, sharing their prefix (`forward`
     above). The sampler reads `takes_pairs` to pass B latents instead of 2B. Other arguments (e.g.
-    cross_attention_kwargs) go to diffusers' forward, on latents repeated for both halves."""
+    cross_attention_kwargs) go to diffusers' forward, on latents repeated for both halves.
+    share_self_attention: as `forward` takes it."""
 
     takes_pairs = True
 
-    def __init__(self, unet):
+    def __init__(self, unet, share_self_attention: bool = True):
         self.unet = unet
+        self.share_self_attention = share_self_attention
 
     def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = True, **kwargs):
         if kwargs:
@@ -123,7 +174,8 @@ class PairsForward:
                 sample = torch.cat([sample, sample])
             return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
                                            return_dict=return_dict, **kwargs)
-        return as_unet_output(forward(self.unet, sample, timestep, encoder_hidden_states), return_dict)
+        return as_unet_output(forward(self.unet, sample, timestep, encoder_hidden_states, self.share_self_attention),
+                              return_dict)
 
 
 def as_unet_output(sample: torch.Tensor, return_dict: bool):
