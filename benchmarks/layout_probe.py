@@ -11,7 +11,9 @@ processes, so this compiles every variant in one process on one GPU, then times 
 Each VARIANT is a jobs.benchmark variant, `JOB` for the job's GPU variant (`jobs.benchmark.JOB_GPU_VARIANT`),
 optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtile`: prefer_nd_tiling;
 `@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above;
-`@coord`: coordinate-descent tuning of the generated kernels).
+`@coord`: coordinate-descent tuning of the generated kernels), or `@prefix-resnet`: the shared prefix without the
+first spatial transformer's self-attention (the twenty-second session's form; dynamo guards that setting, so each
+gets its own graph).
 Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median,
 min) and each output's relative error against the first variant's (the same inputs; a layout change alters at
 most the order of a reduction), in OUT/layout.json.
@@ -44,6 +46,12 @@ OPTIONS = {
     # session: the whole UNet, after the eighteenth measured it per block)
     "coord": {"coordinate_descent_tuning": True},
 }
+# VARIANT@OPTION that changes the model instead (before its first call, which compiles it)
+MODEL_OPTIONS = {
+    # the shared prefix as the twenty-second session had it: through the first ResNet and temporal convolution,
+    # without the first spatial transformer's self-attention (v2v.unet.forward's share_self_attention)
+    "prefix-resnet": lambda c: setattr(c.unet.forward.eager, "share_self_attention", False),
+}
 
 
 def main(out: str, *specs: str) -> None:
@@ -55,20 +63,22 @@ def main(out: str, *specs: str) -> None:
     work = os.environ.get("V2V_PROBE_WORK", "/tmp/bench")
     folder, _ = model_folder("tiny" if tiny else "random-576w", work, device)
     batch = 4
-    unknown = [s for s in specs if s.partition("@")[2] not in OPTIONS]
+    unknown = [s for s in specs if s.partition("@")[2] not in {**OPTIONS, **MODEL_OPTIONS}]
     if unknown:  # before any model loads
-        raise ValueError(f"{unknown}: unknown option(s) (known: {[k for k in OPTIONS if k]})")
+        raise ValueError(f"{unknown}: unknown option(s) (known: {[k for k in {**OPTIONS, **MODEL_OPTIONS} if k]})")
     runs = []
     for spec in specs:
         variant, _, option = spec.partition("@")
         # without +pre: a saved compiled function is keyed without inductor settings set in code (@OPTION)
-        variant = variant.replace("JOB", JOB_GPU_VARIANT).replace("+pre", "")
+        variant = "+".join(p for p in variant.replace("JOB", JOB_GPU_VARIANT).split("+") if p != "pre")
         if tiny:
             variant = variant.replace("bfloat16", "float32")
         # each UNet with its own compiled graph (jobs.benchmark._own_forward)
-        _, step = unet_step(folder, device, variant, batch)
+        c, step = unet_step(folder, device, variant, batch)
+        if option in MODEL_OPTIONS:
+            MODEL_OPTIONS[option](c)
         t0 = time.perf_counter()
-        with inductor.patch(OPTIONS[option]):  # compiles on this first call
+        with inductor.patch(OPTIONS.get(option, {})):  # compiles on this first call
             y = step()
         compile_s = time.perf_counter() - t0
         step()
