@@ -41,6 +41,10 @@ def test_benchmark_sections_on_cpu(tiny, tmp_path):
     assert sum(x["calls"] for x in att["rows"][:-1]) == att["rows"][-1]["calls"] == n_attention
     assert all(x["default_ms"] > 0 and x["math_ms"] > 0 for x in att["rows"])
     assert all(x["cudnn_ms"] != x["cudnn_ms"] for x in att["rows"])  # NaN: no cuDNN attention on CPU
+    # Two starts over one new cache (no --startup-cache): the first, then the second, each ready
+    starts = [x for x in rows if x["what"].startswith("actor ready (")]
+    assert [x["what"] for x in starts] == ["actor ready (first start)", "actor ready (second start)"]
+    assert all(x["seconds"] > 0 and not x["note"].startswith("failed") for x in starts)
     # Verdicts: what the run measured is judged; what needs a GPU or the Ray job says so.
     verdicts = {t["target"]: t["verdict"] for t in info["targets"]}
     assert list(verdicts) == [t[0] for t in TARGETS]
