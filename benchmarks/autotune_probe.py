@@ -105,7 +105,8 @@ def main(out: str, *plan: str) -> None:
                 got = got[0] if isinstance(got, tuple) else got
                 if mode == "default":
                     want[name] = got.float()
-                err = float((got.float() - want[name]).norm() / want[name].norm()) if name in want else None
+                # against the default compile's output; None on the default rows themselves (printed "-")
+                err = None if mode == "default" else float((got.float() - want[name]).norm() / want[name].norm())
                 call = lambda: fn(*args, **kwargs)  # noqa: E731
                 # ms: 5 timings of 4 calls back to back (as within a step), sorted
                 times = sorted(cuda_seconds_per_call(call, repeat=4) * 1e3 for _ in range(5)) if cuda else \
