@@ -117,6 +117,27 @@ def test_unet_forward_shares_the_guided_prefix_and_equals_diffusers(config, hw):
         forward(unet, x, t, e[:3])
 
 
+def test_unet_forward_shares_no_transformer_it_cannot_split():
+    """A first spatial transformer that `after_self_attention` would not compute as diffusers does (here a chunked
+    feed-forward) is run whole on both halves: only the layers before it are shared, the result still diffusers'."""
+    from v2v.unet import forward, splits_at_cross_attention
+
+    unet = _small_unet()
+    transformer = unet.down_blocks[0].attentions[0]
+    assert splits_at_cross_attention(transformer)
+    transformer.transformer_blocks[0].set_chunk_feed_forward(2, dim=1)
+    assert not splits_at_cross_attention(transformer)
+    rows = []
+    transformer.transformer_blocks[0].attn1.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    g = torch.Generator().manual_seed(2)
+    x, e = torch.randn(2, 4, 5, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g)
+    with torch.no_grad():
+        want = unet(torch.cat([x, x]), torch.tensor(500), encoder_hidden_states=e).sample
+        pairs = forward(unet, x, torch.tensor(500), e)
+    torch.testing.assert_close(pairs, want, rtol=0, atol=1e-5)
+    assert rows == [20, 20]  # the self-attention on both halves' 2 x 2 x 5 frames each time
+
+
 def test_shared_prefix_computes_the_same_latents_with_the_latents_once(cache_dir):
     from v2v.unet import takes_pairs
 

@@ -122,10 +122,11 @@ def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.T
 
 
 def splits_at_cross_attention(transformer) -> bool:
-    """Whether `before_cross_attention` and `after_self_attention` compute this Transformer2DModel (continuous
-    input, LayerNorm blocks, the first block's self-attention without the embeddings, feed-forward unchunked)."""
+    """Whether `before_cross_attention` and `after_self_attention` compute this Transformer2DModel: continuous input
+    and one LayerNorm block (as UNet3D builds them) whose self-attention does not see the embeddings, feed-forward
+    unchunked."""
     blocks = getattr(transformer, "transformer_blocks", None)
-    if not getattr(transformer, "is_input_continuous", False) or not blocks:
+    if not getattr(transformer, "is_input_continuous", False) or blocks is None or len(blocks) != 1:
         return False
     blk = blocks[0]
     return (blk.norm_type in ("layer_norm", "layer_norm_i2vgen") and blk.pos_embed is None
@@ -143,14 +144,12 @@ def before_cross_attention(transformer, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 def after_self_attention(transformer, h: torch.Tensor, inner: int, residual: torch.Tensor,
                          enc: torch.Tensor) -> torch.Tensor:
-    """The rest of Transformer2DModel.forward: the first block's cross-attention and feed-forward on the tokens
-    `before_cross_attention` left, the other blocks, the output projection and the residual (N, C, h, w)."""
+    """The rest of Transformer2DModel.forward: its block's cross-attention and feed-forward on the tokens
+    `before_cross_attention` left, the output projection and the residual (N, C, h, w)."""
     blk = transformer.transformer_blocks[0]
     h = blk.attn2(blk.norm2(h), encoder_hidden_states=enc, attention_mask=None) + h
     h = blk.ff(blk.norm3(h)) + h
     h = h.squeeze(1) if h.ndim == 4 else h
-    for blk in transformer.transformer_blocks[1:]:
-        h = blk(h, encoder_hidden_states=enc)
     n, _, height, width = residual.shape
     return transformer._get_output_for_continuous_inputs(h, residual, n, height, width, inner)
 
