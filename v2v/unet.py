@@ -10,13 +10,13 @@ latents, and repeats its output (and the skip connection it leaves for the last 
 zeroscope_v2_576w size the prefix through the first ResNet and temporal convolution is 2.8 % of a guided step's
 FLOPs (torch's FlopCounterMode: 170.8 -> 166.0 TFLOP for 4 clips; a 4-clip step 0.412 -> 0.397 s on an H200,
 benchmarks/RESULTS.md, twenty-second section); the first self-attention at 2880 tokens saves 0.8 % more (164.7
-TFLOP; a step 0.7 % faster in the same process, twenty-third section). The arithmetic per row is unchanged; batched kernels may round differently for B rows than
-for 2B (the sampler's batching already does).
+TFLOP; a step 0.7 % faster in the same process, twenty-third section). The arithmetic per row is unchanged;
+batched kernels may round differently for B rows than for 2B (the sampler's batching already does).
 
 Otherwise it is UNet3DConditionModel.forward (diffusers 0.42) for what the sampler passes: no class labels,
 attention mask, ControlNet residuals or cross_attention_kwargs; and Transformer2DModel's and
-BasicTransformerBlock's forwards for the first spatial transformer (layer norms, continuous input; another kind
-of block is not split: only the layers before it are shared).
+BasicTransformerBlock's forwards for the first spatial transformer (one LayerNorm block on continuous input, as
+UNet3D builds it; a transformer of another kind runs whole on both halves, `splits_at_cross_attention`).
 """
 
 from __future__ import annotations
@@ -59,16 +59,16 @@ def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.T
     skip = x
     first = unet.down_blocks[0]
     shared_layer = getattr(first, "has_cross_attention", False)  # CrossAttnDownBlock3D: attention comes third
-    split = None  # the first spatial transformer's state after its self-attention, where shared
+    tokens = None  # the first spatial transformer's (B*F, h*w, inner) after its self-attention, where shared
     if shared_layer:
         x = first.resnets[0](x, emb)
         x = first.temp_convs[0](x, num_frames=frames)
         if rows == 2 * b and share_self_attention and splits_at_cross_attention(first.attentions[0]):
-            split = before_cross_attention(first.attentions[0], x)
+            tokens, inner = before_cross_attention(first.attentions[0], x)
     if rows == 2 * b:  # both halves from here: (2B*F, ...), the unconditional half first
         x, skip, emb = torch.cat([x, x]), torch.cat([skip, skip]), torch.cat([emb, emb])
-        if split is not None:
-            split = (torch.cat([split[0], split[0]]), split[1])
+        if tokens is not None:
+            tokens = torch.cat([tokens, tokens])
 
     # 3. down
     res = (skip,)
@@ -79,8 +79,8 @@ def forward(unet, sample: torch.Tensor, timestep, encoder_hidden_states: torch.T
             if i > 0:
                 x = resnet(x, emb)
                 x = temp_conv(x, num_frames=frames)
-            if i == 0 and split is not None:  # x, the transformer's input, is its residual
-                x = after_self_attention(attn, *split, x, enc)
+            if i == 0 and tokens is not None:  # x, the transformer's input, is its residual
+                x = after_self_attention(attn, tokens, inner, x, enc)
             else:
                 x = attn(x, encoder_hidden_states=enc, return_dict=False)[0]
             x = temp_attn(x, num_frames=frames, return_dict=False)[0]
