@@ -7,7 +7,7 @@ KERNELS_JSON: one profiled step's kernels as benchmarks/layout_probe.py writes t
 e.g. benchmarks/h200-nineteenth/kernels-0.json). The FLOPs are counted on the CPU with meta tensors (no weights,
 no GPU): diffusers' UNet3D at zeroscope_v2_576w size, 8 latents (4 clips, cond + uncond) × 24 frames × 40 × 72, by
 torch's FlopCounterMode, whose total is the one `jobs.benchmark` divides by the step time for a variant without
-`prefix` (with it, 2.8 % fewer: v2v.unet). The job's other switches change how attention and the temporal layers
+`prefix` (with it, 3.6 % fewer: v2v.unet). The job's other switches change how attention and the temporal layers
 run, not their arithmetic. Attention's FLOPs are the batched products
 (`bmm`) inside diffusers' attention modules (the CPU runs SDPA as its math), split into the spatial attention
 (cuDNN's SDPA kernels in the profile) and the temporal one (modules under `temp_attentions`/`transformer_in`; v2v's

@@ -73,7 +73,9 @@ def main(out: str, *specs: str) -> None:
         variant = "+".join(p for p in variant.replace("JOB", JOB_GPU_VARIANT).split("+") if p != "pre")
         if tiny:
             variant = variant.replace("bfloat16", "float32")
-        # each UNet with its own compiled graph (jobs.benchmark._own_forward)
+        # each UNet with its own compiled graph: diffusers' forward through its own code object
+        # (jobs.benchmark._own_forward); v2v.unet's PairsForward (`prefix`) shares one, and dynamo's guards keep
+        # the graphs apart (on the CPU: a new graph for chanstats, fuse_qkv and @prefix-resnet each)
         c, step = unet_step(folder, device, variant, batch)
         if option in MODEL_OPTIONS:
             MODEL_OPTIONS[option](c)

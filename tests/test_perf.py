@@ -6,6 +6,7 @@ kernels from the persistent cache. GPU figures for the same switches are in benc
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -151,7 +152,7 @@ def test_shared_prefix_computes_the_same_latents_with_the_latents_once(cache_dir
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # B rows round as 2B rows may not, over 4 steps
     assert set(rows) == {2 * 8}  # 2 clips x 8 frames: the latents once per guided step (2 x 2 x 8 before)
     # a clip without guidance (one embedding per latent, nothing shared): what the plain model gives, bit for bit
-    plain = [ClipSettings("a red fox", seed=1, num_inference_steps=4, guidance_scale=1.0)]
+    plain = [dataclasses.replace(CLIPS[0], guidance_scale=1.0)]
     torch.testing.assert_close(restyle(c, _video(1), plain, output="latents"),
                                restyle(load_components("tiny", cache_dir=cache_dir), _video(1), plain,
                                        output="latents"), rtol=0, atol=0)
@@ -511,7 +512,7 @@ def test_temporal_layers_compute_the_same_latents(cache_dir):
 # part's stored compiled form did. Frame attention comes with compile by default: on the CPU its op is SDPA, traced
 # into the graphs.
 _ACTOR = """
-import json, sys, time
+import dataclasses, json, sys, time
 import numpy as np, torch
 from torch._dynamo.utils import counters
 from v2v.config import JobConfig, resources
@@ -532,7 +533,7 @@ two = restyle(actor.components, video, clips, output="latents")
 one = restyle(actor.components, video[1:], clips[1:], output="latents")
 short = restyle(actor.components, video[1:, :5], clips[1:], output="latents")  # a shorter last clip: eager
 frames = restyle(actor.components, video, clips)  # through the compiled VAE decoder
-plain = [ClipSettings(c.prompt, seed=c.seed, num_inference_steps=4, guidance_scale=1.0) for c in clips]
+plain = [dataclasses.replace(c, guidance_scale=1.0) for c in clips]
 unguided = restyle(actor.components, video, plain, output="latents")  # no guidance: the same compiled graph
 np.save(sys.argv[1], torch.cat([two, one, unguided]).numpy())
 np.save(sys.argv[1] + ".frames.npy", frames.numpy())
@@ -568,7 +569,7 @@ def _start_actor(tmp_path, name, cache, mode="jit", shared=""):
 def _assert_matches_eager(tiny, got, short, frames):
     """What a compiled actor restyled (see _ACTOR) against the eager tiny model on the same inputs."""
     video = _video(2)
-    plain = [ClipSettings(c.prompt, seed=c.seed, num_inference_steps=4, guidance_scale=1.0) for c in CLIPS]
+    plain = [dataclasses.replace(c, guidance_scale=1.0) for c in CLIPS]
     want = torch.cat([restyle(tiny, video, CLIPS, output="latents"),
                       restyle(tiny, video[1:], CLIPS[1:], output="latents"),
                       restyle(tiny, video, plain, output="latents")])

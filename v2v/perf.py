@@ -96,8 +96,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-        eager = unet.forward  # diffusers' forward, or PairsForward
-        unet_fn = torch.compile(eager.__call__ if shared_prefix else eager, fullgraph=False, dynamic=False)
+        eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
+        unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
         vae = components.vae
         parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if compile_vae else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]

@@ -318,22 +318,22 @@ def write_video(frames: np.ndarray, uri: str, fps: float, codec_name: str = "h26
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"frames must be uint8 (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
     spec = codec(codec_name)
-    rate = _fps_fraction(fps)
     with atomic_output(uri, suffix="." + spec.ext) as tmp:
         try:
-            _encode(frames, tmp, rate, spec, _encoder_options(spec, crf, preset), audio_from, audio_span, fps)
+            _encode(frames, tmp, fps, spec, _encoder_options(spec, crf, preset), audio_from, audio_span)
         except av.FFmpegError as e:
             raise VideoError(f"{uri}: writing {codec_name} failed ({e})") from e
         return sha256_file(tmp), os.path.getsize(tmp)
 
 
-def _encode(frames: np.ndarray, path: str, rate: Fraction, spec: Codec, opts: dict, audio_from, audio_span, fps):
-    # bitexact: no creation date or random ids in the file, so equal frames give equal bytes (retry-safe).
+def _encode(frames: np.ndarray, path: str, fps: float, spec: Codec, opts: dict, audio_from, audio_span):
+    """write_video's encoding into `path` (FFmpeg's errors raised as they come)."""
     if spec.encoder == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config otherwise
+    # bitexact: no creation date or random ids in the file, so equal frames give equal bytes (retry-safe).
     with av.open(path, "w", format="matroska" if spec.ext == "mkv" else "mp4",
                  container_options={"fflags": "+bitexact"}) as out:
-        vs = out.add_stream(spec.encoder, rate=rate)
+        vs = out.add_stream(spec.encoder, rate=_fps_fraction(fps))
         vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], spec.pix_fmt
         vs.options = opts
         if spec.ext == "mp4" and spec.encoder == "libx265":
