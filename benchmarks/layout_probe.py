@@ -13,8 +13,11 @@ optionally `@OPTION`: compiled with the inductor settings OPTIONS names (`@ndtil
 `@nocoalesce`: inductor's tiling without its coalescing analysis, which picked 1-D tiles for the kernels above;
 `@coord`: coordinate-descent tuning of the generated kernels), or `@prefix-resnet`: the shared prefix without the
 first spatial transformer's self-attention (the twenty-second session's form; dynamo guards that setting, so each
-gets its own graph).
-Per variant, to OUT: one step's kernels (kernels-N.json) and their total; then the interleaved step times (median,
+gets its own graph), or `@stats-view5`: the spatial GroupNorms' statistics through a (B, F, G, C/G, H*W) view of
+their input, as they were until the twenty-fourth session (`norm_probe.group_norm_view5`; the temporal layers'
+norms keep the 4-D form).
+Per variant, to OUT: one step's kernels (kernels-N.json) and their total, inductor's output code of its compile
+(code-N.tar.gz; empty where the kernels came from the cache); then the interleaved step times (median,
 min) and each output's relative error against the first variant's (the same inputs; a layout change alters at
 most the order of a reduction), in OUT/layout.json.
 
@@ -32,7 +35,9 @@ import torch
 import torch._inductor.config as inductor
 
 from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step
+from norm_probe import group_norm_view5
 from v2v.bench import kernel_kinds, profiler_kernels
+from v2v.group_norm import ChannelStatsGroupNorm
 
 
 # VARIANT@OPTION: inductor settings for that variant's compile (inductor reads them when it compiles).
@@ -51,7 +56,28 @@ MODEL_OPTIONS = {
     # the shared prefix as the twenty-second session had it: through the first ResNet and temporal convolution,
     # without the first spatial transformer's self-attention (v2v.unet.forward's share_self_attention)
     "prefix-resnet": lambda c: setattr(c.unet.forward.eager, "share_self_attention", False),
+    # the spatial norms' statistics as the thirteenth to twenty-third sessions took them (a view of the input)
+    "stats-view5": lambda c: [setattr(m, "__class__", View5GroupNorm) for m in c.unet.modules()
+                              if type(m) is ChannelStatsGroupNorm],
 }
+
+
+class View5GroupNorm(ChannelStatsGroupNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm_view5(x, 1, self) if x.ndim == 4 else super().forward(x)
+
+
+def _keep_output_code(path: Path, since: float) -> None:
+    """inductor's output code written since `since` (the Python wrappers with every buffer's shape and stride, and
+    the kernels' sources) to a tar file: which layout each buffer got, read off afterwards."""
+    import tarfile
+
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    new = [f for f in Path(cache).rglob("*.py") if f.stat().st_mtime >= since and "def call(" in f.read_text(
+        errors="ignore")] if cache else []
+    with tarfile.open(path, "w:gz") as tar:
+        for f in new:
+            tar.add(f, arcname=f.name)
 
 
 def main(out: str, *specs: str) -> None:
@@ -79,10 +105,11 @@ def main(out: str, *specs: str) -> None:
         c, step = unet_step(folder, device, variant, batch)
         if option in MODEL_OPTIONS:
             MODEL_OPTIONS[option](c)
-        t0 = time.perf_counter()
+        t0, t_wall = time.perf_counter(), time.time()
         with inductor.patch(OPTIONS.get(option, {})):  # compiles on this first call
             y = step()
         compile_s = time.perf_counter() - t0
+        _keep_output_code(Path(out, f"code-{len(runs)}.tar.gz"), since=t_wall)
         step()
         with torch.profiler.profile() as prof:
             step()

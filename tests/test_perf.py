@@ -424,6 +424,26 @@ def test_group_norm_by_channel_is_groupnorm_over_the_clip(affine, frames):
         torch.testing.assert_close(half.double(), want, rtol=0.02, atol=0.05)
 
 
+@pytest.mark.parametrize("frames", [1, 4])
+def test_group_norm_by_channel_reads_its_input_without_viewing_it(frames):
+    """A view of the norm's input that merges or splits its dimensions made inductor fix the layout of an input it
+    had not laid out yet (the up blocks' skip concatenations) to NCHW on the GPU (RESULTS.md, twenty-third section):
+    the input's only uses in the traced graph are the statistics and the apply, on x as it is."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from v2v.group_norm import group_norm_by_channel
+
+    norm = torch.nn.GroupNorm(4, 16).bfloat16()
+    x = torch.randn(2 * frames, 16, 3, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        graph = make_fx(lambda t: group_norm_by_channel(t, frames, norm))(x).graph
+    (placeholder,) = [n for n in graph.nodes if n.op == "placeholder"]
+    uses = {str(n.target) for n in placeholder.users}
+    assert uses and not any(("view" in u or "reshape" in u or "as_strided" in u) for u in uses), uses
+    # what the traced graph computes from x alone is the norm: not a graph that ignores part of it
+    assert any("var_mean" in str(n.target) for n in graph.nodes)
+
+
 def _tiny_with_norm_and_temporal_weights(cache_dir, seed):
     """The tiny model with weights in its GroupNorms and temporal convolutions: diffusers starts each temporal
     convolution layer as an identity (its last convolution zeroed) and each GroupNorm as (1, 0), so a wrong swap

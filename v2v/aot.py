@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when what a package computes for the same key changes (the wrappers below, how inputs are passed, what a
 # switch in the key swaps). 2: `channel_stats` covers the VAE's GroupNorms too. 3: `shared_prefix` shares the first
-# spatial transformer's self-attention too.
-AOT_VERSION = 3
+# spatial transformer's self-attention too. 4: `channel_stats` takes its statistics on the 4-D input (another graph).
+AOT_VERSION = 4
 
 
 def device_id(device) -> str:

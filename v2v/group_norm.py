@@ -21,32 +21,37 @@ def group_norm_by_channel(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm
     GroupNorm of x), i.e. one mean and variance per clip and channel group, taken over the group's channels and
     all of the clip's frames and pixels. The result has x's dtype and x's memory layout.
     """
-    x5, scale, shift = channel_scale_shift(x, frames, norm)
-    # Stacked, scale and shift are written to memory (a few KB) before the apply, which then only multiplies and
-    # adds; left apart, inductor recomputed them from the statistics for every element, and that apply kernel
+    scale, shift = channel_scale_shift(x, frames, norm)
+    # Stacked, scale and shift are written to memory (a few KB to 2 MB) before the apply, which then only multiplies
+    # and adds; left apart, inductor recomputed them from the statistics for every element, and that apply kernel
     # took 0.35 ms instead of 0.19 at the top level (benchmarks/norm_probe.py).
-    ss = torch.stack(torch.broadcast_tensors(scale, shift))
-    return (x5 * ss[0] + ss[1]).to(x.dtype).reshape(x.shape)
+    ss = torch.stack((scale, shift))
+    return (x * ss[0] + ss[1]).to(x.dtype)
 
 
 def channel_scale_shift(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm):
-    """x (B*F, C, H, W) -> (x5: x viewed as (B, F, G, C/G, H*W), scale, shift): the norm is x5 * scale + shift, with
-    float32 scale and shift per (clip, channel) (B, 1, G, C/G, 1), or per (clip, group) without affine weights.
+    """x (B*F, C, H, W) -> float32 (scale, shift), each (B*F, C, 1, 1): the norm is x * scale + shift, the same
+    figures for every frame of a clip.
 
-    The reshape is a view of both NCHW and channels-last memory. Statistics are float32 (as torch's GroupNorm
-    keeps them for half inputs).
+    The statistics are taken on x as it is, 4-D; only the small per-channel figures are reshaped. Viewing x itself
+    as (B, F, G, C/G, H*W), this function's earlier form, fixed the memory layout of an input the compiler had not
+    laid out yet (the up blocks' skip concatenations) to NCHW on the GPU, between channels-last neighbours
+    (benchmarks/RESULTS.md, twenty-third section). Statistics are float32 (as torch's GroupNorm keeps them for half
+    inputs).
     """
     bf, c, h, w = x.shape
     g, cg = norm.num_groups, c // norm.num_groups
-    x5 = x.reshape(bf // frames, frames, g, cg, h * w)
-    # per frame and channel: (B, F, G, C/G, 1)
-    var_c, mean_c = torch.var_mean(x5.float(), dim=4, correction=0, keepdim=True)
+    # per frame and channel: (B*F, C) -> (B, F, G, C/G, 1)
+    var_c, mean_c = (t.reshape(bf // frames, frames, g, cg, 1)
+                     for t in torch.var_mean(x.float(), dim=(2, 3), correction=0))
     # over the group's channels and the frames (equal counts): (B, 1, G, 1, 1). Sums times 1/count rather than
     # means, which inductor would leave as divisions for the apply kernel to repeat for every element.
     k = 1.0 / (frames * cg)
     mean = mean_c.sum((1, 3), keepdim=True) * k
     var = (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
-    return x5, *fold_affine(mean, var, norm)
+    scale, shift = fold_affine(mean, var, norm)
+    # per (clip, channel) -> per (frame, channel), as x broadcasts them: (B*F, C, 1, 1)
+    return tuple(t.expand(bf // frames, frames, g, cg, 1).reshape(bf, c, 1, 1) for t in (scale, shift))
 
 
 def fold_affine(mean: torch.Tensor, var: torch.Tensor, norm: torch.nn.GroupNorm):
