@@ -24,9 +24,9 @@ import numpy as np
 
 
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
-# GroupNorm statistics per channel, a guided step's shared prefix computed once, the VAE compiled too); the dtype
-# is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+compile+pre+vae"
+# GroupNorm statistics per channel, a guided step's shared prefix computed once, the upsamplers by output phase,
+# the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+compile+pre+vae"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -64,7 +64,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats][+prefix]"
-                        "[+compile|+pre|+aot[+vae]][+nobench] ('' for none)")
+                        "[+phaseup][+compile|+pre|+aot[+vae]][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -103,7 +103,8 @@ def _card() -> str:
 # a variant's parts -> the JobConfig switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"channels_last": "channels_last", "fuse_qkv": "fuse_qkv", "temporal": "temporal_layers",
                   "frameattn": "frame_attention", "chanstats": "channel_stats", "prefix": "shared_prefix",
-                  "compile": "compile", "pre": "precompile", "aot": "compile_aot", "vae": "compile_vae"}
+                  "phaseup": "upsample_phases", "compile": "compile", "pre": "precompile", "aot": "compile_aot",
+                  "vae": "compile_vae"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 

@@ -69,6 +69,8 @@ HELP = {
     "channel_stats": "the UNet's and the VAE's GroupNorms from per-channel statistics (default: with --compile)",
     "shared_prefix": "a guided step's two halves share the UNet's layers before its first cross-attention, "
                      "computed once (default: with --compile)",
+    "upsample_phases": "the UNet's upsamplers as four 2x2 convolutions of their input, one per output phase "
+                       "(default: with --compile)",
     "cudnn_benchmark": "GPU: time each convolution's cuDNN algorithms on first use and keep the fastest",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",

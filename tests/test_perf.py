@@ -325,7 +325,7 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "channel_stats": False, "shared_prefix": False, "compile": False, "compile_aot": False, "precompile": False,
+           "channel_stats": False, "shared_prefix": False, "upsample_phases": False, "compile": False, "compile_aot": False, "precompile": False,
            "compile_vae": False, "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
     assert _variant_cfg("float16")[1] == off
@@ -337,6 +337,7 @@ def test_benchmark_variants_name_config_switches():
                                                               "frame_attention": True}
     assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True}
     assert _variant_cfg("bfloat16+prefix")[1] == {**off, "shared_prefix": True}
+    assert _variant_cfg("bfloat16+phaseup")[1] == {**off, "upsample_phases": True}
     assert _variant_cfg("bfloat16+compile+nobench")[1] == {**off, "compile": True, "cudnn_benchmark": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
                       ("bfloat16+pre+aot", "pick one")]:
@@ -500,6 +501,58 @@ def test_channel_stats_norms_without_the_temporal_layers(cache_dir):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("hw, bias, layout", [((4, 6), True, torch.contiguous_format), ((1, 1), True, torch.channels_last),
+                                              ((5, 3), False, torch.channels_last)])
+def test_upsample_conv_is_nearest_upsampling_then_the_3x3_convolution(hw, bias, layout):
+    from v2v.upsample import phase_weights, upsample_conv
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, *hw, generator=g, dtype=torch.float64).contiguous(memory_format=layout)
+    weight = torch.randn(7, 5, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64) if bias else None
+    want = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), weight,
+                                      b, padding=1)
+    got = upsample_conv(x, weight, b)
+    assert got.shape == want.shape == (2, 7, 2 * hw[0], 2 * hw[1])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # four 2x2 kernels (16 taps where the 3x3 kernel over four upsampled pixels has 36), each a sum of the 3x3's taps
+    k = phase_weights(weight)
+    assert k.shape == (28, 5, 2, 2)
+    torch.testing.assert_close(k.sum((2, 3)), weight.sum((2, 3)).repeat(4, 1), rtol=0, atol=1e-12)
+
+
+def test_upsample_phases_compute_the_same_latents(cache_dir):
+    from diffusers.models.upsampling import Upsample2D
+
+    from v2v.upsample import PhaseUpsample2D, use_upsample_phases
+
+    c = _tiny_with_norm_and_temporal_weights(cache_dir, seed=8)
+    ups, vae_ups = (sum(type(m) is Upsample2D for m in model.modules()) for model in (c.unet, c.vae))
+    keys = set(c.unet.state_dict())
+    want = restyle(c, _video(2), CLIPS, output="latents")
+    want_frames = restyle(c, _video(2), CLIPS)
+    apply_perf_settings(c, upsample_phases=True)
+    # the UNet's upsamplers swap; the VAE's stay diffusers' (slower by phase on a GPU)
+    assert sum(type(m) is PhaseUpsample2D for m in c.unet.modules()) == ups > 0
+    assert sum(type(m) is Upsample2D for m in c.vae.modules()) == vae_ups > 0
+    assert set(c.unet.state_dict()) == keys
+    torch.testing.assert_close(restyle(c, _video(2), CLIPS, output="latents"), want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(restyle(c, _video(2), CLIPS), want_frames, rtol=0, atol=1e-4)
+    # the VAE decoder's upsamplers by phase (what the switch leaves out) decode the same frames
+    assert use_upsample_phases(c.vae) == vae_ups
+    torch.testing.assert_close(restyle(c, _video(2), CLIPS), want_frames, rtol=0, atol=1e-4)
+    # an output size other than twice the input's (latents not a multiple of the UNet's upsampling) goes to
+    # diffusers' forward; twice the input's, given explicitly, to the phases
+    up = next(m for m in c.unet.modules() if type(m) is PhaseUpsample2D)
+    x = torch.randn(2, up.channels, 3, 5)
+    for size in [(5, 9), (6, 10)]:
+        with torch.no_grad():
+            got = up(x, size)
+            ref = Upsample2D.forward(up, x, size)
+        assert got.shape[-2:] == size
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
 def test_temporal_layers_compute_the_same_latents(cache_dir):
     from diffusers.models.resnet import TemporalConvLayer
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
@@ -570,6 +623,9 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "rep
                                                      == "FrameAttnProcessor" for m in actor.components.unet.modules()),
                               "norms": sorted({type(m).__name__ for m in actor.components.unet.modules()
                                                if isinstance(m, torch.nn.GroupNorm)}),
+                              "upsamplers": [sorted({type(m).__name__ for m in model.modules()
+                                                     if "Upsample" in type(m).__name__})
+                                             for model in (actor.components.unet, actor.components.vae)],
                               "aot": {k: {"built": len(a.built), "fetched": len(a.fetched), "loaded": len(a.runners),
                                           "failed": a.failed} for k, a in actor.aot.items()}}))
 """
@@ -609,6 +665,8 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert first["temporal"] == ["TemporalConvFrames", "TransformerTemporalFrames"], first
     assert first["frame_attention"] > 0, first  # the default (on with compile) reached the model
     assert first["norms"] == ["ChannelStatsGroupNorm"], first  # so did per-channel GroupNorm statistics
+    # and the UNet's upsamplers by output phase (the VAE's stay diffusers')
+    assert first["upsamplers"] == [["PhaseUpsample2D"], ["Upsample2D"]], first
     assert first["takes_pairs"], first  # and the guided step's shared prefix (the unguided batch: no new graph)
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
@@ -998,3 +1056,7 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.shared_prefix, cpu.shared_prefix, forced.shared_prefix) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", shared_prefix=False), {"GPU": 1}).shared_prefix is False
     assert resources(JobConfig(manifest="m", output="o", shared_prefix=True), {"CPU": 2}).shared_prefix is True
+    # and the upsamplers by output phase
+    assert (gpu.upsample_phases, cpu.upsample_phases, forced.upsample_phases) == (True, False, False)
+    assert resources(JobConfig(manifest="m", output="o", upsample_phases=False), {"GPU": 1}).upsample_phases is False
+    assert resources(JobConfig(manifest="m", output="o", upsample_phases=True), {"CPU": 2}).upsample_phases is True

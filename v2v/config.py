@@ -102,6 +102,11 @@ class JobConfig:
     # the first self-attention, benchmarks/RESULTS.md twenty-second and twenty-third sections), off without (eager
     # runs not measured with it).
     shared_prefix: bool | None = None
+    # The UNet's upsamplers (nearest 2x, then a 3x3 convolution) as four 2x2 convolutions of their input, one per
+    # output phase (v2v.upsample): 16 taps per input pixel instead of 36. None: on with compile (a 4-clip step 1 %
+    # faster on an H200, benchmarks/RESULTS.md twenty-fourth section), off without (eager runs not measured with
+    # it). The VAE's stay diffusers' (its decoder ran 23 % slower with them).
+    upsample_phases: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
     # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready
     # ~3 s sooner (benchmarks/RESULTS.md sixteenth section); on by default, as other cards are not measured.
@@ -218,6 +223,7 @@ class Resources:
     frame_attention: bool
     channel_stats: bool
     shared_prefix: bool
+    upsample_phases: bool
 
 
 def auto_dtype(device: str, bf16_native: bool = True) -> str:
@@ -253,7 +259,8 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     compile_aot = compile_ and bool(cfg.compile_aot)
     precompile = compile_ and not compile_aot and (cfg.precompile if cfg.precompile is not None else True)
     # the switches measured with compile only: on with it unless set
-    temporal, frame, chan, prefix = (compile_ if on is None else on for on in (
-        cfg.temporal_layers, cfg.frame_attention, cfg.channel_stats, cfg.shared_prefix))
+    temporal, frame, chan, prefix, phases = (compile_ if on is None else on for on in (
+        cfg.temporal_layers, cfg.frame_attention, cfg.channel_stats, cfg.shared_prefix, cfg.upsample_phases))
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan, prefix)
+                     invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan, prefix,
+                     phases)

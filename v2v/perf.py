@@ -16,8 +16,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                         compile: bool = False, unet_batch: int | None = None, compile_vae: bool = False,
                         vae_chunk: int = 8, compile_aot: bool = False, precompile: bool = False,
                         temporal_layers: bool = False, frame_attention: bool = False,
-                        channel_stats: bool = False, shared_prefix: bool = False, cudnn_benchmark: bool = True,
-                        shared_cache: str | None = None) -> dict:
+                        channel_stats: bool = False, shared_prefix: bool = False, upsample_phases: bool = False,
+                        cudnn_benchmark: bool = True, shared_cache: str | None = None) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: rows per UNet forward the compiled graph is built for (2 x clips per batch with guidance: its
@@ -37,6 +37,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     shared_prefix: a guided step's two halves share the layers before the first cross-attention, computed once on
     the clips' latents (v2v.unet); the UNet's forward then takes the latents once (`takes_pairs`), and
     `unet_batch` counts the embeddings (2 x clips), the compiled graph's latents being half of them.
+    upsample_phases: the UNet's upsamplers (nearest 2x, then a 3x3 convolution) computed as four 2x2 convolutions
+    of their input, one per output phase (v2v.upsample).
     cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
     fastest; off, its heuristics pick one with no search at start.
     shared_cache: with compile_aot or precompile, a URI every machine reaches (v2v.shared_cache): a part the
@@ -68,6 +70,12 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         # and the VAE's (2-D, per frame; 32 groups of 4-16 channels): 207 -> 159 ms a clip for its encoder and
         # decoder on an H200 (benchmarks/RESULTS.md, twenty-first section)
         use_channel_stats(components.vae)
+    if upsample_phases:
+        from v2v.upsample import use_upsample_phases
+
+        # the UNet's only: the VAE decoder's three (512-256 channels, up to 576x320) ran 23 % slower this way on an
+        # H200 (benchmarks/RESULTS.md, twenty-fourth section)
+        use_upsample_phases(unet)
     if channels_last:
         # UNet3D's 2D convolutions see (B*F, C, H, W); channels-last weights let cuDNN skip layout conversions.
         # Only rank-4 (Conv2d) weights: temporal_layers gives the temporal Conv3d layers theirs.
@@ -115,7 +123,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             base = {"model": components.sha256, "dtype": str(unet.dtype),
                     "device": device_id(unet.device), "channels_last": channels_last, "fuse_qkv": fuse_qkv,
                     "temporal_layers": temporal_layers, "frame_attention": frame_attention,
-                    "channel_stats": channel_stats, "shared_prefix": shared_prefix}
+                    "channel_stats": channel_stats, "shared_prefix": shared_prefix,
+                    "upsample_phases": upsample_phases}
             shared = SharedCache(shared_cache, cache) if shared_cache else None
             # AOTInductor packages, or torch.compile's saved functions: both of (module, tensors)
             form, folder = (AotForward, "aot") if compile_aot else (PrecompiledForward, "precompiled")

@@ -139,6 +139,7 @@ class Restyle:
                                            frame_attention=res.frame_attention,
                                            channel_stats=res.channel_stats,
                                            shared_prefix=res.shared_prefix,
+                                           upsample_phases=res.upsample_phases,
                                            cudnn_benchmark=cfg.cudnn_benchmark,
                                            shared_cache=cfg.shared_compile_cache)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
