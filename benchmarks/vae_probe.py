@@ -12,13 +12,22 @@ with the UNet's switches applied to it:
 - `chanstats`: its GroupNorms from per-channel statistics (v2v.group_norm; 128-512 channels in 32 groups)
 - `cl`: its Conv2d weights channels-last (the `channels_last` switch's VAE half)
 - `cl+chanstats`: both
+- `chanstats+phaseup`: per-channel statistics and the upsamplers by output phase (v2v.upsample's
+  `use_upsample_phases` on the decoder's three upsamplers, 512, 512 and 256 channels); the twenty-fourth section of
+  RESULTS.md measured its decoder 23 % slower, so the job applies `upsample_phases` to the UNet only
+- `chanstats+phaseidx`, `chanstats+phasenhwc`: the same convolutions with the phases interleaved otherwise (the
+  slowdown above is in the interleaving copies, written with the channels outermost): by indexing the convolution's
+  output with computed indices (`upsample_conv_index`), or stacked with the channels innermost
+  (`upsample_conv_nhwc`); probe-only forms
 
 Per variant: the first call's seconds (compile), ms a clip for the encoder (24 frames to the posterior), the
 decoder (latents to float32 frames on the GPU), the frames' copy to the host, TFLOP/s, kernel time by kind over one
 clip's encode and decode, the slowest kernels, and the output against `default`'s. OUT/vae_probe.json.
 
-    python benchmarks/vae_probe.py OUT          # GPU, zeroscope_v2_576w's VAE with random weights
-    python benchmarks/vae_probe.py OUT --cpu    # smoke run: the tiny model's VAE, float32, eager
+    python benchmarks/vae_probe.py OUT [VARIANT...]          # GPU, zeroscope_v2_576w's VAE with random weights
+    python benchmarks/vae_probe.py OUT --cpu [VARIANT...]    # smoke run: the tiny model's VAE, float32, eager
+
+Every variant unless named; the first one run is the reference the outputs are compared with.
 """
 import copy
 import json
@@ -31,9 +40,11 @@ import torch
 from v2v.bench import kernel_kinds, profiler_kernels, timed
 from v2v.group_norm import use_channel_stats
 from v2v.perf import PadFrames
+from v2v.upsample import PhaseUpsample2D, phase_weights, use_upsample_phases
 from v2v.sampler import decode_frames, encode_posterior, frames_to_pixels
 
-VARIANTS = ("default", "chanstats", "cl", "cl+chanstats")
+VARIANTS = ("default", "chanstats", "cl", "cl+chanstats", "chanstats+phaseup", "chanstats+phaseidx",
+            "chanstats+phasenhwc")
 CHUNK = 8
 
 
@@ -62,10 +73,49 @@ def _flops(vae, frames: int, h: int, w: int) -> float:
     return counter.get_total_flops() * frames / CHUNK
 
 
+def upsample_conv_index(x, weight, bias):
+    """v2v.upsample.upsample_conv with its phases interleaved by indexing: out[:, c, Y, X] is the convolution's
+    output y[:, (2 (Y % 2) + X % 2) C' + c, (Y + 1) // 2, (X + 1) // 2]."""
+    n, _, h, w = x.shape
+    c = weight.shape[0]
+    y = torch.nn.functional.conv2d(x, phase_weights(weight), None if bias is None else bias.repeat(4), padding=1)
+    y6 = y.unflatten(1, (2, 2, c)).permute(0, 3, 1, 2, 4, 5)  # (N, C', 2, 2, H+1, W+1)
+    rows, cols = torch.arange(2 * h, device=x.device)[:, None], torch.arange(2 * w, device=x.device)[None, :]
+    return y6[:, :, rows % 2, cols % 2, (rows + 1) // 2, (cols + 1) // 2]  # (N, C', 2H, 2W)
+
+
+def upsample_conv_nhwc(x, weight, bias):
+    """v2v.upsample.upsample_conv with its phases stacked channels-innermost: (N, H, W, 4, C') before interleaving."""
+    n, _, h, w = x.shape
+    c = weight.shape[0]
+    y = torch.nn.functional.conv2d(x, phase_weights(weight), None if bias is None else bias.repeat(4), padding=1)
+    phases = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w].permute(0, 2, 3, 1)
+              for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+    st = torch.stack(phases, 3).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)  # (N, H, 2, W, 2, C')
+    return st.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+class _IndexUpsample(PhaseUpsample2D):
+    def forward(self, hidden_states, output_size=None, *args, **kwargs):
+        return upsample_conv_index(hidden_states, self.conv.weight, self.conv.bias)
+
+
+class _NhwcUpsample(PhaseUpsample2D):
+    def forward(self, hidden_states, output_size=None, *args, **kwargs):
+        return upsample_conv_nhwc(hidden_states, self.conv.weight, self.conv.bias)
+
+
 def _prepare(base, variant: str, compile: bool):
     vae = copy.deepcopy(base)
     if "chanstats" in variant:
         use_channel_stats(vae)
+    if "phase" in variant:
+        use_upsample_phases(vae)
+    for part, form in (("phaseidx", _IndexUpsample), ("phasenhwc", _NhwcUpsample)):
+        if part in variant:
+            for m in vae.modules():
+                if type(m) is PhaseUpsample2D:
+                    m.__class__ = form
     if variant.startswith("cl"):
         for m in vae.modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -76,8 +126,11 @@ def _prepare(base, variant: str, compile: bool):
     return vae
 
 
-def main(out: str, cpu: bool) -> None:
+def main(out: str, cpu: bool, variants: list[str]) -> None:
     cuda = not cpu
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"{unknown}: unknown variant(s) (known: {list(VARIANTS)})")
     base, (frames, h, w) = _vae(cpu)
     flops = _flops(base, frames, h, w)
     g = torch.Generator().manual_seed(0)
@@ -88,7 +141,7 @@ def main(out: str, cpu: bool) -> None:
     pixels = frames_to_pixels(video).to(base.device, base.dtype)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     rows, ref = [], {}
-    for variant in VARIANTS:
+    for variant in variants:
         vae = _prepare(base, variant, compile=cuda)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -121,11 +174,12 @@ def main(out: str, cpu: bool) -> None:
                 decode_gpu()
                 sync()
         kernels = profiler_kernels(prof, cuda)
-        if variant == "default":
-            ref = {"mean": mean, "decoded": decoded}
+        if not ref:
+            ref = {"variant": variant, "mean": mean, "decoded": decoded}
         row = {"variant": variant, "first_call_s": first_s, "encode_ms": enc_s * 1e3, "decode_ms": dec_s * 1e3,
                "decode_latents_ms": whole_s * 1e3, "copy_to_host_ms": copy_s * 1e3,
                "tflops": flops / (enc_s + dec_s) / 1e12,
+               "reference": ref["variant"],
                "encode_rel_vs_default": float((mean - ref["mean"]).norm() / ref["mean"].norm()),
                "decoded_max_abs_vs_default": float((decoded - ref["decoded"]).abs().max()),
                "kinds_ms": {k: v * 1e3 for k, v in sorted(kernel_kinds([(n, s) for n, s, _ in kernels]).items(),
@@ -134,7 +188,7 @@ def main(out: str, cpu: bool) -> None:
         rows.append(row)
         print(f"{variant:14s} first {first_s:6.1f} s | encode {row['encode_ms']:7.1f} ms  decode {row['decode_ms']:7.1f}"
               f"  decode_latents {row['decode_latents_ms']:7.1f}  copy {row['copy_to_host_ms']:6.1f} ms a clip | "
-              f"{row['tflops']:6.1f} TFLOP/s | vs default: encode {row['encode_rel_vs_default']:.1e}, "
+              f"{row['tflops']:6.1f} TFLOP/s | vs {ref['variant']}: encode {row['encode_rel_vs_default']:.1e}, "
               f"frames {row['decoded_max_abs_vs_default']:.1e}", flush=True)
         print("   kinds (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in row["kinds_ms"].items()), flush=True)
         for n, s, c in row["slowest"][:8]:
@@ -151,4 +205,4 @@ def main(out: str, cpu: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--cpu" in sys.argv[2:])
+    main(sys.argv[1], "--cpu" in sys.argv[2:], [a for a in sys.argv[2:] if a != "--cpu"] or list(VARIANTS))
