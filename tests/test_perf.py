@@ -325,7 +325,8 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "channel_stats": False, "shared_prefix": False, "upsample_phases": False, "compile": False, "compile_aot": False, "precompile": False,
+           "channel_stats": False, "shared_prefix": False, "upsample_phases": False, "compile": False,
+           "compile_aot": False, "precompile": False,
            "compile_vae": False, "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
     assert _variant_cfg("float16")[1] == off
@@ -501,7 +502,8 @@ def test_channel_stats_norms_without_the_temporal_layers(cache_dir):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("hw, bias, layout", [((4, 6), True, torch.contiguous_format), ((1, 1), True, torch.channels_last),
+@pytest.mark.parametrize("hw, bias, layout", [((4, 6), True, torch.contiguous_format),
+                                              ((1, 1), True, torch.channels_last),
                                               ((5, 3), False, torch.channels_last)])
 def test_upsample_conv_is_nearest_upsampling_then_the_3x3_convolution(hw, bias, layout):
     from v2v.upsample import phase_weights, upsample_conv

@@ -7,9 +7,11 @@ and i+1 (tap 2), zero padding included. So the same convolution is four 2x2 conv
 output phase (a, b), with the taps that land on one input pixel summed into one weight. Computed as one 2x2
 convolution (padding 1) with four times the output channels, on the input's (H+1) x (W+1) positions: 16 taps per
 input pixel instead of 36 (the 3x3 kernel over the four upsampled pixels), and no upsampled copy of the input.
-The phases are then interleaved into (2H, 2W), a copy the compiler fuses into the next operation (in the UNet,
-the concatenation with the skip connection). Same sums, the weights summed first: equal up to rounding (in
-bfloat16, of the summed weights).
+The phases are then interleaved into (2H, 2W): compiled for the GPU, a stacked copy of them (channels outermost)
+that the next operation reads back, 1.3 ms of a 4-clip step at the top level against the 6.3 ms the convolutions
+save (benchmarks/RESULTS.md, twenty-fourth section; interleaving by indexing fused better in the VAE's probe, not
+measured in the UNet). Same sums, the weights summed first: equal up to rounding (in bfloat16, of the summed
+weights).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
+
 
 def _fold(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A kernel's 3 taps along `dim` -> the 2 taps of output phase 0 (over input pixels i-1, i: tap 0, taps 1 + 2)
@@ -44,7 +47,8 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     # (N, 4 C', H+1, W+1): position (r, s) of phase (a, b) reads input rows r-1+a.. and columns s-1+b..
     y = F.conv2d(x, phase_weights(weight), b4, padding=1)
     # phase (a, b) at output (2i + a, 2j + b) is y[:, (2a + b) C' + c, i + a, j + b]
-    phases = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w] for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+    offsets = ((0, 0), (0, 1), (1, 0), (1, 1))
+    phases = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w] for k, (a, b) in enumerate(offsets)]
     # (N, C', H, W, 2, 2) -> (N, C', H, 2, W, 2) -> (N, C', 2H, 2W)
     out = torch.stack(phases, dim=-1).reshape(n, c, h, w, 2, 2).permute(0, 1, 2, 4, 3, 5)
     return out.reshape(n, c, 2 * h, 2 * w)
