@@ -186,6 +186,18 @@ def test_encoder_settings_are_checked_by_a_trial_encode(codec, crf, preset, matc
     check_encoder("ffv1", 99, "x")  # lossless takes neither; they are ignored as the writer ignores them
 
 
+def test_encoder_check_names_the_writers_reason_when_ffmpeg_gives_none(monkeypatch):
+    """A VideoError of the writer's own (no FFmpeg error behind it) is named, not printed as 'None'."""
+    from v2v import video
+
+    def refuse(*args, **kwargs):
+        raise VideoError("the muxer took no frames")
+
+    monkeypatch.setattr(video, "write_video", refuse)
+    with pytest.raises(VideoError, match=r"refuses crf 18 with preset 'medium': the muxer took no frames$"):
+        video.check_encoder("h264", None, "medium")
+
+
 def test_job_refuses_encoder_settings_before_it_runs(tmp_path):
     """No Ray, no manifest read, no model: the job stops at the setting, naming it."""
     from v2v.config import ConfigError, JobConfig

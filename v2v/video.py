@@ -285,8 +285,9 @@ def check_encoder(codec_name: str, crf: int | None = None, preset: str | None = 
             write_video(frames, os.path.join(d, "check." + spec.ext), 12.0, codec_name, crf, preset)
         except VideoError as e:
             opts = _encoder_options(spec, crf, preset)
+            why = e.__cause__ or e  # FFmpeg's error where the writer has one, else the writer's own message
             raise VideoError(f"the {codec_name} encoder ({spec.encoder}) refuses crf {opts['crf']} with preset "
-                             f"{opts['preset']!r}: {e.__cause__}") from e.__cause__
+                             f"{opts['preset']!r}: {why}") from why
 
 
 def _encoder_options(spec: Codec, crf: int | None, preset: str | None) -> dict[str, str]:
