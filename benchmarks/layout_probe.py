@@ -16,6 +16,8 @@ first spatial transformer's self-attention (the twenty-second session's form; dy
 gets its own graph), or `@stats-view5`: the spatial GroupNorms' statistics through a (B, F, G, C/G, H*W) view of
 their input, as they were until the twenty-fourth session (`norm_probe.group_norm_view5`; the temporal layers'
 norms keep the 4-D form).
+`@phaseidx`: the UNet's upsamplers by phase (`upsample_phases`) with the phases interleaved by indexing
+(`vae_probe.upsample_conv_index`) instead of stacked.
 Per variant, to OUT: one step's kernels (kernels-N.json) and their total, inductor's output code of its compile
 (code-N.tar.gz; empty where the kernels came from the cache); then the interleaved step times (median,
 min) and each output's relative error against the first variant's (the same inputs; a layout change alters at
@@ -36,8 +38,10 @@ import torch._inductor.config as inductor
 
 from jobs.benchmark import JOB_GPU_VARIANT, model_folder, unet_step
 from norm_probe import group_norm_view5
+from vae_probe import IndexUpsample2D
 from v2v.bench import kernel_kinds, profiler_kernels
 from v2v.group_norm import ChannelStatsGroupNorm
+from v2v.upsample import PhaseUpsample2D
 
 
 # VARIANT@OPTION: inductor settings for that variant's compile (inductor reads them when it compiles).
@@ -59,6 +63,9 @@ MODEL_OPTIONS = {
     # the spatial norms' statistics as the thirteenth to twenty-third sessions took them (a view of the input)
     "stats-view5": lambda c: [setattr(m, "__class__", View5GroupNorm) for m in c.unet.modules()
                               if type(m) is ChannelStatsGroupNorm],
+    # the upsamplers' phases interleaved by indexing (the VAE's probe: fused into the next operation's loads)
+    "phaseidx": lambda c: [setattr(m, "__class__", IndexUpsample2D) for m in c.unet.modules()
+                           if type(m) is PhaseUpsample2D],
 }
 
 

@@ -95,12 +95,12 @@ def upsample_conv_nhwc(x, weight, bias):
     return st.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-class _IndexUpsample(PhaseUpsample2D):
+class IndexUpsample2D(PhaseUpsample2D):
     def forward(self, hidden_states, output_size=None, *args, **kwargs):
         return upsample_conv_index(hidden_states, self.conv.weight, self.conv.bias)
 
 
-class _NhwcUpsample(PhaseUpsample2D):
+class NhwcUpsample2D(PhaseUpsample2D):
     def forward(self, hidden_states, output_size=None, *args, **kwargs):
         return upsample_conv_nhwc(hidden_states, self.conv.weight, self.conv.bias)
 
@@ -111,7 +111,7 @@ def _prepare(base, variant: str, compile: bool):
         use_channel_stats(vae)
     if "phase" in variant:
         use_upsample_phases(vae)
-    for part, form in (("phaseidx", _IndexUpsample), ("phasenhwc", _NhwcUpsample)):
+    for part, form in (("phaseidx", IndexUpsample2D), ("phasenhwc", NhwcUpsample2D)):
         if part in variant:
             for m in vae.modules():
                 if type(m) is PhaseUpsample2D:
