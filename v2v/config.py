@@ -203,6 +203,11 @@ def _is_a(value, t: type) -> bool:
     return isinstance(value, (int, float)) if t is float else isinstance(value, t)
 
 
+# The switches measured with compile only: on with it unless set. JobConfig and Resources fields, and
+# v2v.perf.apply_perf_settings arguments, of these names.
+COMPILE_SWITCHES = ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases")
+
+
 @dataclass(frozen=True)
 class Resources:
     """What the Ray stages ask for; computed in one place from the config and the cluster."""
@@ -258,9 +263,6 @@ def resources(cfg: JobConfig, cluster: dict) -> Resources:
     compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
     compile_aot = compile_ and bool(cfg.compile_aot)
     precompile = compile_ and not compile_aot and (cfg.precompile if cfg.precompile is not None else True)
-    # the switches measured with compile only: on with it unless set
-    temporal, frame, chan, prefix, phases = (compile_ if on is None else on for on in (
-        cfg.temporal_layers, cfg.frame_attention, cfg.channel_stats, cfg.shared_prefix, cfg.upsample_phases))
+    switches = {name: compile_ if getattr(cfg, name) is None else getattr(cfg, name) for name in COMPILE_SWITCHES}
     return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, precompile, temporal, frame, chan, prefix,
-                     phases)
+                     invariant, compile_, compile_vae, compile_aot, precompile, **switches)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from v2v.config import JobConfig, Resources, auto_dtype
+from v2v.config import COMPILE_SWITCHES, JobConfig, Resources, auto_dtype
 from v2v.index import clip_seed
 from v2v.plan import PlanSettings, plan_clips
 from v2v.storage import join, safe_name
@@ -135,11 +135,7 @@ class Restyle:
                                            compile=res.compile, unet_batch=unet_batch, compile_vae=res.compile_vae,
                                            vae_chunk=cfg.vae_chunk, compile_aot=res.compile_aot,
                                            precompile=res.precompile,
-                                           temporal_layers=res.temporal_layers,
-                                           frame_attention=res.frame_attention,
-                                           channel_stats=res.channel_stats,
-                                           shared_prefix=res.shared_prefix,
-                                           upsample_phases=res.upsample_phases,
+                                           **{name: getattr(res, name) for name in COMPILE_SWITCHES},
                                            cudnn_benchmark=cfg.cudnn_benchmark,
                                            shared_cache=cfg.shared_compile_cache)
         if res.compile:  # compile (or load the cached kernels) now, not inside the first batch
