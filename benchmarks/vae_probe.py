@@ -40,7 +40,7 @@ import torch
 from v2v.bench import kernel_kinds, profiler_kernels, timed
 from v2v.group_norm import use_channel_stats
 from v2v.perf import PadFrames
-from v2v.upsample import PhaseUpsample2D, phase_weights, use_upsample_phases
+from v2v.upsample import PhaseUpsample2D, phase_conv, use_upsample_phases
 from v2v.sampler import decode_frames, encode_posterior, frames_to_pixels
 
 VARIANTS = ("default", "chanstats", "cl", "cl+chanstats", "chanstats+phaseup", "chanstats+phaseidx",
@@ -78,8 +78,7 @@ def upsample_conv_index(x, weight, bias):
     output y[:, (2 (Y % 2) + X % 2) C' + c, (Y + 1) // 2, (X + 1) // 2]."""
     n, _, h, w = x.shape
     c = weight.shape[0]
-    y = torch.nn.functional.conv2d(x, phase_weights(weight), None if bias is None else bias.repeat(4), padding=1)
-    y6 = y.unflatten(1, (2, 2, c)).permute(0, 3, 1, 2, 4, 5)  # (N, C', 2, 2, H+1, W+1)
+    y6 = phase_conv(x, weight, bias).unflatten(1, (2, 2, c)).permute(0, 3, 1, 2, 4, 5)  # (N, C', 2, 2, H+1, W+1)
     rows, cols = torch.arange(2 * h, device=x.device)[:, None], torch.arange(2 * w, device=x.device)[None, :]
     return y6[:, :, rows % 2, cols % 2, (rows + 1) // 2, (cols + 1) // 2]  # (N, C', 2H, 2W)
 
@@ -88,7 +87,7 @@ def upsample_conv_nhwc(x, weight, bias):
     """v2v.upsample.upsample_conv with its phases stacked channels-innermost: (N, H, W, 4, C') before interleaving."""
     n, _, h, w = x.shape
     c = weight.shape[0]
-    y = torch.nn.functional.conv2d(x, phase_weights(weight), None if bias is None else bias.repeat(4), padding=1)
+    y = phase_conv(x, weight, bias)
     phases = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w].permute(0, 2, 3, 1)
               for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
     st = torch.stack(phases, 3).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)  # (N, H, 2, W, 2, C')

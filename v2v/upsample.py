@@ -38,14 +38,18 @@ def phase_weights(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(kernels, 0).to(weight.dtype)
 
 
+def phase_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 4 C', H+1, W+1): the four phases' 2x2 convolutions of x for a 3x3 `weight` (C', C, 3, 3);
+    position (r, s) of phase (a, b) reads input rows r-1+a, r+a and columns s-1+b, s+b (zero outside)."""
+    return F.conv2d(x, phase_weights(weight), None if bias is None else bias.repeat(4), padding=1)
+
+
 def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """(N, C, H, W) -> (N, C', 2H, 2W): conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias,
     padding=1) for a 3x3 `weight` (C', C, 3, 3), computed as four 2x2 convolutions of x (module docstring)."""
     n, _, h, w = x.shape
     c = weight.shape[0]
-    b4 = None if bias is None else bias.repeat(4)
-    # (N, 4 C', H+1, W+1): position (r, s) of phase (a, b) reads input rows r-1+a.. and columns s-1+b..
-    y = F.conv2d(x, phase_weights(weight), b4, padding=1)
+    y = phase_conv(x, weight, bias)
     # phase (a, b) at output (2i + a, 2j + b) is y[:, (2a + b) C' + c, i + a, j + b]
     offsets = ((0, 0), (0, 1), (1, 0), (1, 1))
     phases = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w] for k, (a, b) in enumerate(offsets)]
@@ -54,9 +58,14 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.reshape(n, c, 2 * h, 2 * w)
 
 
+def _conv(m):
+    """An Upsample2D's convolution (diffusers stores it under one of two names), or None."""
+    return getattr(m, "conv" if m.name == "conv" else "Conv2d_0", None)
+
+
 def _phased(m) -> bool:
     """Whether an Upsample2D is the nearest-2x + 3x3-convolution (padding 1) kind `upsample_conv` computes."""
-    conv = m.conv if m.name == "conv" else getattr(m, "Conv2d_0", None)
+    conv = _conv(m)
     return (m.use_conv and not m.use_conv_transpose and m.interpolate and m.norm is None
             and isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
@@ -72,7 +81,7 @@ class PhaseUpsample2D(Upsample2D):
         h, w = hidden_states.shape[-2:]
         if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
             return super().forward(hidden_states, output_size, *args, **kwargs)
-        conv = self.conv if self.name == "conv" else self.Conv2d_0
+        conv = _conv(self)
         return upsample_conv(hidden_states, conv.weight, conv.bias)
 
 
