@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from v2v.bench import profiler_kernels, timed
-from v2v.group_norm import channel_scale_shift, fold_affine, group_norm_by_channel
+from v2v.group_norm import channel_scale_shift, fold_affine, group_norm_by_channel, group_stats
 from v2v.temporal import group_norm_over_frames
 
 SHAPES = [(192, 320, 40, 72), (192, 640, 20, 36), (192, 1280, 10, 18)]  # (8 latents x 24 frames, C, h, w)
@@ -62,10 +62,7 @@ def group_norm_view5(x, frames, norm):
     g, cg = norm.num_groups, c // norm.num_groups
     x5 = x.reshape(bf // frames, frames, g, cg, h * w)
     var_c, mean_c = torch.var_mean(x5.float(), dim=4, correction=0, keepdim=True)
-    k = 1.0 / (frames * cg)
-    mean = mean_c.sum((1, 3), keepdim=True) * k
-    var = (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
-    scale, shift = fold_affine(mean, var, norm)
+    scale, shift = fold_affine(*group_stats(var_c, mean_c), norm)
     ss = torch.stack(torch.broadcast_tensors(scale, shift))
     return (x5 * ss[0] + ss[1]).to(x.dtype).reshape(x.shape)
 

@@ -44,14 +44,19 @@ def channel_scale_shift(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm):
     # per frame and channel: (B*F, C) -> (B, F, G, C/G, 1)
     var_c, mean_c = (t.reshape(bf // frames, frames, g, cg, 1)
                      for t in torch.var_mean(x.float(), dim=(2, 3), correction=0))
-    # over the group's channels and the frames (equal counts): (B, 1, G, 1, 1). Sums times 1/count rather than
-    # means, which inductor would leave as divisions for the apply kernel to repeat for every element.
-    k = 1.0 / (frames * cg)
-    mean = mean_c.sum((1, 3), keepdim=True) * k
-    var = (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
-    scale, shift = fold_affine(mean, var, norm)
+    scale, shift = fold_affine(*group_stats(var_c, mean_c), norm)
     # per (clip, channel) -> per (frame, channel), as x broadcasts them: (B*F, C, 1, 1)
     return tuple(t.expand(bf // frames, frames, g, cg, 1).reshape(bf, c, 1, 1) for t in (scale, shift))
+
+
+def group_stats(var_c: torch.Tensor, mean_c: torch.Tensor):
+    """Per frame and channel variances and means (B, F, G, C/G, 1) -> the group's (mean, variance) over its channels
+    and the frames (equal counts: the mean of the means; the mean of the variances plus the variance of the means),
+    (B, 1, G, 1, 1). Sums times 1/count rather than means, which inductor would leave as divisions for the apply
+    kernel to repeat for every element."""
+    k = 1.0 / (mean_c.shape[1] * mean_c.shape[3])
+    mean = mean_c.sum((1, 3), keepdim=True) * k
+    return mean, (var_c + (mean_c - mean).square()).sum((1, 3), keepdim=True) * k
 
 
 def fold_affine(mean: torch.Tensor, var: torch.Tensor, norm: torch.nn.GroupNorm):
