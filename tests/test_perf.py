@@ -326,8 +326,7 @@ def test_benchmark_variants_name_config_switches():
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
            "channel_stats": False, "shared_prefix": False, "upsample_phases": False, "compile": False,
-           "compile_aot": False, "precompile": False,
-           "compile_vae": False, "cudnn_benchmark": True}
+           "compile_aot": False, "precompile": False, "compile_vae": False, "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
     assert _variant_cfg("float16")[1] == off
     # pre and aot are ways of compiling: each implies compile
