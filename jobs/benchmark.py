@@ -64,7 +64,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+channels_last][+fuse_qkv][+temporal][+frameattn][+chanstats][+prefix]"
-                        "[+phaseup][+compile|+pre|+aot[+vae]][+nobench] ('' for none)")
+                        "[+phaseup][+graph][+compile|+pre|+aot[+vae]][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -103,7 +103,7 @@ def _card() -> str:
 # a variant's parts -> the JobConfig switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"channels_last": "channels_last", "fuse_qkv": "fuse_qkv", "temporal": "temporal_layers",
                   "frameattn": "frame_attention", "chanstats": "channel_stats", "prefix": "shared_prefix",
-                  "phaseup": "upsample_phases", "compile": "compile", "pre": "precompile", "aot": "compile_aot",
+                  "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile", "pre": "precompile", "aot": "compile_aot",
                   "vae": "compile_vae"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 

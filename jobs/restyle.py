@@ -71,6 +71,7 @@ HELP = {
                      "computed once (default: with --compile)",
     "upsample_phases": "the UNet's upsamplers as four 2x2 convolutions of their input, one per output phase "
                        "(default: with --compile)",
+    "cuda_graphs": "GPU: replay the compiled UNet's call from a CUDA graph (default: with --compile)",
     "cudnn_benchmark": "GPU: time each convolution's cuDNN algorithms on first use and keep the fastest",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",

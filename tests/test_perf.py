@@ -325,8 +325,8 @@ def test_benchmark_variants_name_config_switches():
     from jobs.benchmark import _variant_cfg
 
     off = {"channels_last": False, "fuse_qkv": False, "temporal_layers": False, "frame_attention": False,
-           "channel_stats": False, "shared_prefix": False, "upsample_phases": False, "compile": False,
-           "compile_aot": False, "precompile": False, "compile_vae": False, "cudnn_benchmark": True}
+           "channel_stats": False, "shared_prefix": False, "upsample_phases": False, "cuda_graphs": False,
+           "compile": False, "compile_aot": False, "precompile": False, "compile_vae": False, "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae") == ("bfloat16", {**off, "compile": True, "compile_vae": True})
     assert _variant_cfg("float16")[1] == off
     # pre and aot are ways of compiling: each implies compile
@@ -338,6 +338,7 @@ def test_benchmark_variants_name_config_switches():
     assert _variant_cfg("bfloat16+chanstats")[1] == {**off, "channel_stats": True}
     assert _variant_cfg("bfloat16+prefix")[1] == {**off, "shared_prefix": True}
     assert _variant_cfg("bfloat16+phaseup")[1] == {**off, "upsample_phases": True}
+    assert _variant_cfg("bfloat16+graph+compile")[1] == {**off, "cuda_graphs": True, "compile": True}
     assert _variant_cfg("bfloat16+compile+nobench")[1] == {**off, "compile": True, "cudnn_benchmark": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
                       ("bfloat16+pre+aot", "pick one")]:
@@ -1061,3 +1062,6 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert (gpu.upsample_phases, cpu.upsample_phases, forced.upsample_phases) == (True, False, False)
     assert resources(JobConfig(manifest="m", output="o", upsample_phases=False), {"GPU": 1}).upsample_phases is False
     assert resources(JobConfig(manifest="m", output="o", upsample_phases=True), {"CPU": 2}).upsample_phases is True
+    # and the CUDA graph (which apply_perf_settings leaves off on a CPU actor: tests/test_cuda_graph.py)
+    assert (gpu.cuda_graphs, cpu.cuda_graphs, forced.cuda_graphs) == (True, False, False)
+    assert resources(JobConfig(manifest="m", output="o", cuda_graphs=False), {"GPU": 1}).cuda_graphs is False

@@ -107,6 +107,9 @@ class JobConfig:
     # faster on an H200, benchmarks/RESULTS.md twenty-fourth section), off without (eager runs not measured with
     # it). The VAE's stay diffusers' (its decoder ran 23 % slower with them).
     upsample_phases: bool | None = None
+    # GPU, with compile: the compiled UNet's call recorded once as a CUDA graph and replayed (v2v.cuda_graph): one
+    # launch a step instead of ~2,000 from Python, the same kernels. None: on with compile (CUDA only).
+    cuda_graphs: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
     # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready
     # ~3 s sooner (benchmarks/RESULTS.md sixteenth section); on by default, as other cards are not measured.
@@ -205,7 +208,8 @@ def _is_a(value, t: type) -> bool:
 
 # The switches measured with compile only: on with it unless set. JobConfig and Resources fields, and
 # v2v.perf.apply_perf_settings arguments, of these names.
-COMPILE_SWITCHES = ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases")
+COMPILE_SWITCHES = ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases",
+                    "cuda_graphs")
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,7 @@ class Resources:
     channel_stats: bool
     shared_prefix: bool
     upsample_phases: bool
+    cuda_graphs: bool
 
 
 def auto_dtype(device: str, bf16_native: bool = True) -> str:

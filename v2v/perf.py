@@ -17,7 +17,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
                         vae_chunk: int = 8, compile_aot: bool = False, precompile: bool = False,
                         temporal_layers: bool = False, frame_attention: bool = False,
                         channel_stats: bool = False, shared_prefix: bool = False, upsample_phases: bool = False,
-                        cudnn_benchmark: bool = True, shared_cache: str | None = None) -> dict:
+                        cuda_graphs: bool = False, cudnn_benchmark: bool = True,
+                        shared_cache: str | None = None) -> dict:
     """The switches as JobConfig names them (with `compile` decided, see config.resources).
 
     unet_batch: rows per UNet forward the compiled graph is built for (2 x clips per batch with guidance: its
@@ -39,6 +40,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     `unet_batch` counts the embeddings (2 x clips), the compiled graph's latents being half of them.
     upsample_phases: the UNet's upsamplers (nearest 2x, then a 3x3 convolution) computed as four 2x2 convolutions
     of their input, one per output phase (v2v.upsample).
+    cuda_graphs: with `compile`, on CUDA, the compiled UNet's call is recorded once as a CUDA graph and replayed
+    (v2v.cuda_graph): one launch a step instead of ~2,000 from Python; the same kernels. Off on the CPU.
     cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
     fastest; off, its heuristics pick one with no search at start.
     shared_cache: with compile_aot or precompile, a URI every machine reaches (v2v.shared_cache): a part the
@@ -138,6 +141,13 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
             for i, (p, name) in enumerate(parts):
                 vae_fns[i] = aot[name] = form(p, part_tensors, name, {**base, "part": name}, Path(cache) / folder,
                                               fallback=vae_fns[i], shared=shared)
+        if cuda_graphs and unet.device.type == "cuda":
+            from v2v.cuda_graph import GraphedCall
+
+            # over the function of three tensors (the timestep moved to the GPU by UNetCall: recorded, a CPU value
+            # would be replayed as it was); one graph for the one batch FixedBatch pads every call to
+            tensors_fn = aot["unet"] if "unet" in aot else UNetCall.tensors_only(unet_fn)
+            unet_fn = UNetCall(GraphedCall(tensors_fn), eager)
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)

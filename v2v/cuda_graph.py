@@ -1,0 +1,70 @@
+"""The compiled UNet's call replayed from a CUDA graph (`cuda_graphs`).
+
+A compiled 4-clip guided step launches ~2,150 kernels (cuDNN and cuBLAS calls, inductor's Triton kernels, v2v's
+frame attention) from Python: inductor's wrapper, the stored part's guards and the launchers run on the CPU
+before and between them. On an H200 the step's median was ~21 ms over the sum of its kernels (392.7 against
+371.2 ms, benchmarks/RESULTS.md, twenty-fourth section). A CUDA graph records the launches of one call once and
+replays them as one: the CPU work goes, the kernels and their arithmetic stay the same.
+
+A graph replays fixed addresses, so each input signature (shapes, dtypes, layouts) gets its own graph with
+static input buffers: a call copies its tensors into them, replays, and returns a copy of the static output
+(the next replay overwrites it). What the function reads must be among its tensor inputs: a value it took from
+the CPU while recorded (a Python number, a CPU tensor) would be replayed as recorded, so the UNet's timestep
+comes in on the GPU (`v2v.perf.UNetCall` moves it there). The function must not synchronize with the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def signature(tensors) -> tuple:
+    """What one graph serves: each input's shape, dtype, device and strides."""
+    return tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in tensors)
+
+
+class GraphedCall:
+    """fn(*tensors) -> tensor on CUDA, replayed from one recorded CUDA graph per input signature.
+
+    fn's first calls for a signature run plainly (`warmups` of them, on a side stream as torch's
+    make_graphed_callables does: a compiled function compiles and autotunes there, cuDNN picks its algorithms),
+    then one call is recorded. All graphs share one memory pool (they never run at once).
+    """
+
+    def __init__(self, fn, warmups: int = 2):
+        self.fn = fn
+        self.warmups = warmups
+        self.graphs: dict[tuple, tuple] = {}  # signature -> (graph, static inputs, static output)
+        self.pool = None
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        sig = signature(tensors)
+        entry = self.graphs.get(sig)
+        if entry is None:
+            entry = self.graphs[sig] = self._record(tensors)
+        graph, inputs, out = entry
+        for static, t in zip(inputs, tensors):
+            static.copy_(t)
+        graph.replay()
+        return out.clone()
+
+    def _record(self, tensors) -> tuple:
+        if not all(t.is_cuda for t in tensors):
+            raise ValueError(f"GraphedCall: every input must be a CUDA tensor, got devices "
+                             f"{[str(t.device) for t in tensors]}")
+        # same strides as the caller's (clone keeps a dense tensor's layout): the function sees one signature
+        inputs = [t.clone() for t in tensors]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmups):
+                self.fn(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.fn(*inputs)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"GraphedCall: the function must return one tensor, got {type(out).__name__}")
+        return graph, inputs, out
