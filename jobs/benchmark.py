@@ -26,7 +26,7 @@ import numpy as np
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
 # GroupNorm statistics per channel, a guided step's shared prefix computed once, the upsamplers by output phase,
 # the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+compile+pre+vae"
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+graph+compile+pre+vae"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -103,8 +103,8 @@ def _card() -> str:
 # a variant's parts -> the JobConfig switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"channels_last": "channels_last", "fuse_qkv": "fuse_qkv", "temporal": "temporal_layers",
                   "frameattn": "frame_attention", "chanstats": "channel_stats", "prefix": "shared_prefix",
-                  "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile", "pre": "precompile", "aot": "compile_aot",
-                  "vae": "compile_vae"}
+                  "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile", "pre": "precompile",
+                  "aot": "compile_aot", "vae": "compile_vae"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 

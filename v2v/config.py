@@ -108,7 +108,8 @@ class JobConfig:
     # it). The VAE's stay diffusers' (its decoder ran 23 % slower with them).
     upsample_phases: bool | None = None
     # GPU, with compile: the compiled UNet's call recorded once as a CUDA graph and replayed (v2v.cuda_graph): one
-    # launch a step instead of ~2,000 from Python, the same kernels. None: on with compile (CUDA only).
+    # launch a step instead of ~2,000 from Python, the same kernels and bits. None: on with compile (a 4-clip step
+    # 1.5 % faster on an H200, benchmarks/RESULTS.md twenty-fifth section); nothing on CPU actors.
     cuda_graphs: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
     # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready

@@ -41,18 +41,20 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
     upsample_phases: the UNet's upsamplers (nearest 2x, then a 3x3 convolution) computed as four 2x2 convolutions
     of their input, one per output phase (v2v.upsample).
     cuda_graphs: with `compile`, on CUDA, the compiled UNet's call is recorded once as a CUDA graph and replayed
-    (v2v.cuda_graph): one launch a step instead of ~2,000 from Python; the same kernels. Off on the CPU.
+    (v2v.cuda_graph): one launch a step instead of ~2,000 from Python; the same kernels. Nothing on the CPU.
     cudnn_benchmark (GPU): cuDNN times each convolution shape's algorithms on its first call and keeps the
     fastest; off, its heuristics pick one with no search at start.
     shared_cache: with compile_aot or precompile, a URI every machine reaches (v2v.shared_cache): a part the
     local compile cache lacks is fetched from there, and a part built here is put there.
     Returns {part name: v2v.aot.AotForward or PrecompiledForward} of the parts stored in the cache (empty
     without compile_aot or precompile): what each part's stored form did, for the start-up log (`aot_status`).
-    Measured and left out because they did not pay (benchmarks/RESULTS.md): CUDA graphs, inductor freezing,
-    the temporal convolution layers run in 2-D (seventh section); coordinate-descent tuning and max-autotune
-    (eighteenth section: 0.6-3.4 % on the blocks measured, for 3-14 times their compile; nineteenth: the whole
-    UNet under coordinate descent 1.6 % a step, for 3.7 times its compile; twentieth: the persistent TMA
-    product templates, 1.2 % slower on three blocks for 5-12 times their compile).
+    Measured and left out because they did not pay (benchmarks/RESULTS.md): inductor freezing, the temporal
+    convolution layers run in 2-D (seventh section; its CUDA graphs, dropped there, were likely skipped by
+    inductor for the CPU timestep: `cuda_graphs` records one itself, 1.5 % a step, twenty-fifth section);
+    coordinate-descent tuning and max-autotune (eighteenth section: 0.6-3.4 % on the blocks measured, for 3-14
+    times their compile; nineteenth: the whole UNet under coordinate descent 1.6 % a step, for 3.7 times its
+    compile; twentieth: the persistent TMA product templates, 1.2 % slower on three blocks for 5-12 times their
+    compile).
     """
     import torch
 
