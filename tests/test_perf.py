@@ -931,6 +931,44 @@ def test_aot_package_key_names_what_the_package_depends_on(tmp_path, monkeypatch
     assert package_key({"model": "a"}, [x]) != key
 
 
+def test_aot_package_key_names_the_code_it_runs(tmp_path, monkeypatch):
+    """A stored part keeps only its input guards: v2v code or a diffusers release that changes what it traces must
+    give another key, or an upgraded fleet would run the old parts."""
+    import ast
+
+    import diffusers
+
+    from v2v import aot
+
+    # every v2v module the switches bring in is either traced (in the key) or named here as not traced
+    not_traced = {"v2v.models": "the cache folder's default", "v2v.shared_cache": "where parts are shared",
+                  "v2v.sampler": "warm_up's timestep", "v2v.cuda_graph": "replays the part, outside it"}
+    tree = ast.parse(Path(aot.__file__).with_name("perf.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module.startswith("v2v.")}
+    imported |= {f"v2v.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "v2v"
+                 for a in n.names}
+    assert "v2v.upsample" in imported and "v2v.unet" in imported
+    assert imported - set(aot.TRACED_MODULES) == set(not_traced)
+    # a change to a traced module's source, and another diffusers, are other keys
+    pkg = tmp_path / "tracedpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layer.py").write_text("def f(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = aot.code_digest(("tracedpkg.layer",))
+    (pkg / "layer.py").write_text("def f(x):\n    return x + 2\n")
+    aot.code_digest.cache_clear()
+    assert aot.code_digest(("tracedpkg.layer",)) != first
+    x = torch.zeros(2, 3)
+    key = aot.package_key({"model": "a"}, [x])
+    monkeypatch.setattr(diffusers, "__version__", "0.0.1")
+    aot.code_digest.cache_clear()
+    assert aot.package_key({"model": "a"}, [x]) != key
+    monkeypatch.undo()
+    aot.code_digest.cache_clear()
+    assert aot.package_key({"model": "a"}, [x]) == key
+
+
 def test_aot_package_that_does_not_load_runs_through_the_fallback(tmp_path, caplog):
     from v2v.aot import AotForward, part_tensors
 

@@ -10,7 +10,7 @@ The package holds no weights: the running module's own parameters are handed to 
 one copy of the weights sits in GPU memory. Inductor still writes tensors of a few values (e.g. the 4 output
 biases of the UNet's last convolution) into its kernels as literals, so a package is only valid for the exact
 weights it was built from: the model's fingerprint is part of its key, with the input shapes, dtypes, torch
-version and device.
+version, device, and the source of the v2v modules it runs (`code_digest`).
 
 `PrecompiledForward` is the other form, and needs no C++ compiler or loader of its own: torch.compile's own
 saved form of a traced function (dynamo's precompile), whose kernels are torch.compile's.
@@ -40,10 +40,27 @@ from v2v.storage import atomic_output
 
 logger = logging.getLogger(__name__)
 
-# Bump when what a package computes for the same key changes (the wrappers below, how inputs are passed, what a
-# switch in the key swaps). 2: `channel_stats` covers the VAE's GroupNorms too. 3: `shared_prefix` shares the first
-# spatial transformer's self-attention too. 4: `channel_stats` takes its statistics on the 4-D input (another graph).
-AOT_VERSION = 4
+# The v2v modules whose code a stored part runs (its traced functions and the layers they swap in) or whose code
+# decides what it traces (how inputs are passed, which switch swaps what): their source is part of every key, so a
+# v2v release that changes any of them makes each machine compile its parts once more instead of running stale ones
+# (a stored part keeps only its input guards, `PrecompiledForward`). tests/test_perf.py checks that every v2v module
+# apply_perf_settings imports is here or named there as not traced.
+TRACED_MODULES = ("v2v.aot", "v2v.perf", "v2v.unet", "v2v.temporal", "v2v.group_norm", "v2v.upsample",
+                  "v2v.frame_attention")
+
+
+@functools.cache
+def code_digest(modules: tuple[str, ...] = TRACED_MODULES) -> str:
+    """sha256 of the modules' source files and of diffusers' version (whose forwards the parts trace)."""
+    import importlib.util
+
+    import diffusers
+
+    h = hashlib.sha256(f"diffusers {diffusers.__version__}".encode())
+    for name in modules:
+        h.update(f"\0{name}\0".encode())
+        h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()[:24]
 
 
 def device_id(device) -> str:
@@ -80,7 +97,7 @@ def inductor_env() -> dict[str, str]:
 
 
 def package_key(base: dict, tensors) -> str:
-    key = {**base, "aot_version": AOT_VERSION, "torch": torch.__version__, "cxx": cxx(),
+    key = {**base, "code": code_digest(), "torch": torch.__version__, "cxx": cxx(),
            "inductor_env": inductor_env(), "inputs": signature(tensors)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -255,7 +272,7 @@ class PrecompiledForward(AotForward):
 
     fn: as AotForward's, defined at a module's top level (the saved form refers to its code). Only the guards on
     the input tensors are kept (torch.compiler.keep_tensor_guards_unsafe): what else the compiled graph depends on
-    (the model, dtype, switches, device, torch version) is in the file's key (`base`), and the parameters are read
+    (the model, dtype, switches, device, torch version, v2v's code) is in the file's key, and the parameters are read
     off `owner` at each call. torch's API is experimental: a part it cannot trace whole, save or load runs through
     `fallback` (torch.compile) with a warning, as AotForward's do.
     """
