@@ -59,15 +59,17 @@ def test_graphed_call_replays_each_call_on_its_own_inputs():
 
 @cuda
 def test_compiled_unet_replayed_from_a_graph_restyles_the_same(cache_dir):
-    """The tiny model on the GPU, compiled, with and without the graph: the same kernels, so the same latents; the
-    timestep of every step reaches the replayed graph (a recorded CPU value would repeat the first step's)."""
+    """The tiny model on the GPU, compiled, without the graph and with it, over torch.compile and over the stored
+    part as the job runs it (precompile): the same latents; the timestep of every step reaches the replayed graph
+    (a recorded CPU value would repeat the first step's)."""
     video = _video(2)
     outs = []
-    for graphs in (False, True):
+    for graphs, precompile in ((False, False), (True, False), (True, True)):
         c = load_components("tiny", cache_dir=cache_dir, device="cuda")
-        apply_perf_settings(c, compile=True, unet_batch=4, cuda_graphs=graphs)
+        apply_perf_settings(c, compile=True, unet_batch=4, cuda_graphs=graphs, precompile=precompile)
         outs.append(restyle(c, video, CLIPS, output="latents"))
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=1e-5)
     c = load_components("tiny", cache_dir=cache_dir, device="cuda")
     apply_perf_settings(c, compile=True, unet_batch=4, cuda_graphs=True)
     x = torch.randn(4, 4, 8, 8, 8, device="cuda")  # a guided call of 2 clips: the latents twice, 4 embeddings
@@ -76,3 +78,13 @@ def test_compiled_unet_replayed_from_a_graph_restyles_the_same(cache_dir):
         a = c.unet(x, torch.tensor(100), encoder_hidden_states=e, return_dict=False)[0]
         b = c.unet(x, torch.tensor(900), encoder_hidden_states=e, return_dict=False)[0]
     assert (a - b).abs().max() > 1e-3
+
+
+@cuda
+def test_a_call_that_cannot_be_recorded_names_the_switch():
+    def waits_for_the_cpu(x):
+        return x * float(x.sum())  # .item(): a synchronization, which a recording cannot hold
+
+    # last in this file: a failed recording may leave the device's state to its process
+    with pytest.raises(RuntimeError, match="no-cuda-graphs"):
+        GraphedCall(waits_for_the_cpu, warmups=1)(torch.ones(4, device="cuda"))

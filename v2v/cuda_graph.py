@@ -63,8 +63,12 @@ class GraphedCall:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.fn(*inputs)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self.fn(*inputs)
+        except RuntimeError as e:  # e.g. an operation that waits for the CPU: the same on every start
+            raise RuntimeError(f"GraphedCall: recording {getattr(self.fn, '__name__', self.fn)!r} as a CUDA graph "
+                               f"failed ({e}); switch cuda_graphs off (--no-cuda-graphs) to run it without one") from e
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"GraphedCall: the function must return one tensor, got {type(out).__name__}")
         return graph, inputs, out
