@@ -28,7 +28,8 @@ class GraphedCall:
 
     fn's first calls for a signature run plainly (`warmups` of them, on a side stream as torch's
     make_graphed_callables does: a compiled function compiles and autotunes there, cuDNN picks its algorithms),
-    then one call is recorded. All graphs share one memory pool (they never run at once).
+    then one call is recorded. All graphs share one memory pool: they never run at once, and each call copies its
+    output out before any other replay can reuse that memory.
     """
 
     def __init__(self, fn, warmups: int = 2):
