@@ -11,15 +11,10 @@ import torch
 from v2v.cuda_graph import GraphedCall
 from v2v.models import load_components
 from v2v.perf import apply_perf_settings
-from v2v.sampler import ClipSettings, restyle
+from v2v.sampler import restyle
+from tests.test_perf import CLIPS, _video
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-CLIPS = [ClipSettings("a red fox", seed=1, num_inference_steps=4), ClipSettings("ink", seed=2, num_inference_steps=4)]
-
-
-def _video(b, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (b, 8, 64, 64, 3), generator=g, dtype=torch.uint8)
 
 
 def test_graphed_call_refuses_cpu_tensors():

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def signature(tensors) -> tuple:
-    """What one graph serves: each input's shape, dtype, device and strides."""
-    return tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in tensors)
+from v2v.aot import signature  # what one graph serves, as one stored part: shapes, dtypes, devices, layouts
 
 
 class GraphedCall:
@@ -53,7 +50,7 @@ class GraphedCall:
         if not all(t.is_cuda for t in tensors):
             raise ValueError(f"GraphedCall: every input must be a CUDA tensor, got devices "
                              f"{[str(t.device) for t in tensors]}")
-        # same strides as the caller's (clone keeps a dense tensor's layout): the function sees one signature
+        # same strides as the caller's (clone keeps a dense tensor's layout); later calls' tensors are copied in
         inputs = [t.clone() for t in tensors]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
