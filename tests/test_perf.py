@@ -959,6 +959,11 @@ def test_aot_package_key_names_the_code_it_runs(tmp_path, monkeypatch):
     (pkg / "layer.py").write_text("def f(x):\n    return x + 2\n")
     aot.code_digest.cache_clear()
     assert aot.code_digest(("tracedpkg.layer",)) != first
+    # comments and docstrings alone are not code: the same key, nothing compiled again
+    second = aot.code_digest(("tracedpkg.layer",))
+    (pkg / "layer.py").write_text('"""A layer."""\n\n\ndef f(x):\n    """Adds two."""\n    return x + 2  # why\n')
+    aot.code_digest.cache_clear()
+    assert aot.code_digest(("tracedpkg.layer",)) == second
     x = torch.zeros(2, 3)
     key = aot.package_key({"model": "a"}, [x])
     monkeypatch.setattr(diffusers, "__version__", "0.0.1")
