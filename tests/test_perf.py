@@ -1022,6 +1022,25 @@ def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_onc
     assert isinstance(c.unet.forward, FixedBatch) and not isinstance(c.unet.forward.forward, UNetCall)
 
 
+def test_every_switch_that_changes_the_model_is_in_its_stored_parts_key(cache_dir, tmp_path, monkeypatch):
+    """A stored part is found by its key, and apply_perf_settings lists the switches for it by hand: one that
+    changes what the model computes but is left out would load a part built without it."""
+    import inspect
+
+    monkeypatch.setenv("V2V_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # set by apply_perf_settings: restored after
+    for flag in ("TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.setenv(flag, os.environ.get(flag, "1"))
+    # how a part is built, stored or called, not what it computes
+    not_in_key = {"compile", "compile_vae", "compile_aot", "precompile", "cuda_graphs", "cudnn_benchmark"}
+    switches = [n for n, p in inspect.signature(apply_perf_settings).parameters.items() if isinstance(p.default, bool)]
+    on = {n: True for n in switches if n not in not_in_key}
+    assert len(on) >= 7
+    stored = apply_perf_settings(load_components("tiny", cache_dir=cache_dir), compile=True, precompile=True, **on)
+    for part in stored.values():  # built lazily, at their first call: nothing compiles here
+        assert {k: v for k, v in part.base.items() if k in switches} == on, part.name
+
+
 def test_a_shared_compile_cache_without_stored_parts_is_said_unused(cache_dir, caplog):
     """--shared-compile-cache holds stored compiled parts; an actor that stores none (no compile, as CPU actors by
     default, or --no-precompile) says so instead of ignoring the setting silently."""
