@@ -79,14 +79,12 @@ def test_compiled_unet_replayed_from_a_graph_restyles_the_same(cache_dir):
 
 
 @cuda
-@pytest.mark.xfail(raises=AssertionError, strict=False,
-                   reason="known: on the H200 image (torch 2.11, g++ 13.3) the tiny model's package crashed its load "
-                          "check (SIGSEGV), so the actor fell back to torch.compile (RESULTS.md, twenty-sixth section)")
 def test_graph_over_an_ahead_of_time_package_restyles_the_same(cache_dir, monkeypatch):
     """`--compile-aot` with the graph: the AOTInductor package's runner recorded and replayed (it launches on the
     current stream) gives the latents the package gives called plainly; neither run fell back to torch.compile.
-    Not yet seen passing: where it fails on its first assertion, the package itself did not load (see the mark);
-    any other error fails the test."""
+    Not yet seen passing: on the H200 image (torch 2.11, g++ 13.3) the tiny model's package crashed v2v's load
+    check (SIGSEGV) and the actor fell back to torch.compile, so this fails on its first assertion there
+    (benchmarks/RESULTS.md, twenty-sixth section; benchmarks/queue-aot-diagnosis.txt looks for the cause)."""
     # the C++ compiler named explicitly, as the README asks for --compile-aot on the GPU image
     monkeypatch.setenv("CXX", os.environ.get("CXX") or shutil.which("g++") or "g++")
     video = _video(2)
