@@ -147,17 +147,19 @@ def build_package(owner, fn, tensors, path: Path) -> None:
 
 def check_loads(path: Path) -> None:
     """Load the package once in a child process, so that a loader that crashes (seen with torch 2.11 on the
-    GPU machines: a segmentation fault inside torch's package loader, benchmarks/RESULTS.md) costs a warning
-    and torch.compile instead of the actor. Raises RuntimeError naming the file when the child fails."""
+    GPU machines: a segmentation fault inside torch's package loader, for packages built by the images'
+    /opt/gcc/bin/g++, benchmarks/RESULTS.md twenty-seventh section) costs a warning and torch.compile instead of
+    the actor. Raises RuntimeError naming the file and the compiler when the child fails."""
     code = "import sys; from v2v.aot import _open_package; _open_package(sys.argv[1])"
     # the child imports v2v from the folder this process did (installed, a Ray working dir, a PYTHONPATH)
     here = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=900,
                        env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"{path}: loading it failed in a test process (exit code {p.returncode}; delete the "
-                           f"file to rebuild it): {p.stderr.strip()[-500:]}")
+    if p.returncode != 0:  # named: the compiler is the usual cause (README, --compile-aot)
+        raise RuntimeError(f"{path}: loading it failed in a test process (exit code {p.returncode}; built with "
+                           f"{cxx()}: set CXX to another C++ compiler, or delete the file to rebuild it): "
+                           f"{p.stderr.strip()[-500:]}")
 
 
 def _open_package(path, device_index: int = -1):
@@ -166,10 +168,16 @@ def _open_package(path, device_index: int = -1):
     before loading, it compares the package's build machine with this one, and to name this CPU's vector ISA
     inductor compiles and test-runs a C++ program per ISA, each test in a new Python process importing torch
     (17-34 s on this project's CI machine). The package key already names the device (`device_id`).
-    device_index -1: the current CUDA device."""
+    device_index -1: the current CUDA device.
+
+    Opened single-threaded (v2v calls a part from one thread at a time): the default runner hands each call one of
+    its model instances and, on a GPU, takes one back by querying or waiting on the CUDA event its last call
+    recorded. That query is not allowed while a CUDA graph records (`v2v.cuda_graph`: "operation not permitted
+    when stream is capturing", benchmarks/RESULTS.md twenty-seventh section), and with one instance the wait holds
+    the host until the previous call's kernels finish, each step."""
     from torch._inductor.package import AOTICompiledModel
 
-    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
+    return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, device_index))
 
 
 def load_package(owner, path: Path):
