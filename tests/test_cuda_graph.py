@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+import torch._inductor.config  # noqa: F401  (torch._inductor.config.patch below)
 
 from v2v.cuda_graph import GraphedCall
 from v2v.models import load_components
@@ -79,23 +80,26 @@ def test_compiled_unet_replayed_from_a_graph_restyles_the_same(cache_dir):
 
 
 @cuda
-def test_graph_over_an_ahead_of_time_package_restyles_the_same(cache_dir, monkeypatch):
+def test_graph_over_an_ahead_of_time_package_restyles_the_same(cache_dir):
     """`--compile-aot` with the graph: the AOTInductor package's runner recorded and replayed (it launches on the
     current stream) gives the latents the package gives called plainly; neither run fell back to torch.compile.
-    Not yet seen passing: on the H200 image (torch 2.11, g++ 13.3) the tiny model's package crashed v2v's load
-    check (SIGSEGV) and the actor fell back to torch.compile, so this fails on its first assertion there
-    (benchmarks/RESULTS.md, twenty-sixth section; benchmarks/queue-aot-diagnosis.txt looks for the cause)."""
-    # the C++ compiler named explicitly, as the README asks for --compile-aot on the GPU image
-    monkeypatch.setenv("CXX", os.environ.get("CXX") or shutil.which("g++") or "g++")
+    Not yet seen passing as written (benchmarks/RESULTS.md, twenty-seventh section): on the H200 image it failed
+    because the package was built with the first `g++` on PATH (/opt/gcc/bin/g++, whose packages crash their load
+    check) where it meant to name /usr/bin/g++ (inductor reads CXX once, at import: setting it here did nothing);
+    the job's variant on the real-size UNet, built with /usr/bin/g++, ran through its package and graph there."""
+    # the system compiler, as the README asks for --compile-aot on the GPU image; inductor's own setting, which
+    # it took from CXX when imported (before this test)
+    compiler = os.environ.get("CXX") or ("/usr/bin/g++" if os.path.exists("/usr/bin/g++") else shutil.which("g++"))
     video = _video(2)
     outs = []
-    for graphs in (False, True):
-        c = load_components("tiny", cache_dir=cache_dir, device="cuda")
-        aot = apply_perf_settings(c, compile=True, compile_aot=True, unet_batch=4, cuda_graphs=graphs)
-        outs.append(restyle(c, video, CLIPS, output="latents"))
-        assert aot["unet"].failed is None and aot["unet"].runners  # the package ran, not the fallback
-        call = c.unet.forward.forward.fn  # FixedBatch -> UNetCall -> the graphed call, or the package itself
-        assert (len(call.graphs) == 1) if graphs else call is aot["unet"]
+    with torch._inductor.config.patch({"cpp.cxx": (None, compiler or "g++")}):
+        for graphs in (False, True):
+            c = load_components("tiny", cache_dir=cache_dir, device="cuda")
+            aot = apply_perf_settings(c, compile=True, compile_aot=True, unet_batch=4, cuda_graphs=graphs)
+            outs.append(restyle(c, video, CLIPS, output="latents"))
+            assert aot["unet"].failed is None and aot["unet"].runners  # the package ran, not the fallback
+            call = c.unet.forward.forward.fn  # FixedBatch -> UNetCall -> the graphed call, or the package itself
+            assert (len(call.graphs) == 1) if graphs else call is aot["unet"]
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
 
 
