@@ -1,5 +1,6 @@
 """Why the tiny model's AOTInductor package crashed its load check on the H200 image (RESULTS.md, twenty-sixth
-section: exit code -11 in v2v.aot.check_loads' child, which only opens the package). Not run yet.
+section: exit code -11 in v2v.aot.check_loads' child, which only opens the package). Run in the twenty-seventh
+session: every way crashed, in both dtypes; the cause was the compiler the package was built with (that section).
 
     bash benchmarks/gpu_run.sh NAME benchmarks/aot_crash_probe.py [float32|bfloat16]
 
