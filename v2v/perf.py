@@ -111,6 +111,7 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
         eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
         unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
+        tensors_fn = None  # the UNet as a function of three tensors, where it is stored or graphed (UNetCall)
         vae = components.vae
         parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if compile_vae else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
@@ -137,9 +138,8 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
 
             # the function stored: the UNet's forward as one of (module, three tensors); v2v's takes the pairs
             fn = v2v_unet.forward if shared_prefix else unet_tensors
-            aot["unet"] = form(unet, fn, "unet", {**base, "part": "unet"}, Path(cache) / folder,
-                               fallback=UNetCall.tensors_only(unet_fn), shared=shared)
-            unet_fn = UNetCall(aot["unet"], eager)
+            tensors_fn = aot["unet"] = form(unet, fn, "unet", {**base, "part": "unet"}, Path(cache) / folder,
+                                            fallback=UNetCall.tensors_only(unet_fn), shared=shared)
             for i, (p, name) in enumerate(parts):
                 vae_fns[i] = aot[name] = form(p, part_tensors, name, {**base, "part": name}, Path(cache) / folder,
                                               fallback=vae_fns[i], shared=shared)
@@ -148,8 +148,9 @@ def apply_perf_settings(components, *, channels_last: bool = False, fuse_qkv: bo
 
             # over the function of three tensors (the timestep moved to the GPU by UNetCall: recorded, a CPU value
             # would be replayed as it was); one graph for the one batch FixedBatch pads every call to
-            tensors_fn = aot["unet"] if "unet" in aot else UNetCall.tensors_only(unet_fn)
-            unet_fn = UNetCall(GraphedCall(tensors_fn), eager)
+            tensors_fn = GraphedCall(UNetCall.tensors_only(unet_fn) if tensors_fn is None else tensors_fn)
+        if tensors_fn is not None:
+            unet_fn = UNetCall(tensors_fn, eager)
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
