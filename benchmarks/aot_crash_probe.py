@@ -4,7 +4,8 @@ session: every way crashed, in both dtypes; the cause was the compiler the packa
 
     bash benchmarks/gpu_run.sh NAME benchmarks/aot_crash_probe.py [float32|bfloat16]
 
-Builds the tiny model's UNet package on the GPU as the job does (`compile_aot`, `CXX` set to the g++ on PATH),
+Builds the tiny model's UNet package on the GPU as the job does (`compile_aot`, with the compiler inductor took from
+`CXX` when the process started, else the `g++` on PATH; printed, as `v2v.aot.cxx` resolves it),
 then opens it in fresh child processes in several ways, each printing its exit code and the end of its stderr
 (Python's fault handler on; a gdb backtrace too where gdb exists):
   check_loads     as v2v.aot.check_loads does it (torch imported, CUDA not yet initialized)
@@ -24,14 +25,13 @@ import sys
 import torch
 
 from tests.test_perf import CLIPS, _video
-from v2v.aot import signature
+from v2v.aot import cxx, signature
 from v2v.models import load_components
 from v2v.perf import apply_perf_settings
 from v2v.sampler import restyle
 
 dtype = sys.argv[1] if len(sys.argv) > 1 else "float32"
 device = os.environ.get("PROBE_DEVICE", "cuda")  # cpu: a dry run of the probe itself (the CUDA ways then fail)
-os.environ["CXX"] = os.environ.get("CXX") or shutil.which("g++") or "g++"
 cache = os.environ.get("V2V_COMPILE_CACHE", "/tmp/bench/inductor")
 c = load_components("tiny", device=device, dtype=dtype)
 aot = apply_perf_settings(c, compile=True, compile_aot=True, unet_batch=4)
@@ -45,7 +45,7 @@ def recorded(path, tensors):
 
 aot["unet"]._runner = recorded
 restyle(c, _video(2), CLIPS, output="latents")
-print(f"CXX={os.environ['CXX']} dtype={dtype}; unet package failed: {aot['unet'].failed}", flush=True)
+print(f"compiler {cxx()} dtype={dtype}; unet package failed: {aot['unet'].failed}", flush=True)
 path = max(glob.glob(f"{cache}/aot/unet-*.pt2"), key=os.path.getmtime)
 print("package", path, os.path.getsize(path), "bytes", flush=True)
 
