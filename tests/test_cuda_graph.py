@@ -80,16 +80,14 @@ def test_compiled_unet_replayed_from_a_graph_restyles_the_same(cache_dir):
 
 
 @cuda
-def test_graph_over_an_ahead_of_time_package_restyles_the_same(cache_dir, monkeypatch):
+def test_graph_over_an_ahead_of_time_package_restyles_the_same(cache_dir):
     """`--compile-aot` with the graph: the AOTInductor package's runner recorded and replayed (it launches on the
     current stream) gives the latents the package gives called plainly; neither run fell back to torch.compile.
     The package is built with the system compiler, as the README asks for --compile-aot on the GPU images: their
     environment sets CXX=/opt/gcc/bin/g++ (a wrapper around another g++ build), whose packages crash their load
     check (benchmarks/RESULTS.md, twenty-seventh and twenty-eighth sections; this test failed there while it took
-    CXX first). Set both ways torch reads it: the variable, and inductor's `cpp.cxx`, which it fills from CXX at
-    import (before this test)."""
+    CXX first). Named through inductor's `cpp.cxx`, which inductor filled from CXX when imported (before this test)."""
     compiler = "/usr/bin/g++" if os.path.exists("/usr/bin/g++") else (os.environ.get("CXX") or shutil.which("g++"))
-    monkeypatch.setenv("CXX", compiler or "g++")
     video = _video(2)
     outs = []
     with torch._inductor.config.patch({"cpp.cxx": (None, compiler or "g++")}):
