@@ -16,7 +16,9 @@ import os
 import sys
 import typing
 
-from v2v.config import ConfigError, JobConfig
+from v2v.config import ConfigError, JobConfig, SpeedSettings
+
+SPEED_SWITCHES = [f.name for f in dataclasses.fields(SpeedSettings)]
 
 HELP = {
     "manifest": "manifest URI: Parquet, CSV or JSON Lines file, folder or glob (local, s3://, gs://, ...)",
@@ -53,26 +55,8 @@ HELP = {
     "vae_chunk": "frames per VAE call (bounds memory)",
     "allow_pickle": "load pickled .bin weights (only checkpoints you trust)",
     "batch_invariant": "one UNet forward per clip: results independent of batching (default: on for CPU)",
-    "compile": "torch.compile the UNet, kernels cached on disk (default: on for GPU actors, off on CPU)",
-    "compile_vae": "with --compile, also compile the VAE encoder and decoder (default: on)",
-    "compile_aot": "with --compile, compile ahead of time into packages in the cache: later starts skip tracing",
-    "precompile": "with --compile, save torch.compile's compiled functions in the cache: later starts skip tracing "
-                  "(default: on)",
     "shared_compile_cache": "URI all machines reach (s3://, a shared folder) where actors share stored compiled "
                             "parts: a new machine fetches them instead of compiling",
-    "channels_last": "channels-last memory format for the UNet and VAE",
-    "fuse_qkv": "fuse the attention projections (q, k, v in one matrix product)",
-    "temporal_layers": "run the UNet's temporal layers without permuted copies or layout conversions "
-                       "(default: with --compile)",
-    "frame_attention": "the temporal transformers' attention over the frames as one Triton kernel (GPU; "
-                       "default: with --compile)",
-    "channel_stats": "the UNet's and the VAE's GroupNorms from per-channel statistics (default: with --compile)",
-    "shared_prefix": "a guided step's two halves share the UNet's layers before its first cross-attention, "
-                     "computed once (default: with --compile)",
-    "upsample_phases": "the UNet's upsamplers as four 2x2 convolutions of their input, one per output phase "
-                       "(default: with --compile)",
-    "cuda_graphs": "GPU: replay the compiled UNet's call from a CUDA graph (default: with --compile)",
-    "cudnn_benchmark": "GPU: time each convolution's cuDNN algorithms on first use and keep the fastest",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",
@@ -90,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML file of settings (same names as the flags); flags override it")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
+    p.add_argument("--speed", action="append", default=[], metavar="NAME=on|off|auto",
+                   help="for experts: a speed-layer switch (repeatable, or comma-separated), e.g. "
+                        f"--speed temporal_layers=off; switches: {', '.join(SPEED_SWITCHES)}")
     hints = typing.get_type_hints(JobConfig)
     for f in dataclasses.fields(JobConfig):
-        if f.name == "labels":
+        if f.name in ("labels", "speed"):
             continue
         flag = "--" + f.name.replace("_", "-")
         tp = _base_type(hints[f.name])
@@ -116,7 +103,9 @@ def config_from_args(argv: list[str] | None = None) -> tuple[JobConfig, argparse
         except ConfigError as e:
             raise ConfigError(f"--config {args.config}: {e}") from None
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(JobConfig)
-                 if f.name != "labels" and getattr(args, f.name) is not None}
+                 if f.name not in ("labels", "speed") and getattr(args, f.name) is not None}
+    if args.speed:
+        overrides["speed"] = SpeedSettings.parse(args.speed, cfg.speed)
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
     return cfg, args
@@ -131,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
-    from v2v.lease import LeaseError
-    from v2v.manifest import ManifestError
-    from v2v.models import ModelError
-    from v2v.pipeline import run_job
+    from v2v.core.lease import LeaseError
+    from v2v.core.manifest import ManifestError
+    from v2v.job.pipeline import run_job
+    from v2v.model.loading import ModelError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address=args.ray_address, log_to_driver=True,

@@ -22,7 +22,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(cache_dir):
-    from v2v.models import load_components
+    from v2v.model.loading import load_components
 
     return load_components("tiny", cache_dir=cache_dir)
 
@@ -36,7 +36,7 @@ def s3_endpoint():
     import time
     import urllib.request
 
-    from tests.cluster import free_port
+    from tests.helpers import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -58,11 +58,11 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def ray_cluster(cache_dir, s3_endpoint, tmp_path_factory):
     """One real Ray cluster for the session; this process joins it as a driver."""
+    import tempfile
+
     import ray
 
-    from tests.cluster import start_head, stop
-
-    import tempfile
+    from tests.helpers import start_head, stop
 
     head = start_head(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a limit
     ray.init(address=head["address"], log_to_driver=False)

@@ -1,4 +1,7 @@
-"""The job's one typed config. Flags and YAML files both fill it; `resources` turns it into Ray settings."""
+"""The job's one typed config: JobConfig, with the speed layer's switches in its `speed` section (SpeedSettings).
+
+Flags (jobs/restyle.py) and YAML files both fill it; v2v.job.resources turns it into what the Ray stages ask for.
+It knows neither Ray nor torch."""
 
 from __future__ import annotations
 
@@ -52,69 +55,22 @@ class JobConfig:
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
     cpus_per_task: float = 1.0  # decode and encode tasks
     # Host memory Ray reserves for each restyle actor (Ray Data's `memory=`), so that a node is not given more
-    # actors than its RAM holds; None: none reserved. A GPU actor of zeroscope_v2_576w used ~4.1 GiB on an H200
-    # host (Ray Data's own estimate, printed as a warning at every GPU run without it).
+    # actors than its RAM holds; None: none reserved. A GPU actor of zeroscope_v2_576w uses ~4.1 GiB of host RAM.
     actor_memory_gib: float | None = None
-    dtype: str = "auto"  # auto: bfloat16 on GPU (float16 before Ampere), float32 on CPU; see auto_dtype
+    dtype: str = "auto"  # auto: bfloat16 on GPU (float16 before Ampere), float32 on CPU; see job.resources.auto_dtype
     vae_chunk: int = 8  # frames per VAE call: bounds memory regardless of batch x frames
     allow_pickle: bool = False  # load pickled (.bin) weights; only for checkpoints you trust
     # One UNet forward per clip, so a clip's bits never depend on its batch neighbours (batched kernels round
     # differently). None: on for CPU actors (little to gain from batching there), off on GPUs (where
     # batching pays and results agree to float rounding instead).
     batch_invariant: bool | None = None
-    # torch.compile the UNet. None: on for GPU actors (1.5x per clip on an H200; the first start on a machine
-    # compiles for ~4 min, later starts load what it compiled: see precompile), off for CPU actors.
-    compile: bool | None = None
-    # With compile, also the VAE's encoder and decoder (None: yes; 5 % per clip on an H100, ~1 min more of
-    # first compile).
-    compile_vae: bool | None = None
-    # With compile, build each compiled part ahead of time (AOTInductor) into a package in the compile cache:
-    # later starts load it instead of tracing the model again (v2v.aot). None: off (see benchmarks/RESULTS.md).
-    compile_aot: bool | None = None
-    # With compile (not compile_aot), save each compiled part as torch.compile's own compiled function (dynamo's
-    # precompile, v2v.aot.PrecompiledForward) in the compile cache: later starts load it instead of tracing the
-    # model, with no C++ compiler. None: on with compile (an H200's second start 33 s against 58-66 s with the
-    # kernel cache alone, the same speed per clip: benchmarks/RESULTS.md fifteenth section).
-    precompile: bool | None = None
-    # With precompile or compile_aot, a URI every machine of the cluster reaches (s3://, gs://, a shared folder)
-    # where actors share their stored compiled parts (v2v.shared_cache): an actor whose machine has not compiled
-    # them fetches them from there and starts as on a second start (a new node's first start); one that compiled
-    # them puts them there. None: each machine compiles its own. Trust it as you trust the model (it holds code).
+    # A URI every machine of the cluster reaches (s3://, gs://, a shared folder) where actors share their stored
+    # compiled parts (v2v.speed.shared_cache): an actor whose machine has not compiled the model fetches them
+    # instead of compiling; one that compiled them puts them there. None: each machine compiles its own. Trust it
+    # as you trust the model (it holds code).
     shared_compile_cache: str | None = None
-    channels_last: bool = False
-    fuse_qkv: bool = False  # fused attention projections (one matrix product for q, k, v)
-    # The UNet's temporal layers without permuted copies or layout conversions: GroupNorms from per-frame
-    # statistics, Conv3d channels-last (v2v.temporal). None: on with compile (11 % per step on an H100), off
-    # without (eager, it runs more kernels; not measured on GPUs).
-    temporal_layers: bool | None = None
-    # The temporal transformers' attention over the frames as one Triton kernel (v2v.frame_attention); SDPA
-    # where the kernel does not apply (CPU, float32). None: on with compile (4.6 % per step on an H200, tenth
-    # section of benchmarks/RESULTS.md), off without (eager GPU runs not measured with it).
-    frame_attention: bool | None = None
-    # The UNet's and the VAE's GroupNorms from per-channel statistics, combined per group (v2v.group_norm):
-    # reductions over contiguous channels-last rows. None: on with compile (5 % per UNet step on an H200,
-    # thirteenth section of benchmarks/RESULTS.md; the VAE 23 % faster, twenty-first), off without (eager GPU runs
-    # not measured with it).
-    channel_stats: bool | None = None
-    # A guided step's two halves (unconditional, text) share the UNet's layers before its first cross-attention:
-    # computed once on the clips' latents (v2v.unet; 7.1 % of a zeroscope step's FLOPs, half of it saved). None: on
-    # with compile (a 4-clip step 3.7 % faster on an H200 through the first temporal convolution, 0.7 % more with
-    # the first self-attention, benchmarks/RESULTS.md twenty-second and twenty-third sections), off without (eager
-    # runs not measured with it).
-    shared_prefix: bool | None = None
-    # The UNet's upsamplers (nearest 2x, then a 3x3 convolution) as four 2x2 convolutions of their input, one per
-    # output phase (v2v.upsample): 16 taps per input pixel instead of 36. None: on with compile (a 4-clip step 1 %
-    # faster on an H200, benchmarks/RESULTS.md twenty-fourth section), off without (eager runs not measured with
-    # it). The VAE's stay diffusers' (its decoder ran 23 % slower with them).
-    upsample_phases: bool | None = None
-    # GPU, with compile: the compiled UNet's call recorded once as a CUDA graph and replayed (v2v.cuda_graph): one
-    # launch a step instead of ~2,000 from Python, the same kernels and bits. None: on with compile (a 4-clip step
-    # 1.5 % faster on an H200, benchmarks/RESULTS.md twenty-fifth section); nothing on CPU actors.
-    cuda_graphs: bool | None = None
-    # GPU: cuDNN times each convolution shape's algorithms on its first call and keeps the fastest (benchmark
-    # mode). Off: its heuristics pick, no search at start: on an H200 the same speed per clip and an actor ready
-    # ~3 s sooner (benchmarks/RESULTS.md sixteenth section); on by default, as other cards are not measured.
-    cudnn_benchmark: bool = True
+    # The speed layer's switches (YAML section `speed:`, command line `--speed name=value`).
+    speed: SpeedSettings = field(default_factory=lambda: SpeedSettings())
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
@@ -173,8 +129,12 @@ class JobConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+        if "speed" in d:
+            d["speed"] = SpeedSettings.from_dict(d["speed"])
         hints = typing.get_type_hints(cls)
         for name, value in d.items():
+            if name == "speed":
+                continue
             allowed = typing.get_args(hints[name]) or (hints[name],)  # `int | None` -> (int, NoneType)
             if not any(_is_a(value, t) for t in allowed):
                 want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
@@ -197,6 +157,82 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The switches of the optional speed layer (v2v.speed), for experts: none changes what is computed beyond
+    floating-point rounding. None means the default for the actor's device: `compile` on for GPU actors, off on
+    the CPU, and every other switch follows `compile`. Their measured gains and costs are in
+    benchmarks/RESULTS.md (decisions table)."""
+
+    # torch.compile the UNet (and the VAE with compile_vae). Faster per clip on GPUs; the first start on a machine
+    # compiles for minutes, later starts load what it stored (precompile).
+    compile: bool | None = None
+    compile_vae: bool | None = None  # with compile: the VAE's encoder and decoder too (one more minute to compile)
+    # With compile: save torch.compile's compiled functions in the compile cache, so that later starts load them
+    # instead of tracing the model again (v2v.speed.stored).
+    precompile: bool | None = None
+    # The UNet's temporal layers without permuted copies or layout conversions (v2v.speed.temporal).
+    temporal_layers: bool | None = None
+    # The temporal transformers' attention over the frames as one Triton kernel; SDPA where it does not apply
+    # (CPU, float32) (v2v.speed.frame_attention).
+    frame_attention: bool | None = None
+    # GroupNorms of the UNet and the VAE from per-channel statistics combined per group (v2v.speed.group_norm).
+    channel_stats: bool | None = None
+    # A guided step's two halves share the UNet's layers before its first cross-attention, computed once
+    # (v2v.speed.shared_prefix).
+    shared_prefix: bool | None = None
+    # The UNet's upsamplers (nearest 2x, then a 3x3 convolution) as four 2x2 convolutions, one per output phase
+    # (v2v.speed.upsample).
+    upsample_phases: bool | None = None
+    # GPU, with compile: the compiled UNet's call recorded once as a CUDA graph and replayed (v2v.speed.cuda_graph).
+    cuda_graphs: bool | None = None
+    # GPU: cuDNN times each convolution shape's algorithms on first use and keeps the fastest. Off: its heuristics
+    # pick, and an actor is ready a few seconds sooner.
+    cudnn_benchmark: bool = True
+
+    def resolved(self, device: str) -> "SpeedSettings":
+        """Every None replaced by its default for an actor on `device` ("cuda" or "cpu")."""
+        compile_ = self.compile if self.compile is not None else device == "cuda"
+        follow = {name: compile_ if getattr(self, name) is None else getattr(self, name)
+                  for name in COMPILE_SWITCHES}
+        return dataclasses.replace(
+            self, compile=compile_, **follow,
+            compile_vae=compile_ and (self.compile_vae if self.compile_vae is not None else True),
+            precompile=compile_ and (self.precompile if self.precompile is not None else True))
+
+    @classmethod
+    def from_dict(cls, d) -> "SpeedSettings":
+        """A config file's `speed:` mapping; each value a bool or null (the default)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"speed must be a mapping of switch: on/off, got {d!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown speed switch(es) {unknown}; known: {sorted(names)}")
+        for name, value in d.items():
+            if not (isinstance(value, bool) or (value is None and name != "cudnn_benchmark")):
+                raise ConfigError(f"speed.{name} must be true or false, got {value!r}")
+        return cls(**d)
+
+    @classmethod
+    def parse(cls, items: list[str], base: "SpeedSettings | None" = None) -> "SpeedSettings":
+        """`--speed` values ("temporal_layers=off", "compile=on,cuda_graphs=off") over `base`: on/off, true/false,
+        yes/no, 1/0, or auto (the device's default)."""
+        words = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False,
+                 "0": False, "auto": None}
+        d = {}
+        for item in (part.strip() for text in items for part in text.split(",") if part.strip()):
+            name, sep, value = item.partition("=")
+            if not sep or value.strip().lower() not in words:
+                raise ConfigError(f"--speed {item!r}: want name=on|off|auto, e.g. --speed temporal_layers=off")
+            d[name.strip()] = words[value.strip().lower()]
+        if d.get("cudnn_benchmark", False) is None:
+            d["cudnn_benchmark"] = True
+        merged = {**{k: v for k, v in dataclasses.asdict(base or cls()).items()}, **d}
+        return cls.from_dict(merged)
+
+
 def _is_a(value, t: type) -> bool:
     """A config file's value as a setting of type t: YAML's ints serve float settings; bools are ints to Python
     but not to a config file."""
@@ -207,68 +243,6 @@ def _is_a(value, t: type) -> bool:
     return isinstance(value, (int, float)) if t is float else isinstance(value, t)
 
 
-# The switches measured with compile only: on with it unless set. JobConfig and Resources fields, and
-# v2v.perf.apply_perf_settings arguments, of these names.
+# Speed switches that follow `compile` unless set.
 COMPILE_SWITCHES = ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases",
                     "cuda_graphs")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What the Ray stages ask for; computed in one place from the config and the cluster."""
-
-    num_actors: int
-    gpus_per_actor: float
-    cpus_per_actor: float
-    cpus_per_task: float
-    device: str
-    dtype: str
-    torch_threads: int  # per CPU actor, so actors do not fight over cores
-    batch_invariant: bool
-    compile: bool
-    compile_vae: bool
-    compile_aot: bool
-    precompile: bool
-    temporal_layers: bool
-    frame_attention: bool
-    channel_stats: bool
-    shared_prefix: bool
-    upsample_phases: bool
-    cuda_graphs: bool
-
-
-def auto_dtype(device: str, bf16_native: bool = True) -> str:
-    """What `dtype="auto"` runs in. GPUs: bfloat16 where the card has it natively (Ampere and later), which on an
-    H200 ran 2 % (eager) to 4 % (compiled) faster than float16 in the same run (RESULTS.md, eleventh section) and
-    has float32's exponent range (no overflow to inf); its rounding is coarser (one compiled UNet step 0.011
-    relative error against float32, float16 0.0013). Older GPUs: float16. CPU: float32."""
-    if device != "cuda":
-        return "float32"
-    return "bfloat16" if bf16_native else "float16"
-
-
-def resources(cfg: JobConfig, cluster: dict) -> Resources:
-    """cluster: ray.cluster_resources() (e.g. {"CPU": 16, "GPU": 2})."""
-    gpus = int(cluster.get("GPU", 0))
-    cpus = max(1, int(cluster.get("CPU", 1)))
-    gpus_per_actor = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    if gpus_per_actor > 0:
-        num_actors = cfg.num_actors or max(1, int(gpus // gpus_per_actor))
-        device = "cuda"
-    else:
-        num_actors = cfg.num_actors or 1
-        device = "cpu"
-    # The driver may have no GPU to ask: it assumes native bf16, and an actor on an older card falls back
-    # (stages.Restyle).
-    dtype = cfg.dtype if cfg.dtype != "auto" else auto_dtype(device)
-    # CPU actors share the machine with decode/encode tasks: half the cores go to actors.
-    cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / (2 * num_actors)))
-    threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
-    invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
-    compile_ = cfg.compile if cfg.compile is not None else device == "cuda"
-    compile_vae = compile_ and (cfg.compile_vae if cfg.compile_vae is not None else True)
-    compile_aot = compile_ and bool(cfg.compile_aot)
-    precompile = compile_ and not compile_aot and (cfg.precompile if cfg.precompile is not None else True)
-    switches = {name: compile_ if getattr(cfg, name) is None else getattr(cfg, name) for name in COMPILE_SWITCHES}
-    return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, compile_, compile_vae, compile_aot, precompile, **switches)

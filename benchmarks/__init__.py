@@ -1,0 +1,1 @@
+"""The benchmark harness: `python -m benchmarks.run`; results in benchmarks/RESULTS.md."""

@@ -1,0 +1,615 @@
+"""Benchmark: the seed pipeline against v2v's sampler and the whole Ray job, on one machine in one run.
+
+    python -m benchmarks.run --model random-576w --reference --e2e-clips 32 --results benchmarks/RESULTS.md
+    python -m benchmarks.run --model tiny --device cpu --steps 4 --e2e-clips 4   # a smoke run anywhere
+    ray job submit --working-dir . -- python -m benchmarks.run --e2e-clips 64 --e2e-gpus 1,2,4,8   # on a GPU node
+
+`random-576w` builds the zeroscope_v2_576w architecture with random weights (no download). Appends a
+markdown table (card, versions, command) to --results and writes every number to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+# The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
+# GroupNorm statistics per channel, a guided step's shared prefix computed once, the upsamplers by output phase,
+# the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+graph+compile+pre+vae"
+
+
+def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
+                     batch: int | None = None) -> tuple[str, int]:
+    """(variant, batch) for the attention, start-up and Ray job sections: the section's own setting where given,
+    else the fastest sampler row's, or, when no sampler row was measured, what the job runs on a GPU (at its best
+    measured batch) or on the CPU."""
+    default = (best["variant"], best["batch"]) if best else (JOB_GPU_VARIANT, 4) if cuda else ("float32", 1)
+    return variant or default[0], batch or default[1]
+
+
+def model_folder(model: str, work: str, device: str) -> tuple[str, float | None]:
+    """The model folder for `--model` and the seconds spent building it: `random-576w` is written once under
+    `work` (random weights, no download), anything else is resolved as the job resolves models."""
+    from benchmarks.harness import random_zeroscope
+    from v2v.model.loading import resolve_model
+
+    if model != "random-576w":
+        return str(resolve_model(model)), None
+    folder = os.path.join(work, "random-576w")
+    if os.path.exists(os.path.join(folder, "model_index.json")):
+        return folder, None
+    t0 = time.perf_counter()
+    random_zeroscope(folder, device)
+    return folder, time.perf_counter() - t0
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="random-576w", help="random-576w, tiny, or a model folder")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--strength", type=float, default=0.6)
+    p.add_argument("--guidance-scale", type=float, default=15.0)
+    p.add_argument("--batch-sizes", default="1,2,4")
+    p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
+                   help="comma list of DTYPE[+temporal][+frameattn][+chanstats][+prefix]"
+                        "[+phaseup][+graph][+compile|+pre[+vae]][+nobench] ('' for none)")
+    p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
+    p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
+    p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
+    p.add_argument("--attention", action="store_true",
+                   help="time each attention shape of a UNet step under every SDPA backend (fastest variant's dtype)")
+    p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
+    p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
+    p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
+    p.add_argument("--e2e-batch", type=int, default=None, help="batch size for the Ray job (default: fastest)")
+    p.add_argument("--startup", action="store_true",
+                   help="time a restyle actor's first and second start in fresh processes (compile cache) and, for "
+                        "a variant that stores its compiled parts, another machine's first from a shared cache")
+    p.add_argument("--startup-variant", default=None, help="variant for --startup (default: fastest measured)")
+    p.add_argument("--startup-batch", type=int, default=None, help="batch size for --startup (default: fastest)")
+    p.add_argument("--startup-cache", default=None,
+                   help="compile cache for --startup (default: a new empty one); one that already holds this "
+                        "variant's kernels or packages makes the first start a cached one too")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster for the job (default: RAY_ADDRESS, as `ray job submit` sets it, else a local one "
+                        "per GPU count); the sampler figures are measured in this process, on this node")
+    p.add_argument("--work-dir", default=None,
+                   help="model, videos and outputs; on a cluster of several nodes, a folder all of them see")
+    p.add_argument("--results", default=None, help="markdown file to append the table to")
+    p.add_argument("--json", default=None)
+    p.add_argument("--profile", default=None,
+                   help="write a kernel-time table of one guided UNet step per variant and batch to this file")
+    return p.parse_args(argv)
+
+
+def _card() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+
+
+# a variant's parts -> the speed switch each turns on (`nobench` turns cudnn_benchmark off)
+_PART_SWITCHES = {"temporal": "temporal_layers", "frameattn": "frame_attention", "chanstats": "channel_stats",
+                  "prefix": "shared_prefix", "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile",
+                  "pre": "precompile", "vae": "compile_vae"}
+_PARTS = (*_PART_SWITCHES, "nobench")
+
+
+def _variant_cfg(variant: str) -> tuple[str, "SpeedSettings"]:
+    """'bfloat16+compile+vae' -> ('bfloat16', SpeedSettings with exactly those switches on, every other off).
+
+    `compile` alone compiles the UNet only (torch.compile, kernels cached); `+vae` also the VAE (the job's default
+    when compiling); `pre` stores torch.compile's compiled functions (the job's default when compiling) and implies
+    compile. `nobench`: cuDNN's heuristics pick each convolution's algorithm (no timing search,
+    `cudnn_benchmark=False`)."""
+    from v2v.config import SpeedSettings
+
+    dtype, *parts = variant.split("+")
+    unknown = [p for p in parts if p not in _PARTS]
+    if unknown:
+        raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
+    switches = {name: part in parts for part, name in _PART_SWITCHES.items()}
+    switches["compile"] |= switches["precompile"]
+    switches["cudnn_benchmark"] = "nobench" not in parts
+    if switches["compile_vae"] and not switches["compile"]:
+        raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
+    return dtype, SpeedSettings(**switches)
+
+
+def _load(folder: str, device: str, variant: str, unet_batch: int | None = None):
+    """The model with `variant`'s switches; `unet_batch`: latents per compiled UNet call (else set per batch)."""
+    from v2v.model.loading import load_components
+    from v2v.speed import apply_speed_settings
+
+    dtype, speed = _variant_cfg(variant)
+    c = load_components(folder, device=device, dtype=dtype)
+    _own_forward(c.unet)
+    apply_speed_settings(c, speed, unet_batch=unet_batch)
+    return c
+
+
+def _own_forward(unet) -> None:
+    """Give this UNet a forward with a code object of its own. Dynamo keeps compiled graphs per code object (the
+    UNet class's forward, shared by every model loaded in the process) and guards neither module hooks
+    (`skip_nnmodule_hook_guards`) nor inductor settings: a variant differing from an earlier one only in those would
+    run the earlier one's graph (a hook-only variant tried in the did, on the CPU)."""
+    import types
+
+    f = type(unet).forward
+    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    fn.__kwdefaults__ = f.__kwdefaults__
+    unet.forward = types.MethodType(fn, unet)
+
+
+def _video(b, f, h, w, seed=0):
+    import torch
+
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, f, h, w, 3), dtype=np.uint8))
+
+
+def _actor(folder: str, device: str, variant: str, batch: str, shared: str = "") -> int:
+    """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took.
+    shared: the shared compile cache's URI, or ''."""
+    t0 = time.perf_counter()
+    from v2v.config import JobConfig
+    from v2v.job.resources import resources
+    from v2v.job.stages import Restyle
+
+    dtype, speed = _variant_cfg(variant)
+    cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype,
+                    shared_compile_cache=shared or None, speed=speed)
+    t1 = time.perf_counter()
+    actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
+    ready = time.perf_counter() - t1
+    from torch._dynamo.utils import compilation_time_metrics
+
+    from benchmarks.harness import compile_breakdown
+
+    compiled = compile_breakdown(compilation_time_metrics)
+    print(f"READY v2v imports {t1 - t0:.1f} s, actor built and warm {ready:.1f} s ({actor.start_report()})"
+          + (f"; {compiled}" if compiled else ""), flush=True)
+    return 0
+
+
+class Bench:
+    """What every section uses: the arguments, the model folder and clip geometry, and the rows so far."""
+
+    def __init__(self, a, folder: str, argv: list[str]):
+        from v2v.model.loading import model_geometry
+        from v2v.job.pipeline import versions
+
+        self.a, self.folder = a, folder
+        self.width, self.height, self.frames = model_geometry(folder)
+        self.cuda = a.device == "cuda"
+        self.clip = dict(strength=a.strength, num_inference_steps=a.steps, guidance_scale=a.guidance_scale)
+        self.rows: list[dict] = []
+        self.info = {"card": _card(), "versions": versions(),
+                     "command": "python -m benchmarks.run " + shlex.join(argv),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+    def record(self, **r) -> dict:
+        self.rows.append(r)
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), flush=True)
+        return r
+
+    def mem_reset(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+
+    def video(self, b: int, seed: int = 0):
+        return _video(b, self.frames, self.height, self.width, seed)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_actor"]:
+        return _actor(*argv[1:])
+
+    from benchmarks.harness import matmul_tflops
+
+    a = _args(argv)
+    work = a.work_dir or tempfile.mkdtemp(prefix="v2v-bench-")
+    os.makedirs(work, exist_ok=True)
+    folder, built = model_folder(a.model, work, a.device)
+    b = Bench(a, folder, argv)
+    if built is not None:
+        b.record(what="build random 576w model", seconds=built)
+    if b.cuda:
+        b.info["bf16_matmul_tflops"] = matmul_tflops()
+        b.record(what="bf16 matmul 8192^3", tflops=b.info["bf16_matmul_tflops"])
+    # A run lasts many GPU minutes: when a section fails, the table still reports what came before it.
+    try:
+        if a.reference:
+            reference(b)
+        ref = quality_reference(b) if a.quality else None
+        best = sampler(b, ref)
+        b.info["best_sampler"] = best
+        if a.attention:
+            attention(b, best)
+        if a.startup:
+            startup(b, work, best)
+        if a.e2e_clips:
+            ray_job(b, work, best)
+    except BaseException as e:
+        b.record(what="run stopped", note=f"{type(e).__name__}: {e}"[:300])
+        raise
+    finally:
+        _report(a, b.info, b.rows)
+    return 0
+
+
+def reference(b: Bench) -> None:
+    """The seed pipeline (diffusers' VideoToVideoSDPipeline, fp16), one clip per call: it cannot batch."""
+    import torch
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_synth_img2img import (
+        VideoToVideoSDPipeline,
+    )
+
+    from benchmarks.harness import timed
+
+    variant = "float16" if b.cuda else "float32"
+    c = _load(b.folder, b.a.device, variant)
+    pipe = VideoToVideoSDPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                  scheduler=c.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    video = b.video(1).numpy().astype(np.float32) / 255.0  # (1, F, H, W, 3) in [0, 1], as the pipeline takes it
+    b.mem_reset()
+    s, _ = timed(lambda: pipe("a watercolor painting", video=video, generator=torch.Generator().manual_seed(0),
+                              **b.clip), repeat=2)
+    b.record(what="reference pipeline", variant=variant, batch=1, s_per_clip=s, clips_per_hour=3600 / s,
+             peak_gib=b.peak_gib())
+    b.info["reference_s_per_clip"] = s
+    b.info["reference_peak_gib"] = b.peak_gib()
+
+
+def quality_reference(b: Bench) -> dict:
+    """float32 eager (TF32 off), the quality guard's reference: one clip's final latents, and one guided UNet
+    step's output per batch size on `_step_inputs`. Computed up front, so the float32 model leaves the card
+    before the variants are measured (their peak memory stays their own)."""
+    import torch
+
+    from v2v.model.sampler import restyle
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    c = _load(b.folder, b.a.device, "float32")
+    ref = {"latents": restyle(c, b.video(1), [_quality_clip(b)], output="latents").float().cpu(), "steps": {}}
+    with torch.no_grad():
+        for batch in _batch_sizes(b):
+            x, e, t = _step_inputs(c, batch)
+            ref["steps"][batch] = c.unet(x, t, encoder_hidden_states=e).sample.float().cpu()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = b.cuda
+    return ref
+
+
+def _quality_clip(b: Bench):
+    from v2v.model.sampler import ClipSettings
+
+    return ClipSettings("a watercolor painting", seed=7, **b.clip)
+
+
+def _batch_sizes(b: Bench) -> list[int]:
+    return [int(x) for x in b.a.batch_sizes.split(",") if x]
+
+
+def unet_step(folder: str, device: str, variant: str, batch: int):
+    """For the probes in benchmarks/: the model in `folder` with `variant`'s switches, its UNet's compiled graph (if
+    any) built for one guided step of `batch` clips, and that step as `step()` -> the UNet's output, returned once
+    the device has finished it. Inputs as `_step_inputs` makes them, at the folder's clip shape."""
+    import torch
+
+    c = _load(folder, device, variant, unet_batch=2 * batch)  # cond + uncond latents per call
+    x, e, t = _step_inputs(c, batch)
+
+    def step():
+        with torch.no_grad():
+            y = c.unet(x, t, encoder_hidden_states=e, return_dict=False)[0]
+        if c.device.type == "cuda":
+            torch.cuda.synchronize()
+        return y
+
+    return c, step
+
+
+def _step_inputs(c, batch: int):
+    """One guided UNet step's inputs for `batch` clips at the model's native clip shape (c.width, c.height,
+    c.frames), as the sampler passes them to the UNet's forward: the latents (B, 4, F, h, w) once where the forward
+    takes a guided step's pairs (`shared_prefix`), else twice (2B, ...) for the uncond and text halves; embeddings
+    (2B, 77, D), uncond first. Seeded, with values exact in bf16 and fp16 so that every dtype's step starts from the
+    same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
+    import torch
+
+    from v2v.model.sampler import guided_latents
+
+    g = torch.Generator().manual_seed(batch)
+    h8, w8 = c.height // c.vae_scale_factor, c.width // c.vae_scale_factor
+    x = torch.randn(batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
+    e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
+    return guided_latents(c.unet, x.to(c.device, c.dtype)), e.to(c.device, c.dtype), torch.tensor(500)
+
+
+def sampler(b: Bench, ref: dict | None) -> dict | None:
+    """v2v's sampler, each variant at each batch size: seconds per clip, one UNet step, FLOPs, memory; the
+    quality guard against `ref`; a kernel table with --profile. Returns the fastest row."""
+    import torch
+
+    from v2v.speed import FixedBatch
+
+    best = None
+    for variant in [v for v in b.a.variants.split(",") if v]:
+        t_load = time.perf_counter()
+        c = _load(b.folder, b.a.device, variant)
+        load_s = time.perf_counter() - t_load
+        for i, batch in enumerate(_batch_sizes(b)):
+            if isinstance(c.unet.forward, FixedBatch):
+                c.unet.forward.size = 2 * batch  # the compiled graph's batch: cond + uncond latents
+            r = _sampler_row(b, c, variant, batch, ref, final_latents=i == 0)
+            if r is not None:
+                r["load_s"] = load_s
+                if best is None or r["s_per_clip"] < best["s_per_clip"]:
+                    best = r
+        c = None
+        if b.cuda:
+            torch.cuda.empty_cache()
+    return best
+
+
+def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_latents: bool) -> dict | None:
+    import torch
+
+    from benchmarks.harness import timed, unet_step_flops
+    from v2v.model.sampler import ClipSettings, restyle, to_uint8_checked
+
+    clips = [ClipSettings(f"style {i}", seed=i, **b.clip) for i in range(batch)]
+    video = b.video(batch, seed=batch)
+
+    def call():  # what the job's actor runs: uint8 frames on the host (float32 ones before the 21st session)
+        return to_uint8_checked(restyle(c, video, clips, output="device_frames"))
+
+    b.mem_reset()
+    t0 = time.perf_counter()
+    try:
+        call()  # warm-up: compiles where compiled
+        first_s = time.perf_counter() - t0
+        s, _ = timed(call, repeat=b.a.repeat, warmup=0)  # a call lasts seconds
+    except torch.OutOfMemoryError:
+        b.record(what="v2v sampler", variant=variant, batch=batch, note="out of memory")
+        return None
+    peak = b.peak_gib()
+    # One guided UNet step alone: 2B latents (cond + uncond).
+    x, e, t = _step_inputs(c, batch)
+
+    def step():
+        return c.unet(x, t, encoder_hidden_states=e, return_dict=False)
+
+    with torch.no_grad():
+        step_s, _ = timed(step, repeat=5, warmup=2)
+    # counted through the eager forward (the counter cannot see inside compiled code): the FLOPs this variant runs
+    flops = unet_step_flops(getattr(c.unet.forward, "eager", c.unet), x, t, e)
+    r = dict(what="v2v sampler", variant=variant, batch=batch, s_per_clip=s / batch,
+             clips_per_hour=3600 * batch / s, step_s=step_s, step_tflop=flops / 1e12, tflops=flops / step_s / 1e12,
+             peak_gib=peak, peak_gib_per_clip=peak / batch, first_call_s=first_s)
+    if "reference_s_per_clip" in b.info:
+        r["speedup_vs_reference"] = b.info["reference_s_per_clip"] / (s / batch)
+    if ref is not None:
+        with torch.no_grad():  # one UNet forward against float32 on the same input: the local error
+            out = step()[0].float().cpu()
+        want = ref["steps"][batch]
+        r["step_rel_err_vs_fp32"] = float((out - want).norm() / want.norm())
+        if final_latents:  # the reference clip's final latents, once per variant
+            lat = restyle(c, b.video(1), [_quality_clip(b)], output="latents").float().cpu()
+            r["rel_err_vs_fp32"] = float((lat - ref["latents"]).norm() / ref["latents"].norm())
+    if b.a.profile:
+        r.update(_profile(b, step, f"{variant} batch {batch}"))
+    return b.record(**r)
+
+
+def _profile(b: Bench, step, title: str) -> dict:
+    """Where one step's time goes, kernel by kernel (the guide for the next speed-up): appends the kernel
+    table and the time per kernel kind to --profile; returns the kinds' shares for the row."""
+    import torch
+
+    from benchmarks.harness import kernel_kinds, profiler_kernels
+
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        step()
+        if b.cuda:
+            torch.cuda.synchronize()
+    kernels = profiler_kernels(prof, b.cuda)
+    kinds = kernel_kinds([(name, secs) for name, secs, _ in kernels])
+    total = sum(kinds.values()) or float("nan")
+    by = "self_cuda_time_total" if b.cuda else "self_cpu_time_total"
+    with open(b.a.profile, "a") as f:
+        f.write(f"## {title}\n\nkernel time {total * 1e3:.1f} ms in {len(kernels)} kernels; by kind:\n")
+        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            f.write(f"  {k:50s} {v * 1e3:9.1f} ms  {100 * v / total:5.1f} %\n")
+        f.write(f"\n{prof.key_averages().table(sort_by=by, row_limit=40)}\n\n"
+                "every kernel, slowest first (ms, calls, name):\n")
+        for name, secs, calls in kernels:
+            f.write(f"  {secs * 1e3:9.3f} {calls:5d}  {name}\n")
+        f.write("\n")
+    return {"kernel_ms": total * 1e3}
+
+
+def attention(b: Bench, best: dict | None) -> None:
+    """Every attention shape one guided UNet step calls (eager, in the fastest variant's dtype and batch), each
+    timed under each SDPA backend: what attention costs a step, and which backend would serve each shape best.
+    Rows go to a table of their own (info["attention"])."""
+    import torch
+
+    from benchmarks.harness import SDPA_BACKENDS, attention_flops, sdpa_calls, time_sdpa
+
+    variant, batch = _section_variant(best, b.cuda)
+    dtype = _variant_cfg(variant)[0]
+    c = _load(b.folder, b.a.device, dtype)
+    x, e, t = _step_inputs(c, batch)
+    rows, total = [], dict.fromkeys([*SDPA_BACKENDS, "best"], 0.0)
+    for call in sdpa_calls(lambda: c.unet(x, t, encoder_hidden_states=e)):
+        secs = time_sdpa(call, c.device.type)
+        fastest = min((k for k in SDPA_BACKENDS if secs[k] == secs[k]), key=secs.get)
+        for k in SDPA_BACKENDS:
+            total[k] += call["calls"] * secs[k]  # NaN where the backend cannot run some shape
+        total["best"] += call["calls"] * secs[fastest]
+        rows.append({"q (N, heads, L, D)": "×".join(map(str, call["q"][0])), "kv_len": call["k"][0][2],
+                     "calls": call["calls"], **{f"{k}_ms": 1e3 * secs[k] for k in SDPA_BACKENDS},
+                     "fastest": fastest, "default_tflops": attention_flops(call) / secs["default"] / 1e12})
+    rows.append({"q (N, heads, L, D)": "per step", "calls": sum(r["calls"] for r in rows),
+                 **{f"{k}_ms": 1e3 * total[k] for k in SDPA_BACKENDS}, "fastest": f"{1e3 * total['best']:.1f} ms"})
+    b.info["attention"] = {"dtype": dtype, "batch": batch, "rows": rows}
+    b.record(what="attention per step", variant=dtype, batch=batch,
+             note=f"torch's choice {1e3 * total['default']:.1f} ms, fastest per shape {1e3 * total['best']:.1f} ms")
+    c = None
+    if b.cuda:
+        torch.cuda.empty_cache()
+
+
+def startup(b: Bench, work: str, best: dict | None) -> None:
+    """A fresh process builds a restyle actor (imports, model load, perf switches, compile or cached kernels,
+    warm-up), twice over one empty compile cache: the first start, then the second. Where the variant stores its
+    compiled parts (pre) and the cache starts empty, a third start stands for another machine's first: an
+    empty compile cache of its own, and the shared compile cache (a folder here) the first start filled."""
+    variant, batch = _section_variant(best, b.cuda, b.a.startup_variant, b.a.startup_batch)
+    stamp = int(time.time())
+    cache = b.a.startup_cache or os.path.join(work, f"inductor-startup-{stamp}")
+    shared = os.path.join(work, f"shared-cache-{stamp}")
+    # over a given cache the first start is a cached one too (what that cache holds), so not called "first start"
+    first = "start over the given cache" if b.a.startup_cache else "first start"
+    starts = [(first, cache), ("second start", cache)]
+    stores = _variant_cfg(variant)[1].precompile
+    if stores and not b.a.startup_cache:
+        starts.append(("another machine's first start, shared cache", f"{cache}-other"))
+    for attempt, folder in starts:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--_actor", b.folder, b.a.device, variant,
+                              str(batch), shared if stores else ""], capture_output=True, text=True,
+                             env={**os.environ, "V2V_COMPILE_CACHE": folder, "TQDM_DISABLE": "1"})
+        wall = time.perf_counter() - t0
+        ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
+        # a crash (e.g. a segmentation fault, exit code -11) leaves no traceback: say the code and the last lines
+        # (no progress bars in them: TQDM_DISABLE)
+        said = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        b.record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
+                 note=ready[0][6:] if ready else f"failed (exit code {out.returncode}): " + " ".join(said[-3:])[-300:])
+
+
+def ray_job(b: Bench, work: str, best: dict | None) -> None:
+    """The whole Ray job over generated videos (4 clips each), per GPU count, against the bare sampler."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from benchmarks.harness import actor_rates
+    from v2v.config import JobConfig
+    from v2v.job.pipeline import run_job
+    from jobs.demo import make_video
+
+    a = b.a
+    vids = os.path.join(work, "videos")
+    os.makedirs(vids, exist_ok=True)
+    per_video = 4
+    with open(os.path.join(vids, "manifest.csv"), "w") as f:
+        f.write("video,prompt\n")
+        for i in range(-(-a.e2e_clips // per_video)):
+            make_video(os.path.join(vids, f"v{i}.mp4"), b.frames * per_video, b.width, b.height, seed=i)
+            f.write(f"v{i}.mp4,style {i}\n")
+    variant, batch = _section_variant(best, b.cuda, a.e2e_variant, a.e2e_batch)
+    dtype, speed = _variant_cfg(variant)
+    bare = next((r["clips_per_hour"] for r in b.rows if r.get("what") == "v2v sampler"
+                 and r["variant"] == variant and r["batch"] == batch), None)
+    base_rate = None
+    address = a.ray_address or os.environ.get("RAY_ADDRESS")
+    for gpus in [int(g) for g in a.e2e_gpus.split(",")]:
+        if address:  # `ray job submit` or --ray-address: the cluster has what it has; ask for `gpus` actors
+            ray.init(address=address)
+            have = int(ray.cluster_resources().get("GPU", 0))
+            if b.cuda and have < gpus:
+                b.record(what="ray job end to end", gpus=gpus, note=f"skipped: the cluster has {have} GPU(s)")
+                ray.shutdown()
+                continue
+        else:  # a local cluster of exactly `gpus` GPUs
+            ray.init(num_gpus=gpus if b.cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
+                     runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
+        cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
+                        model=b.folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
+                        batch_size=batch, dtype=dtype, num_actors=gpus if b.cuda else 1, codec="h264",
+                        max_clips=per_video, speed=speed)
+        t0 = time.perf_counter()
+        s = run_job(cfg, log=lambda m: print(m, flush=True))
+        wall = time.perf_counter() - t0
+        ray.shutdown()
+        steady = actor_rates(pq.read_table(os.path.join(cfg.output, "index")).to_pylist())
+        rate = steady["clips_per_hour"]
+        base_rate = base_rate or rate
+        busy = [v["busy"] for v in steady["actors"].values()]
+        b.record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,
+                 wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
+                 gpu_busy=min(busy) if busy else float("nan"),
+                 steady_vs_bare_sampler=(rate / (bare * gpus)) if bare else float("nan"),
+                 scaling_vs_1gpu=rate / base_rate)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "–" if v != v else (f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
+    return "" if v is None else str(v)
+
+
+def _table(rows: list[dict], cols: list[str]) -> list[str]:
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+def _report(a, info, rows) -> None:
+    from benchmarks.harness import target_verdicts
+
+    cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
+            "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
+            "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
+            "gpu_busy", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
+    used = [c for c in cols if any(c in r for r in rows)]
+    v = info["versions"]
+    lines = [f"### {info['date']} — {info['card']}", "",
+             f"torch {v['torch']}, diffusers {v['diffusers']}, ray {v['ray']}, python {v['python']}, v2v {v['v2v']}",
+             f"`{info['command']}`", ""]
+    if "bf16_matmul_tflops" in info:
+        lines.append(f"Measured bf16 matmul ceiling: {info['bf16_matmul_tflops']:.0f} TFLOP/s.")
+        lines.append("")
+    lines += _table(rows, used)
+    if "attention" in info:
+        att = info["attention"]
+        lines += ["", f"Attention in one guided UNet step ({att['dtype']}, batch {att['batch']}, eager): ms per call "
+                      "by SDPA backend ('default' is torch's own choice; – where the backend cannot run it)", ""]
+        lines += _table(att["rows"], list(att["rows"][0]))
+    info["targets"] = target_verdicts(info, rows)
+    lines += ["", "Issue 5's targets, as this run measured them:", ""]
+    lines += _table(info["targets"], ["target", "measured", "verdict"])
+    text = "\n".join(lines) + "\n\n"
+    print(text)
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write(text)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

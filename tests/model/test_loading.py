@@ -1,0 +1,110 @@
+"""Model loading: the diffusers layout from a folder, an fsspec URI and `tiny`; safetensors only by default."""
+
+import shutil
+
+import fsspec
+import pytest
+import torch
+
+from v2v.model.loading import (
+    ModelError,
+    load_components,
+    model_fingerprint,
+    scheduler_class,
+)
+from v2v.model.tiny import build_tiny_components, save_components
+
+
+def test_tiny_loads_through_the_folder_layout(tiny):
+    assert (tiny.folder / "model_index.json").exists()
+    assert (tiny.folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert type(tiny.unet).__name__ == "UNet3DConditionModel"
+    assert (tiny.width, tiny.height, tiny.frames) == (64, 64, 8)
+    assert tiny.vae_scale_factor == 8
+    # weights are the fixed-seed ones: building again gives the same tensors
+    fresh = build_tiny_components()["unet"].state_dict()
+    for k, v in tiny.unet.state_dict().items():
+        assert torch.equal(v, fresh[k]), k
+
+
+def test_text_to_video_folder_loads_too(tmp_path):
+    save_components(build_tiny_components(), tmp_path / "m", pipeline_class="TextToVideoSDPipeline")
+    c = load_components(str(tmp_path / "m"), scheduler="euler")
+    assert type(c.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert c.scheduler.config.beta_end == 0.012  # built from the folder's config
+
+
+def test_fsspec_uri_is_copied_once_into_cache(tiny, tmp_path):
+    fs = fsspec.filesystem("memory")
+    fs.put(str(tiny.folder), "/models/tiny", recursive=True)
+    c = load_components("memory://models/tiny", cache_dir=tmp_path / "cache", dtype="bfloat16")
+    assert c.folder.is_relative_to(tmp_path / "cache")
+    assert c.unet.dtype == torch.bfloat16
+    assert model_fingerprint(c.folder) == model_fingerprint(tiny.folder)
+    fs.rm("/models/tiny", recursive=True)  # second load comes from the cache
+    assert load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder == c.folder
+
+
+def test_fingerprint_is_cached_until_a_file_changes(tiny, tmp_path):
+    import shutil as sh
+
+    m = tmp_path / "m"
+    sh.copytree(tiny.folder, m)
+    first = model_fingerprint(m, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c" / "fingerprints").iterdir())) == 1
+    assert model_fingerprint(m, cache_dir=tmp_path / "c") == first
+    (m / "scheduler" / "scheduler_config.json").write_text("{}")  # changed content: hashed again
+    assert model_fingerprint(m, cache_dir=tmp_path / "c") != first
+
+
+def test_missing_component_is_named(tiny, tmp_path):
+    shutil.copytree(tiny.folder, tmp_path / "m")
+    shutil.rmtree(tmp_path / "m" / "vae")
+    with pytest.raises(ModelError, match=r"missing component\(s\) \['vae'\]"):
+        load_components(str(tmp_path / "m"))
+
+
+def test_pickled_weights_refused_unless_allowed(tiny, tmp_path):
+    m = tmp_path / "m"
+    shutil.copytree(tiny.folder, m)
+    sd = tiny.unet.state_dict()
+    (m / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(sd, m / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(ModelError, match="only pickled weights"):
+        load_components(str(m))
+    c = load_components(str(m), allow_pickle=True)
+    assert torch.equal(c.unet.state_dict()["conv_in.weight"], sd["conv_in.weight"])
+
+
+def test_unknown_model_and_scheduler(tmp_path):
+    with pytest.raises(ModelError, match="no such folder"):
+        load_components(str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match="scheduler 'warp' is unknown"):
+        scheduler_class("warp")
+    with pytest.raises(ModelError, match="not fetchable"):
+        load_components("someorg/somemodel", cache_dir=tmp_path)  # HF_HUB_OFFLINE=1 in tests
+
+
+def test_check_model_refuses_what_no_actor_could_load(tiny, tmp_path):
+    """The driver's check before a job runs: no weights read, nothing downloaded."""
+    from v2v.model.loading import check_model
+
+    for ok in ("tiny", str(tiny.folder), f"file://{tiny.folder}", "someorg/somemodel"):
+        check_model(ok, "dpm")
+    with pytest.raises(ModelError, match="no such folder"):
+        check_model(str(tmp_path / "typo"))
+    with pytest.raises(ModelError, match="no model_index.json there"):
+        check_model(str(tmp_path))  # a folder, but not a diffusers one
+    with pytest.raises(ModelError, match="scheduler 'dpm2' is unknown"):
+        check_model("tiny", "dpm2")
+
+
+def test_job_stops_at_a_mistyped_model_before_it_runs(tmp_path):
+    """Before: the path passed the driver (planned with the zeroscope geometry) and failed in every actor."""
+    from v2v.config import JobConfig
+    from v2v.job.pipeline import run_job
+
+    cfg = JobConfig(manifest=str(tmp_path / "absent.csv"), output=str(tmp_path / "out"), model=str(tmp_path / "typo"))
+    with pytest.raises(ModelError, match="typo'?: no such folder"):
+        run_job(cfg, log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,231 @@
+"""Read and check a manifest (Parquet, CSV, JSON Lines; file, folder or glob; any fsspec filesystem).
+
+Every problem is found before any model loads and reported at once, row by row. The result is one Arrow
+table with normalized columns (see NORMALIZED) plus the user's pass-through columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import posixpath
+
+import pyarrow as pa
+
+from v2v.core.storage import safe_name, url_to_fs
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json",
+           ".json": "json"}
+
+# Column -> (Arrow type, description). `video` and `prompt` are required (prompt unless a default is given).
+NORMALIZED = {
+    "id": pa.string(),
+    "video": pa.string(),
+    "prompt": pa.string(),
+    "negative_prompt": pa.string(),
+    "seed": pa.int64(),  # null: derived from (job seed, id, clip index)
+    "strength": pa.float64(),
+    "num_inference_steps": pa.int64(),
+    "guidance_scale": pa.float64(),
+    "start_s": pa.float64(),
+    "end_s": pa.float64(),
+}
+MAX_PROMPT_CHARS = 10_000  # far past the text encoder's 77 tokens; longer is surely not a prompt
+MAX_ERRORS_SHOWN = 20
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message lists the offending rows and fields."""
+
+
+def _files(uri: str) -> tuple[object, list[str]]:
+    fs, path = url_to_fs(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if any(ch in path for ch in "*?["):
+        files = sorted(fs.glob(path))
+    elif fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if posixpath.splitext(p)[1].lower() in FORMATS
+                       and not posixpath.basename(p).startswith((".", "_")))
+    elif fs.exists(path):
+        files = [path]
+    else:
+        raise ManifestError(f"manifest {uri}: not found")
+    if not files:
+        raise ManifestError(f"manifest {uri}: no .parquet, .csv or .jsonl files there")
+    unknown = [f for f in files if posixpath.splitext(f)[1].lower() not in FORMATS]
+    if unknown:
+        raise ManifestError(f"manifest {unknown[0]}: unknown format; use .parquet, .csv or .jsonl")
+    return fs, [f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files]
+
+
+def _read_one(fs, uri: str) -> pa.Table:
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    _, path = url_to_fs(uri)
+    kind = FORMATS[posixpath.splitext(path)[1].lower()]
+    try:
+        with fs.open(path, "rb") as f:
+            if kind == "parquet":
+                return pq.read_table(f)
+            if kind == "csv":
+                # Types are inferred; values are checked below with row numbers either way.
+                return pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+            return pjson.read_json(f)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest {uri}: cannot be read as {kind} ({e})") from e
+
+
+def read_manifest(uri: str) -> tuple[pa.Table, list[str]]:
+    """All rows of all manifest files, and for each row the folder its relative video paths resolve against."""
+    fs, files = _files(uri)
+    tables, bases = [], []
+    for f in files:
+        t = _read_one(fs, f)
+        tables.append(t)
+        bases += [posixpath.dirname(f)] * t.num_rows
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ManifestError(f"manifest {uri}: its files disagree on column types ({e})") from e
+    return table, bases
+
+
+def _resolve_video(video: str, base: str) -> str:
+    if "://" in video or posixpath.isabs(video):
+        return video
+    return posixpath.normpath(posixpath.join(base, video)) if "://" not in base else base + "/" + video
+
+
+def _as_float(v):
+    if v is None or (isinstance(v, str) and v.strip() == ""):
+        return None
+    if isinstance(v, bool):
+        raise ValueError("a boolean")
+    return float(v)
+
+
+def _as_int(v):
+    if v is None or (isinstance(v, str) and v.strip() == ""):
+        return None
+    if isinstance(v, bool):
+        raise ValueError("a boolean")
+    f = float(v)
+    if not math.isfinite(f) or f != int(f):
+        raise ValueError(f"not an integer ({v!r})")
+    return int(f)
+
+
+def _default_id(video: str, content: tuple) -> str:
+    stem = safe_name(posixpath.splitext(posixpath.basename(video))[0], 40)
+    return f"{stem}-{hashlib.sha256(repr(content).encode()).hexdigest()[:8]}"
+
+
+def load_manifest(uri: str, cfg) -> pa.Table:
+    """Read, check and normalize the manifest against the job's defaults. Raises ManifestError."""
+    from v2v.core.index import INDEX_SCHEMA
+
+    raw, bases = read_manifest(uri)
+    cols = {name: raw.column(name).to_pylist() for name in raw.column_names}
+    n = raw.num_rows
+    errors: list[str] = []
+    if n == 0:
+        raise ManifestError(f"manifest {uri}: no rows")
+    if "video" not in cols:
+        raise ManifestError(f"manifest {uri}: required column 'video' is missing (columns: {raw.column_names})")
+    if "prompt" not in cols and cfg.prompt is None:
+        raise ManifestError(f"manifest {uri}: column 'prompt' is missing and no default prompt (--prompt) is set")
+    reserved = sorted(set(cols) & set(INDEX_SCHEMA.names) - set(NORMALIZED))
+    if reserved:
+        raise ManifestError(f"manifest {uri}: column(s) {reserved} are written by v2v into the index; rename them")
+
+    out: dict[str, list] = {k: [] for k in NORMALIZED}
+    defaults = {"negative_prompt": cfg.negative_prompt, "strength": cfg.strength,
+                "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    seen_content: dict[tuple, int] = {}
+    row_ids: list[tuple[int, str]] = []  # (row number, id) of every row whose id is known
+    for i in range(n):
+        row = {k: cols[k][i] for k in cols}
+        where = f"row {i}" + (f" (id {row['id']!r})" if row.get("id") not in (None, "") else "")
+        bad = []
+        video = row.get("video")
+        if not isinstance(video, str) or not video.strip():
+            bad.append("video: missing or not a string")
+            video = ""
+        prompt = row.get("prompt")
+        if prompt is None or (isinstance(prompt, float) and math.isnan(prompt)):
+            prompt = cfg.prompt
+        if prompt is None:
+            bad.append("prompt: missing and no default prompt")
+        elif not isinstance(prompt, str):
+            bad.append(f"prompt: not a string ({type(prompt).__name__})")
+        elif len(prompt) > MAX_PROMPT_CHARS:
+            bad.append(f"prompt: {len(prompt)} characters (at most {MAX_PROMPT_CHARS})")
+        neg = row.get("negative_prompt")
+        neg = defaults["negative_prompt"] if neg is None else neg
+        if not isinstance(neg, str) or len(neg) > MAX_PROMPT_CHARS:
+            bad.append("negative_prompt: not a string of at most 10000 characters")
+        vals = {}
+        for name, conv, ok, want in [
+            ("seed", _as_int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
+            ("strength", _as_float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+            ("num_inference_steps", _as_int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
+            ("guidance_scale", _as_float, lambda v: math.isfinite(v) and -1e4 < v < 1e4, "a finite number"),
+            ("start_s", _as_float, lambda v: 0 <= v < 1e9, "a number >= 0"),
+            ("end_s", _as_float, lambda v: 0 < v < 1e9, "a number > 0"),
+        ]:
+            try:
+                v = conv(row.get(name))
+            except (TypeError, ValueError) as e:
+                bad.append(f"{name}: {row.get(name)!r} is not {want} ({e})")
+                continue
+            if v is not None and (isinstance(v, float) and math.isnan(v) or not ok(v)):
+                bad.append(f"{name}: {row.get(name)!r} is not {want}")
+                continue
+            vals[name] = defaults.get(name) if v is None else v
+        if vals.get("start_s") is not None and vals.get("end_s") is not None and vals["end_s"] <= vals["start_s"]:
+            bad.append(f"end_s: {vals['end_s']} is not after start_s {vals['start_s']}")
+        if "strength" in vals and "num_inference_steps" in vals and int(vals["strength"] * vals["num_inference_steps"]) < 1:
+            bad.append("strength x num_inference_steps < 1 leaves no denoising step")
+        rid = row.get("id")
+        if rid is not None and not isinstance(rid, str):
+            rid = str(rid)
+        if rid is not None and (not rid.strip() or len(rid) > 200):
+            bad.append("id: empty or longer than 200 characters")
+        if bad:
+            errors += [f"{where}: {b}" for b in bad]
+            if rid is not None:
+                row_ids.append((i, rid))
+            continue
+        resolved = _resolve_video(video, bases[i])
+        if rid is None:
+            content = (video, prompt, neg, vals.get("seed"), vals["strength"], vals["num_inference_steps"],
+                       vals["guidance_scale"], vals.get("start_s"), vals.get("end_s"))
+            k = seen_content.get(content, 0) + 1
+            seen_content[content] = k
+            rid = _default_id(video, content) + (f"-{k}" if k > 1 else "")
+        row_ids.append((i, rid))
+        out["id"].append(rid)
+        out["video"].append(resolved)
+        out["prompt"].append(prompt)
+        out["negative_prompt"].append(neg)
+        for name in ("seed", "strength", "num_inference_steps", "guidance_scale", "start_s", "end_s"):
+            out[name].append(vals.get(name))
+    by_folder: dict[str, list[tuple[int, str]]] = {}
+    for i, rid in row_ids:
+        by_folder.setdefault(safe_name(rid, 120), []).append((i, rid))
+    for folder, hits in by_folder.items():
+        if len(hits) > 1:
+            same = len({rid for _, rid in hits}) == 1
+            errors.append(f"rows {[i for i, _ in hits]}: duplicate id {hits[0][1]!r}"
+                          + ("" if same else f" (ids {[rid for _, rid in hits]} map to the same folder {folder!r})"))
+    if errors:
+        shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
+        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise ManifestError(f"manifest {uri}: {len(errors)} problem(s); nothing was run:\n  {shown}{more}")
+    table = pa.table({k: pa.array(v, type=NORMALIZED[k]) for k, v in out.items()})
+    for name in raw.column_names:
+        if name not in NORMALIZED:
+            table = table.append_column(name, raw.column(name).combine_chunks())
+    return table

@@ -1,0 +1,201 @@
+"""The job's stages as plain callables on batches of rows (dicts of columns). Ray wraps them in pipeline.py.
+
+One clip's path: core.plan.plan_rows (probe + plan) -> decode -> Restyle (actor, holds the model) -> encode.
+Each stage takes the columns it needs and adds its own; a clip that fails carries its `error` onward and
+later stages pass it through untouched. Bad inputs become errors on rows; programmer errors raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+
+from v2v.config import JobConfig
+from v2v.job.resources import Resources, auto_dtype
+from v2v.core.index import clip_path
+from v2v.core.storage import join
+from v2v.core.video import VideoError, decode_clip, write_video
+
+logger = logging.getLogger(__name__)
+
+def decode(batch: dict, resize: str) -> dict:
+    """Decode each clip's planned frames: adds `frames` uint8 (F, H, W, 3) and `decode_s`."""
+    frames, secs, errors = [], [], _errors(batch)
+    for i in range(len(batch["id"])):
+        t0 = time.perf_counter()
+        n, h, w = int(batch["num_frames"][i]), int(batch["height"][i]), int(batch["width"][i])
+        arr = np.zeros((0, h, w, 3), np.uint8)
+        if errors[i] is None:
+            times = [(int(batch["start_frame"][i]) + k) / float(batch["fps"][i]) for k in range(n)]
+            try:
+                arr = decode_clip(batch["video"][i], times, w, h, resize)
+            except VideoError as e:
+                errors[i] = f"decode: {e}"
+        frames.append(arr)
+        secs.append(time.perf_counter() - t0)
+    return {**batch, "frames": _column(frames), "decode_s": np.array(secs), "error": np.array(errors, object)}
+
+
+def _errors(batch: dict) -> list:
+    """The batch's error column as str-or-None (Ray hands an all-null string column over as NaN floats)."""
+    return [e if isinstance(e, str) else None for e in batch["error"]]
+
+
+def _column(arrays: list[np.ndarray]):
+    """A batch column of per-row arrays: one stacked array if shapes agree, else an object array."""
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    out = np.empty(len(arrays), object)
+    out[:] = arrays
+    return out
+
+
+class Restyle:
+    """The GPU stage: loads the model once per actor, restyles clips `batch_size` at a time.
+
+    res: what `job.resources` decided for this cluster (device, dtype, threads, batch invariance, speed switches).
+    """
+
+    def __init__(self, cfg: JobConfig, res: Resources):
+        import torch
+
+        from v2v.model.loading import load_components
+        from v2v.speed import apply_speed_settings, warm_up
+
+        torch.set_num_threads(res.torch_threads)
+        self.cfg = cfg
+        self.batch_invariant = res.batch_invariant
+        # Seconds per start-up phase (logged; the benchmark's start-up rows show them): an actor's start is
+        # mostly host CPU work (loading, tracing, compiling or loading cached kernels).
+        self.start_s: dict[str, float] = {}
+        with self._phase("imports"):  # diffusers and transformers: seconds on their own, apart from the load
+            from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: F401
+            from transformers import CLIPTextModel  # noqa: F401
+        dtype = res.dtype
+        if cfg.dtype == "auto" and res.device == "cuda":  # the driver assumed native bf16; this card may lack it
+            dtype = auto_dtype("cuda", bf16_native=torch.cuda.is_bf16_supported(including_emulation=False))
+        with self._phase("load"):
+            self.components = c = load_components(cfg.model, device=res.device, dtype=dtype,
+                                                  scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
+        # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
+        unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
+        with self._phase("switches"):
+            self.stored = apply_speed_settings(c, res.speed, unet_batch=unet_batch, vae_chunk=cfg.vae_chunk,
+                                               shared_cache=cfg.shared_compile_cache)
+        if res.speed.compile:  # compile (or load the stored parts) now, not inside the first batch
+            width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
+            for part, secs in warm_up(c, unet_batch, frames, height, width).items():
+                self.start_s[f"warm_up_{part}"] = secs
+        with self._phase("fingerprint"):  # cached on disk; already taken where stored compiled parts are keyed by it
+            self.model_sha256 = c.sha256
+        logger.info("restyle actor ready: %s", self.start_report())
+        self.scheduler_name = type(self.components.scheduler).__name__
+        # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None
+        self.worker = f"{socket.gethostname()}/{os.getpid()}" + (f"/gpu{gpu}" if gpu else "")
+
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.start_s[name] = time.perf_counter() - t0
+
+    def start_report(self) -> str:
+        """Where the start went, and what each stored compiled part did (built, fetched, loaded or failed over)."""
+        from v2v.speed import stored_status
+
+        report = ", ".join(f"{k} {v:.1f} s" for k, v in self.start_s.items())
+        if self.stored:
+            report += "; stored parts: " + ", ".join(f"{k} {v}" for k, v in stored_status(self.stored).items())
+        shared = next((p.shared for p in self.stored.values() if p.shared), None)
+        if shared and shared.summary():
+            report += f"; shared compile cache: {shared.summary()}"
+        return report
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from v2v.model.sampler import ClipSettings, SamplerInputError, restyle, to_uint8_checked
+
+        n = len(batch["id"])
+        errors = _errors(batch)
+        frames_in = list(batch["frames"])
+        frames_out: list[np.ndarray] = list(frames_in)
+        secs = np.zeros(n)
+        started, ended = np.full(n, np.nan), np.full(n, np.nan)  # unix times of the clip's batch
+        todo = [i for i in range(n) if errors[i] is None]
+        by_shape: dict[tuple, list[int]] = {}
+        for i in todo:
+            by_shape.setdefault(frames_in[i].shape, []).append(i)
+        for idx in by_shape.values():
+            groups = [idx]
+            while groups:
+                g = groups.pop()
+                clips = [ClipSettings(prompt=batch["prompt"][i], seed=int(batch["seed"][i]),
+                                      negative_prompt=batch["negative_prompt"][i] or "",
+                                      strength=float(batch["strength"][i]),
+                                      num_inference_steps=int(batch["num_inference_steps"][i]),
+                                      guidance_scale=float(batch["guidance_scale"][i]), eta=self.cfg.eta,
+                                      name=f"{batch['id'][i]}/{int(batch['clip_index'][i]):05d}") for i in g]
+                video = torch.from_numpy(np.stack([frames_in[i] for i in g]))
+                t0, wall0 = time.perf_counter(), time.time()
+                try:
+                    frames = restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
+                                     vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant,
+                                     output="device_frames")
+                    out, bad = to_uint8_checked(frames)
+                except (SamplerInputError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
+                    if len(g) > 1:  # isolate the clip that fails; the others still get restyled
+                        groups += [[i] for i in g]
+                        continue
+                    errors[g[0]] = f"restyle: {type(e).__name__}: {e}"
+                    continue
+                elapsed = time.perf_counter() - t0
+                # A clip whose output holds NaN would be written as black frames and pass as ok: its row fails
+                # instead. Clips of one forward do not mix, so its batch-mates stand.
+                for j, i in enumerate(g):
+                    if j in bad:
+                        errors[i] = (f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
+                                     "float16 can overflow where bfloat16 and float32 do not, else the model's "
+                                     "weights or this clip's prompt embedding hold them")
+                        continue
+                    frames_out[i] = out[j]
+                    secs[i] = elapsed / len(g)
+                    started[i], ended[i] = wall0, wall0 + elapsed
+        return {**batch, "frames": _column(frames_out), "restyle_s": secs, "restyle_started_at": started,
+                "restyle_finished_at": ended, "worker": np.array([self.worker] * n, object),
+                "error": np.array(errors, object),
+                "scheduler": np.array([self.scheduler_name] * n, object),
+                "model_sha256": np.array([self.model_sha256] * n, object)}
+
+
+def encode(batch: dict, cfg: JobConfig) -> dict:
+    """Write each restyled clip to clips/<id>/<clip>.<ext> atomically; drops the frames."""
+    n = len(batch["id"])
+    errors = _errors(batch)
+    outputs, shas, sizes, secs, status = [None] * n, [None] * n, [None] * n, np.zeros(n), ["failed"] * n
+    for i in range(n):
+        if errors[i] is not None:
+            continue
+        rel = clip_path(batch["id"][i], int(batch["clip_index"][i]), cfg.codec)
+        t0 = time.perf_counter()
+        try:
+            span = (float(batch["start_s"][i]), float(batch["end_s"][i]))
+            sha, size = write_video(batch["frames"][i], join(cfg.output, rel), float(batch["fps"][i]),
+                                    cfg.codec, cfg.crf, cfg.preset,
+                                    audio_from=batch["video"][i] if cfg.audio else None, audio_span=span)
+        except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store, encoder
+            errors[i] = f"encode: {type(e).__name__}: {e}"
+            continue
+        outputs[i], shas[i], sizes[i], status[i] = rel, sha, size, "ok"
+        secs[i] = time.perf_counter() - t0
+    out = {k: v for k, v in batch.items() if k != "frames"}
+    out.update(output=np.array(outputs, object), output_sha256=np.array(shas, object),
+               output_bytes=np.array(sizes, object), encode_s=secs, error=np.array(errors, object),
+               status=np.array(status, object))
+    return out

@@ -1,0 +1,1 @@
+"""The model: loading a diffusers folder (or the embedded tiny model) and the batched sampler."""

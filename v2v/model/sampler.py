@@ -1,0 +1,369 @@
+"""The batched video-to-video sampler: B clips, one UNet forward per step, each clip with its own generator.
+
+Numerically this is diffusers' deprecated `VideoToVideoSDPipeline` run once per clip: the same
+preprocessing, the same strength -> start timestep rule, the same random draws from each clip's own CPU
+generator in the same order and layout (VAE posterior sample, initial noise, scheduler noise). What differs is
+that B clips share every UNet forward (cond and uncond together), and the VAE runs in frame chunks.
+
+Every function here is plain tensors in, tensors out; Ray only wraps `restyle`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class SamplerInputError(ValueError):
+    """Inputs the sampler cannot run on; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """How one clip is restyled. `name` only appears in messages (e.g. "clip3 / 00002")."""
+
+    prompt: str
+    seed: int
+    negative_prompt: str = ""
+    strength: float = 0.6
+    num_inference_steps: int = 40
+    guidance_scale: float = 15.0
+    eta: float = 0.0  # DDIM's eta; ignored by schedulers that take none
+    name: str = ""
+
+
+# 1. Checks ---------------------------------------------------------------------------------------------
+
+
+def check_inputs(video: torch.Tensor, clips: list[ClipSettings], vae_scale_factor: int) -> None:
+    if not isinstance(video, torch.Tensor):
+        raise SamplerInputError(f"video must be a torch.Tensor, got {type(video).__name__}; use torch.from_numpy")
+    if len(clips) == 0:
+        raise SamplerInputError("no clips given")
+    if video.shape[0] != len(clips):
+        raise SamplerInputError(f"video holds {video.shape[0]} clips but {len(clips)} clip settings were given")
+    if video.dtype == torch.uint8:
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise SamplerInputError(f"uint8 frames must be (B, F, H, W, 3) RGB, got shape {tuple(video.shape)}")
+        h, w = video.shape[2], video.shape[3]
+        if h % vae_scale_factor or w % vae_scale_factor:
+            fix_h = max(vae_scale_factor, round(h / vae_scale_factor) * vae_scale_factor)
+            fix_w = max(vae_scale_factor, round(w / vae_scale_factor) * vae_scale_factor)
+            raise SamplerInputError(
+                f"frame size {w}x{h} (WxH) is not a multiple of {vae_scale_factor}; resize to {fix_w}x{fix_h}"
+            )
+    elif video.is_floating_point():
+        if video.ndim != 5 or video.shape[1] != 4:
+            raise SamplerInputError(f"latents must be (B, 4, F, h, w) floats, got shape {tuple(video.shape)}")
+        if torch.isnan(video).any():
+            raise SamplerInputError("latents contain NaN")
+    else:
+        raise SamplerInputError(f"video must be uint8 frames or float latents, got dtype {video.dtype}")
+    if video.shape[1 if video.dtype == torch.uint8 else 2] < 1:
+        raise SamplerInputError("a clip needs at least one frame")
+    for i, c in enumerate(clips):
+        who = c.name or f"clip {i}"
+        if not isinstance(c.strength, (int, float)) or math.isnan(c.strength) or not 0 < c.strength <= 1:
+            raise SamplerInputError(f"{who}: strength must be in (0, 1], got {c.strength}")
+        if not isinstance(c.num_inference_steps, int) or c.num_inference_steps < 1:
+            raise SamplerInputError(f"{who}: num_inference_steps must be an integer >= 1, got {c.num_inference_steps}")
+        if int(c.num_inference_steps * c.strength) < 1:
+            raise SamplerInputError(
+                f"{who}: strength {c.strength} x {c.num_inference_steps} steps leaves no denoising step; "
+                f"raise either so that their product is at least 1"
+            )
+        if not math.isfinite(c.guidance_scale):
+            raise SamplerInputError(f"{who}: guidance_scale must be finite, got {c.guidance_scale}")
+        if not isinstance(c.seed, int) or not 0 <= c.seed < 2**64:
+            raise SamplerInputError(f"{who}: seed must be an integer in [0, 2**64), got {c.seed!r}")
+        if not isinstance(c.prompt, str) or not isinstance(c.negative_prompt, str):
+            raise SamplerInputError(f"{who}: prompt and negative_prompt must be strings")
+
+
+# 2. Text ------------------------------------------------------------------------------------------------
+
+
+def _tokenize(tokenizer, texts: list[str], names: list[str]) -> torch.Tensor:
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    for text, name in zip(texts, names):
+        n = len(tokenizer(text).input_ids)
+        if n > tokenizer.model_max_length:
+            logger.warning("%s: prompt has %d tokens; truncated to the text encoder's %d: %r", name, n,
+                           tokenizer.model_max_length, text[:80])
+    return ids  # (B, 77)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts: list[str] | None,
+                   clip_skip: int | None = None, names: list[str] | None = None):
+    """(B, 77, D) prompt embeddings and, if negative prompts are given, (B, 77, D) negative ones.
+
+    As in the reference, `clip_skip` applies to the prompt only; negative prompts use the last layer.
+    """
+    names = names or [f"clip {i}" for i in range(len(prompts))]
+    device = text_encoder.device
+    ids = _tokenize(tokenizer, prompts, names).to(device)
+    if clip_skip is None:
+        cond = text_encoder(ids)[0]
+    else:
+        layers = text_encoder.config.num_hidden_layers
+        if not 0 <= clip_skip < layers:
+            raise SamplerInputError(f"clip_skip must be in [0, {layers}) for this text encoder of {layers} layers, "
+                                    f"got {clip_skip}")
+        # hidden_states: the embeddings, then each layer's output; the last layer's output is
+        # last_hidden_state before the final norm, so clip_skip 0 gives the same as None.
+        hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        # transformers 5 keeps CLIPTextModel's parts on the model itself; 4.x under .text_model (the reference's
+        # path, which therefore fails with clip_skip on transformers 5)
+        cond = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+    if negative_prompts is None:
+        return cond, None
+    neg_ids = _tokenize(tokenizer, negative_prompts, [f"{n} (negative)" for n in names]).to(device)
+    return cond, text_encoder(neg_ids)[0]
+
+
+# 3. Timesteps --------------------------------------------------------------------------------------------
+
+
+def schedule(base_scheduler, num_inference_steps: int, strength: float):
+    """A fresh scheduler for one clip, set to start where `strength` says, and its timesteps.
+
+    strength 1 runs all steps from pure noise; strength s skips the first (1 - s) of them.
+    """
+    sched = copy.deepcopy(base_scheduler)
+    sched.set_timesteps(num_inference_steps, device="cpu")
+    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init_timestep, 0)
+    timesteps = sched.timesteps[t_start * sched.order :]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(t_start * sched.order)
+    return sched, timesteps
+
+
+def _step_kwargs(sched, generator, eta: float) -> dict:
+    params = set(inspect.signature(sched.step).parameters)
+    kw = {}
+    if "eta" in params:
+        kw["eta"] = eta
+    if "generator" in params:
+        kw["generator"] = generator
+    return kw
+
+
+# 4. VAE --------------------------------------------------------------------------------------------------
+
+
+def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1], the reference preprocessing exactly."""
+    x = frames.to(torch.float32) / 255.0
+    return (2.0 * x - 1.0).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixels: torch.Tensor, chunk: int):
+    """VAE posterior of (F, 3, H, W) pixels, encoded `chunk` frames at a time; one distribution over F."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    params = [vae.encode(pixels[i : i + chunk]).latent_dist.parameters for i in range(0, pixels.shape[0], chunk)]
+    return DiagonalGaussianDistribution(torch.cat(params))  # mean/logvar of (F, 4, h, w)
+
+
+@torch.no_grad()
+def decode_frames(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, 4, F, h, w) latents -> float32 (B, F, H, W, 3) frames in [0, 1] on the VAE's device, `chunk` frames
+    per VAE call."""
+    b, c, f, h, w = latents.shape
+    flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    images = torch.cat([vae.decode(flat[i : i + chunk]).sample.float() for i in range(0, b * f, chunk)])
+    images = (images / 2 + 0.5).clamp(0, 1)  # (B*F, 3, H, W)
+    return images.reshape(b, f, *images.shape[1:]).permute(0, 1, 3, 4, 2)
+
+
+def nonfinite_clips(frames: torch.Tensor) -> list[int]:
+    """Indices along dim 0 of the clips that hold a NaN or an infinity anywhere, e.g. (B, F, H, W, 3) frames.
+
+    One float32 sum per clip carries any of them (NaN stays NaN; +inf and -inf give inf or NaN): 6 ms for 4
+    clips of 24 x 320 x 576 x 3 frames on one CPU thread, where `isfinite` over every value takes 200 ms. (A sum
+    of finite values past float32's range would count too; frames lie in [0, 1].) Decoded frames come clamped to
+    [0, 1], which keeps NaN, so NaN latents (float16 overflow in the UNet or the VAE, NaN weights) show here.
+    """
+    per_clip = frames.sum(dim=tuple(range(1, frames.ndim)))  # any layout (decoded frames are a permuted view)
+    return (~torch.isfinite(per_clip)).nonzero().flatten().tolist()
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """float frames in [0, 1] -> uint8 on the CPU, rounded as the reference's postprocessing rounds (NaN would
+    turn into 0: black; check `nonfinite_clips` first).
+
+    Converted where the frames are: from a GPU a quarter of the bytes cross to the host, into pinned memory
+    (torch's host allocator reuses the block from call to call). Copied as float32 into fresh pageable memory
+    and converted on the CPU, the actor's call took measurably longer (benchmarks/RESULTS.md); the bytes are the
+    same (IEEE multiply, round half to even).
+    """
+    u8 = (frames * 255).round().to(torch.uint8)
+    if u8.device.type == "cpu":
+        return u8.numpy()
+    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+    return host.copy_(u8).numpy()
+
+
+def to_uint8_checked(frames: torch.Tensor) -> tuple[np.ndarray, list[int]]:
+    """What the job does with restyled frames (B, F, H, W, 3), on their device: (uint8 frames on the CPU, the
+    indices of the clips that hold NaN or infinities, whose frames mean nothing)."""
+    return to_uint8(frames), nonfinite_clips(frames)
+
+
+# 5. Latents ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def prepare_latents(vae, sched, video: torch.Tensor, timestep: torch.Tensor, generator: torch.Generator,
+                    dtype: torch.dtype, chunk: int) -> torch.Tensor:
+    """One clip's noised starting latents (1, 4, F, h, w).
+
+    `video` is uint8 (F, H, W, 3) frames, or float (4, F, h, w) latents that skip the VAE. Draws, in order,
+    from `generator`: the posterior sample (F, 4, h, w), then the noise (F, 4, h, w).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device = vae.device
+    if video.dtype == torch.uint8:
+        pixels = frames_to_pixels(video).to(device=device, dtype=dtype)
+        init = encode_posterior(vae, pixels, chunk).sample(generator) * vae.config.scaling_factor
+    else:
+        init = video.to(device=device, dtype=dtype).permute(1, 0, 2, 3)  # (4, F, h, w) -> (F, 4, h, w)
+    noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+    noised = sched.add_noise(init, noise, timestep[:1])
+    return noised.permute(1, 0, 2, 3).unsqueeze(0)  # (F, 4, h, w) -> (1, 4, F, h, w)
+
+
+# 6. Denoising --------------------------------------------------------------------------------------------
+
+
+def takes_pairs(unet) -> bool:
+    """Whether `unet`'s forward takes a guided step's latents once beside its 2B embeddings (the speed layer's
+    shared_prefix sets `takes_pairs` on the forward it installs), rather than stacked twice."""
+    return getattr(unet.forward, "takes_pairs", False)
+
+
+def guided_latents(unet, latents: torch.Tensor) -> torch.Tensor:
+    """A guided step's latents (B, C, F, h, w) as `unet`'s forward takes them beside its 2B embeddings: once
+    where it takes pairs, else stacked twice (2B, ...) for the unconditional and the text halves."""
+    return latents if takes_pairs(unet) else torch.cat([latents, latents])
+
+
+
+def _predict_noise(unet, scaled: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+    """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) -> (2B, ...) uncond/text predictions
+    (or (B, ...) text predictions without guidance)."""
+    if uncond is None:
+        return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
+    embeddings = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them
+    # the latents twice, or once where the UNet shares the layers before the embeddings enter (`shared_prefix`)
+    return unet(guided_latents(unet, scaled), t, encoder_hidden_states=embeddings, return_dict=False)[0]
+
+
+@torch.no_grad()
+def denoise(unet, scheds: list, timesteps: torch.Tensor, latents: torch.Tensor, cond: torch.Tensor,
+            uncond: torch.Tensor | None, guidance: torch.Tensor, step_kwargs: list[dict],
+            batch_invariant: bool = False) -> torch.Tensor:
+    """Run B clips that share `timesteps` to the end: one UNet forward per step for all of them.
+
+    latents (B, 4, F, h, w); cond/uncond (B, 77, D); guidance (B,). Each clip steps its own scheduler with
+    its own generator, so its draws do not depend on the others. Batched matrix kernels round differently
+    for different batch sizes (~1e-5 in float32); `batch_invariant` runs one forward per clip instead, so a
+    clip's bits never depend on its neighbours (what lossless outputs across batch sizes need).
+    """
+    cfg = uncond is not None
+    g = guidance.to(latents.device, latents.dtype).view(-1, 1, 1, 1, 1)
+    for t in timesteps:
+        scaled = torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(scheds)])
+        if batch_invariant:
+            preds = [_predict_noise(unet, scaled[i : i + 1], t, cond[i : i + 1],
+                                    uncond[i : i + 1] if cfg else None) for i in range(len(scheds))]
+            noise_pred = torch.cat([p.chunk(2)[k] for k in range(2) for p in preds]) if cfg else torch.cat(preds)
+        else:
+            noise_pred = _predict_noise(unet, scaled, t, cond, uncond)
+        if cfg:
+            noise_uncond, noise_text = noise_pred.chunk(2)
+            noise_pred = noise_uncond + g * (noise_text - noise_uncond)
+        stepped = []
+        for i, s in enumerate(scheds):
+            # (1, 4, F, h, w) -> (F, 4, h, w): the scheduler sees frames as a batch of images
+            x = latents[i].permute(1, 0, 2, 3)
+            eps = noise_pred[i].permute(1, 0, 2, 3)
+            x = s.step(eps, t, x, **step_kwargs[i]).prev_sample
+            stepped.append(x.permute(1, 0, 2, 3))
+        latents = torch.stack(stepped)
+    return latents
+
+
+# 7. The whole thing --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def restyle(components, video: torch.Tensor, clips: list[ClipSettings], *, scheduler=None,
+            clip_skip: int | None = None, vae_chunk: int = 8, output: str = "frames",
+            batch_invariant: bool = False) -> torch.Tensor:
+    """Restyle B clips together.
+
+    video: uint8 (B, F, H, W, 3) RGB frames, or float (B, 4, F, h, w) latents (the VAE encode is skipped).
+    Returns float32 (B, F, H, W, 3) frames in [0, 1] on the CPU; with output="device_frames" the same on the
+    model's device (for `to_uint8_checked`, as the job does); with output="latents" the final (B, 4, F, h, w)
+    latents. Clips with different step counts, strengths or guidance on/off run in groups.
+    """
+    if output not in ("frames", "device_frames", "latents"):
+        raise SamplerInputError(f"output must be 'frames', 'device_frames' or 'latents', got {output!r}")
+    if vae_chunk < 1:
+        raise SamplerInputError(f"vae_chunk must be >= 1, got {vae_chunk}")
+    check_inputs(video, clips, components.vae_scale_factor)
+    unet, vae = components.unet, components.vae
+    dtype = unet.dtype
+    base = scheduler if scheduler is not None else components.scheduler
+    names = [c.name or f"clip {i}" for i, c in enumerate(clips)]
+    cfg = [c.guidance_scale > 1.0 for c in clips]
+
+    # Text for all B clips: (B, 77, D) each; clip by clip when the result must not depend on the batch.
+    negatives = [c.negative_prompt for c in clips] if any(cfg) else None
+    if batch_invariant:
+        pairs = [encode_prompts(components.tokenizer, components.text_encoder, [c.prompt],
+                                [c.negative_prompt] if negatives else None, clip_skip, [n])
+                 for c, n in zip(clips, names)]
+        cond = torch.cat([p[0] for p in pairs])
+        uncond = torch.cat([p[1] for p in pairs]) if negatives else None
+    else:
+        cond, uncond = encode_prompts(components.tokenizer, components.text_encoder, [c.prompt for c in clips],
+                                      negatives, clip_skip, names)
+    cond, uncond = cond.to(dtype), (uncond.to(dtype) if uncond is not None else None)
+
+    results: list[torch.Tensor | None] = [None] * len(clips)
+    key = lambda i: (clips[i].num_inference_steps, clips[i].strength, cfg[i])  # noqa: E731
+    for (steps, strength, group_cfg), members in groupby(sorted(range(len(clips)), key=key), key=key):
+        idx = list(members)
+        scheds, starts, kwargs = [], [], []
+        for i in idx:
+            sched, timesteps = schedule(base, steps, strength)
+            gen = torch.Generator("cpu").manual_seed(clips[i].seed)
+            starts.append(prepare_latents(vae, sched, video[i], timesteps, gen, dtype, vae_chunk))
+            scheds.append(sched)
+            kwargs.append(_step_kwargs(sched, gen, clips[i].eta))
+        guidance = torch.tensor([clips[i].guidance_scale for i in idx], dtype=torch.float32)
+        latents = denoise(unet, scheds, timesteps, torch.cat(starts), cond[idx],
+                          uncond[idx] if group_cfg else None, guidance, kwargs, batch_invariant)
+        for j, i in enumerate(idx):
+            results[i] = latents[j : j + 1]
+    latents = torch.cat(results)  # (B, 4, F, h, w)
+    if output == "latents":
+        return latents
+    frames = decode_frames(vae, latents, vae_chunk)
+    return frames if output == "device_frames" else frames.cpu()

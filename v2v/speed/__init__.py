@@ -1,0 +1,187 @@
+"""The optional speed layer, applied in this one place after the model loads (gpt-fast style).
+
+Every switch is a field of v2v.config.SpeedSettings; none changes what is computed beyond floating-point
+rounding. The core, the model and the sampler never import this package: the restyle stage calls
+`apply_speed_settings` on the loaded components, then `warm_up`. What each switch gained or cost, and the switches
+tried and dropped, are in benchmarks/RESULTS.md (decisions table).
+
+    temporal_layers   the UNet's temporal layers without permuted copies or layout conversions (temporal)
+    frame_attention   the temporal attention over the frames as one Triton kernel (frame_attention)
+    channel_stats     GroupNorms from per-channel statistics combined per group (group_norm)
+    upsample_phases   the UNet's upsamplers as four 2x2 convolutions, one per output phase (upsample)
+    shared_prefix     a guided step's two halves share the layers before the first cross-attention (shared_prefix)
+    compile           torch.compile of the UNet (and the VAE: compile_vae) at one fixed shape (fixed_shapes)
+    precompile        the compiled parts stored in the compile cache, loaded by later starts (stored, shared_cache)
+    cuda_graphs       the compiled UNet's call replayed from a CUDA graph (cuda_graph)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from v2v.config import SpeedSettings
+from v2v.speed.fixed_shapes import FixedBatch, PadFrames, UNetCall
+
+logger = logging.getLogger(__name__)
+
+
+def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | None = None, vae_chunk: int = 8,
+                         shared_cache: str | None = None) -> dict:
+    """Apply `speed` (its None switches resolved for the components' device) to the loaded components, in place.
+
+    unet_batch: rows per UNet forward the compiled graph is built for (2 x clips per batch with guidance: its
+    embeddings, and its latents unless `shared_prefix`); smaller calls are padded up to it so a short last batch
+    does not trigger a second compile.
+    vae_chunk: frames per VAE call, the compiled VAE parts' batch.
+    shared_cache: with precompile, a URI every machine reaches (v2v.speed.shared_cache): a part the local compile
+    cache lacks is fetched from there, and a part built here is put there.
+    Returns {part name: v2v.speed.stored.StoredPart} of the parts stored in the compile cache (empty without
+    precompile): what each part's stored form did, for the start-up log (`stored_status`).
+    """
+    import torch
+
+    s = speed.resolved(components.device.type)
+    unet = components.unet
+    stored: dict = {}
+    # Process-wide flags that only act on CUDA kernels (set on CPU actors too, where they change nothing).
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = s.cudnn_benchmark
+    if s.temporal_layers:
+        from v2v.speed.temporal import swap_temporal_layers
+
+        swap_temporal_layers(unet)
+    if s.channel_stats:  # after temporal_layers: its layers read the choice off their norms
+        from v2v.speed.group_norm import use_channel_stats
+
+        use_channel_stats(unet)
+        use_channel_stats(components.vae)  # the VAE's too (2-D, per frame; 32 groups of 4-16 channels)
+    if s.upsample_phases:
+        from v2v.speed.upsample import use_upsample_phases
+
+        use_upsample_phases(unet)  # the UNet's only: the VAE decoder's ran slower this way
+    if s.frame_attention:
+        from v2v.speed.frame_attention import install_frame_attention
+
+        install_frame_attention(unet)
+    if s.shared_prefix:
+        from v2v.speed.shared_prefix import PairsForward
+
+        unet.forward = PairsForward(unet)
+    if s.compile:
+        # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
+        # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
+        from v2v.model.loading import default_cache_dir
+
+        cache = os.environ.get("V2V_COMPILE_CACHE") or str(default_cache_dir() / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+        os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+        eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
+        unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
+        tensors_fn = None  # the UNet as a function of three tensors, where it is stored or graphed (UNetCall)
+        vae = components.vae
+        parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if s.compile_vae else []
+        vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
+        precompile = s.precompile
+        if precompile and not precompile_supported():
+            logger.info("torch %s cannot save compiled functions (precompile): torch.compile with its kernel cache "
+                        "instead, so later starts trace the model again", torch.__version__)
+            precompile = False
+        if precompile:
+            from pathlib import Path
+
+            from v2v.speed import shared_prefix
+            from v2v.speed.shared_cache import SharedCache
+            from v2v.speed.stored import StoredPart, device_id, part_tensors, unet_tensors
+
+            # What a stored part is valid for besides its input shapes (v2v.speed.stored.part_key adds those,
+            # torch's version and v2v's code): every switch that changes the model it traces.
+            base = {"model": components.sha256, "dtype": str(unet.dtype), "device": device_id(unet.device),
+                    "temporal_layers": s.temporal_layers, "frame_attention": s.frame_attention,
+                    "channel_stats": s.channel_stats, "shared_prefix": s.shared_prefix,
+                    "upsample_phases": s.upsample_phases}
+            shared = SharedCache(shared_cache, cache) if shared_cache else None
+            folder = Path(cache) / "precompiled"
+            # the function stored: the UNet's forward as one of (module, three tensors); v2v's takes the pairs
+            fn = shared_prefix.forward if s.shared_prefix else unet_tensors
+            tensors_fn = stored["unet"] = StoredPart(unet, fn, "unet", {**base, "part": "unet"}, folder,
+                                                     fallback=UNetCall.tensors_only(unet_fn), shared=shared)
+            for i, (p, name) in enumerate(parts):
+                vae_fns[i] = stored[name] = StoredPart(p, part_tensors, name, {**base, "part": name}, folder,
+                                                       fallback=vae_fns[i], shared=shared)
+        if s.cuda_graphs and unet.device.type == "cuda":
+            from v2v.speed.cuda_graph import GraphedCall
+
+            # over the function of three tensors (the timestep moved to the GPU by UNetCall: recorded, a CPU value
+            # would be replayed as it was); one graph for the one batch FixedBatch pads every call to
+            tensors_fn = GraphedCall(UNetCall.tensors_only(unet_fn) if tensors_fn is None else tensors_fn)
+        if tensors_fn is not None:
+            unet_fn = UNetCall(tensors_fn, eager)
+        unet.forward = FixedBatch(unet_fn, unet_batch, eager)
+        for (part, _), fn in zip(parts, vae_fns):
+            part.forward = PadFrames(fn, vae_chunk, part.forward)
+    if shared_cache and not stored:
+        logger.warning("shared compile cache %s unused: it holds stored compiled parts, and this actor stores none "
+                       "(they need the speed switches compile and precompile)", shared_cache)
+    return stored
+
+
+def precompile_supported() -> bool:
+    """Whether this torch can save torch.compile's compiled functions and load them (2.11 and 2.13 can)."""
+    import torch
+
+    return all(hasattr(torch.compiler, n) for n in ("load_compiled_function", "keep_tensor_guards_unsafe"))
+
+
+def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -> dict[str, float]:
+    """One UNet forward at the working shape (and one VAE encoder and decoder call where those are compiled),
+    so compilation and autotuning happen at actor start-up rather than inside the first batch (the actor is
+    'ready' once this returns). Returns each part's seconds (compile or cached-kernel load included)."""
+    import time
+
+    import torch
+
+    from v2v.model.sampler import schedule
+    from v2v.model.sampler import guided_latents
+
+    unet = components.unet
+
+    def sync():  # so each part's time is its own, not queued GPU work of the one before
+        if unet.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    h8, w8 = height // components.vae_scale_factor, width // components.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(0)
+    # a guided step's call: embeddings for 2 x clips, the clips' latents as the forward takes them
+    x = torch.randn(unet_batch // 2, unet.config.in_channels, frames, h8, w8, generator=g)
+    x = guided_latents(unet, x.to(unet.device, unet.dtype))
+    dim = components.text_encoder.config.hidden_size
+    e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
+    # A timestep exactly as the sampler passes it (a 0-d CPU tensor of the scheduler's dtype): another device or
+    # dtype would be another compiled graph.
+    t = schedule(components.scheduler, 10, 1.0)[1][0]
+    vae = components.vae
+    seconds = {}
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        unet(x, t, encoder_hidden_states=e, return_dict=False)
+        sync()
+        seconds["unet"] = time.perf_counter() - t0
+        # (frames, C, H, W) pixels into the encoder, latents into the decoder, `vae_chunk` frames a call
+        for name, part, shape in (("vae_encoder", vae.encoder, (3, height, width)),
+                                  ("vae_decoder", vae.decoder, (vae.config.latent_channels, h8, w8))):
+            if isinstance(part.forward, PadFrames):
+                t0 = time.perf_counter()
+                part(torch.randn(part.forward.size, *shape, generator=g).to(vae.device, vae.dtype))
+                sync()
+                seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def stored_status(stored: dict) -> dict[str, str]:
+    """{part: 'built' (compiled in this process) | 'fetched' (from the shared cache, then loaded) | 'loaded' (from
+    the local cache) | 'failed: why'} of what apply_speed_settings returned, for the start-up log."""
+    return {k: f"failed: {p.failed}" if p.failed else "built" if p.built else "fetched" if p.fetched else "loaded"
+            for k, p in stored.items()}
