@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One benchmark call on a lent GPU machine (no network): unpack the carried bundle, check, measure.
-#   bash benchmarks/gpu_run.sh NAME [jobs.benchmark arguments...]
+#   bash benchmarks/gpu_run.sh NAME [benchmarks.run arguments...]
 #   bash benchmarks/gpu_run.sh NAME SCRIPT.py [arguments...]   (a probe instead: output to log-NAME.txt)
 # Results go to $OUT/RESULTS-NAME.md, bench-NAME.json, log-NAME.txt. The random model is built once
 # per machine under /tmp/bench and reused by later calls while the machine stays warm.
@@ -19,5 +19,5 @@ python3 -c "import torch, diffusers, ray, av; print('torch', torch.__version__, 
 if [[ "${1:-}" == *.py ]]; then
   python3 "$@" 2>&1 | grep -v "Loading weights\|USDT" | tee "$out/log-$name.txt"; exit
 fi
-python3 -m jobs.benchmark --model random-576w --work-dir /tmp/bench --results "$out/RESULTS-$name.md" \
+python3 -m benchmarks.run --model random-576w --work-dir /tmp/bench --results "$out/RESULTS-$name.md" \
   --json "$out/bench-$name.json" "$@" 2>&1 | grep -v "Loading weights" | tee "$out/log-$name.txt"
