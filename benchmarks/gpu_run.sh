@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One benchmark call on a lent GPU machine (no network): unpack the carried bundle, check, measure.
+# One call on a lent GPU machine (no network): unpack the carried bundle, check, measure or test.
 #   bash benchmarks/gpu_run.sh NAME [benchmarks.run arguments...]
+#   bash benchmarks/gpu_run.sh NAME tests [pytest arguments...]   (tests/gpu; bundle pytest: gpu-bundle pytest pluggy iniconfig)
 #   bash benchmarks/gpu_run.sh NAME SCRIPT.py [arguments...]   (a probe instead: output to log-NAME.txt)
 # Results go to $OUT/RESULTS-NAME.md, bench-NAME.json, log-NAME.txt. The random model is built once
 # per machine under /tmp/bench and reused by later calls while the machine stays warm.
@@ -16,6 +17,11 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee "$out/gpu-$name.txt"
 echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-all}" | tee -a "$out/gpu-$name.txt"
 python3 -c "import torch, diffusers, ray, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'ray', ray.__version__, 'av', av.__version__, 'gpus', torch.cuda.device_count())"
+if [[ "${1:-}" == tests ]]; then
+  shift
+  python3 -c 'import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider -rA tests/gpu "$@" 2>&1 \
+    | tee "$out/log-$name.txt"; exit
+fi
 if [[ "${1:-}" == *.py ]]; then
   python3 "$@" 2>&1 | grep -v "Loading weights\|USDT" | tee "$out/log-$name.txt"; exit
 fi

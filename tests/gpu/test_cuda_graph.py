@@ -1,5 +1,5 @@
 """The GPU layer: what only a CUDA device can run (tests/gpu/ is skipped, test by test, on machines without one; the
-GPU machines run it with `bash benchmarks/gpu_run.sh gpu-tests`)."""
+GPU machines run it with `bash benchmarks/gpu_run.sh NAME tests`)."""
 
 import pytest
 import torch

@@ -94,7 +94,12 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
 
             from v2v.speed import shared_prefix
             from v2v.speed.shared_cache import SharedCache
-            from v2v.speed.stored import StoredPart, device_id, part_tensors, unet_tensors
+            from v2v.speed.stored import (
+                StoredPart,
+                device_id,
+                part_tensors,
+                unet_tensors,
+            )
 
             # What a stored part is valid for besides its input shapes (v2v.speed.stored.part_key adds those,
             # torch's version and v2v's code): every switch that changes the model it traces.
@@ -143,8 +148,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
 
     import torch
 
-    from v2v.model.sampler import schedule
-    from v2v.model.sampler import guided_latents
+    from v2v.model.sampler import guided_latents, schedule
 
     unet = components.unet
 

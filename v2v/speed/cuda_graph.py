@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from v2v.speed.stored import signature  # what one graph serves, as one stored part: shapes, dtypes, devices, layouts
+from v2v.speed.stored import (
+    signature,  # what one graph serves, as one stored part: shapes, dtypes, devices, layouts
+)
 
 
 class GraphedCall:

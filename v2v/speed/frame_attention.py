@@ -105,10 +105,7 @@ class FrameAttnProcessor:
                  *args, **kwargs):
         if attention_mask is not None or encoder_hidden_states is not None:
             raise ValueError("FrameAttnProcessor: self-attention without a mask only")
-        if getattr(attn, "fused_projections", False):
-            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         n, length, inner = q.shape  # (B*H*W, F, heads*D)
         # (N, heads, F, D) views of the projections' outputs
         q, k, v = (t.view(n, length, attn.heads, inner // attn.heads).transpose(1, 2) for t in (q, k, v))
@@ -121,7 +118,9 @@ def install_frame_attention(unet) -> int:
     v2v.speed.temporal's TransformerTemporalFrames) the FrameAttnProcessor. Returns how many. Raises ValueError for an
     attention layer that uses something the processor does not compute."""
     from diffusers.models.attention_processor import Attention
-    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+    from diffusers.models.transformers.transformer_temporal import (
+        TransformerTemporalModel,
+    )
 
     from v2v.speed.temporal import TransformerTemporalFrames
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from v2v.speed.shared_cache import SharedCache
 from v2v.core.storage import atomic_output
+from v2v.speed.shared_cache import SharedCache
 
 logger = logging.getLogger(__name__)
 
