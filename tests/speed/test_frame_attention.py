@@ -14,11 +14,7 @@ from tests.helpers import CLIPS, REPO, random_video, speed_only
 from v2v.model.loading import load_components
 from v2v.model.sampler import restyle
 from v2v.speed import apply_speed_settings
-from v2v.speed.frame_attention import (
-    FrameAttnProcessor,
-    frame_attention,
-    install_frame_attention,
-)
+from v2v.speed.frame_attention import FrameAttnProcessor, frame_attention, install_frame_attention
 
 # Under TRITON_INTERPRET=1 triton.jit builds kernels that numpy runs on CPU tensors: the kernel's own code,
 # launched as the op launches it, against float32 attention. Shapes: the UNet's (24 frames of 5 heads of 64,
@@ -83,9 +79,7 @@ def _tiny_with_temporal_weights(cache_dir):
 
 
 def test_processor_computes_the_same_latents(cache_dir, monkeypatch):
-    from diffusers.models.transformers.transformer_temporal import (
-        TransformerTemporalModel,
-    )
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
     c = _tiny_with_temporal_weights(cache_dir)
     want = restyle(c, random_video(2), CLIPS, output="latents")
@@ -105,9 +99,7 @@ def test_processor_computes_the_same_latents(cache_dir, monkeypatch):
 
 def test_install_refuses_attention_it_does_not_compute():
     from diffusers.models.attention_processor import Attention
-    from diffusers.models.transformers.transformer_temporal import (
-        TransformerTemporalModel,
-    )
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
     layer = TransformerTemporalModel(num_attention_heads=2, attention_head_dim=8, in_channels=16,
                                      norm_num_groups=4)

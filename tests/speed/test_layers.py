@@ -207,9 +207,7 @@ def test_upsample_phases_compute_the_same_latents(cache_dir):
 
 def test_temporal_layers_compute_the_same_latents(cache_dir):
     from diffusers.models.resnet import TemporalConvLayer
-    from diffusers.models.transformers.transformer_temporal import (
-        TransformerTemporalModel,
-    )
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
     from v2v.speed.temporal import TemporalConvFrames, TransformerTemporalFrames
 

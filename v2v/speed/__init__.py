@@ -94,12 +94,7 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
 
             from v2v.speed import shared_prefix
             from v2v.speed.shared_cache import SharedCache
-            from v2v.speed.stored import (
-                StoredPart,
-                device_id,
-                part_tensors,
-                unet_tensors,
-            )
+            from v2v.speed.stored import StoredPart, device_id, part_tensors, unet_tensors
 
             # What a stored part is valid for besides its input shapes (v2v.speed.stored.part_key adds those,
             # torch's version and v2v's code): every switch that changes the model it traces.

@@ -118,9 +118,7 @@ def install_frame_attention(unet) -> int:
     v2v.speed.temporal's TransformerTemporalFrames) the FrameAttnProcessor. Returns how many. Raises ValueError for an
     attention layer that uses something the processor does not compute."""
     from diffusers.models.attention_processor import Attention
-    from diffusers.models.transformers.transformer_temporal import (
-        TransformerTemporalModel,
-    )
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
     from v2v.speed.temporal import TransformerTemporalFrames
 

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from v2v.speed.group_norm import (
-    ChannelStatsGroupNorm,
-    fold_affine,
-    group_norm_by_channel,
-)
+from v2v.speed.group_norm import ChannelStatsGroupNorm, fold_affine, group_norm_by_channel
 
 
 def group_norm_over_frames(x: torch.Tensor, frames: int, norm: torch.nn.GroupNorm) -> torch.Tensor:
@@ -58,9 +54,7 @@ def swap_temporal_layers(unet) -> int:
     same modules under the same names, so the state dict is unchanged; the Conv3d weights are stored
     channels-last). Returns how many were swapped."""
     from diffusers.models.resnet import TemporalConvLayer
-    from diffusers.models.transformers.transformer_temporal import (
-        TransformerTemporalModel,
-    )
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
     swaps = [(parent, name, layer) for parent in unet.modules() for name, layer in parent.named_children()
              if type(layer) in (TemporalConvLayer, TransformerTemporalModel)]
@@ -129,8 +123,6 @@ class TransformerTemporalFrames(torch.nn.Module):
         out = x + hidden_states
         if not return_dict:
             return (out,)
-        from diffusers.models.transformers.transformer_temporal import (
-            TransformerTemporalModelOutput,
-        )
+        from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
 
         return TransformerTemporalModelOutput(sample=out)
