@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 
-
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
 # GroupNorm statistics per channel, a guided step's shared prefix computed once, the upsamplers by output phase,
 # the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
@@ -187,8 +186,8 @@ class Bench:
     """What every section uses: the arguments, the model folder and clip geometry, and the rows so far."""
 
     def __init__(self, a, folder: str, argv: list[str]):
-        from v2v.model.loading import model_geometry
         from v2v.job.pipeline import versions
+        from v2v.model.loading import model_geometry
 
         self.a, self.folder = a, folder
         self.width, self.height, self.frames = model_geometry(folder)
@@ -517,9 +516,9 @@ def ray_job(b: Bench, work: str, best: dict | None) -> None:
     import ray
 
     from benchmarks.harness import actor_rates
+    from jobs.demo import make_video
     from v2v.config import JobConfig
     from v2v.job.pipeline import run_job
-    from jobs.demo import make_video
 
     a = b.a
     vids = os.path.join(work, "videos")

@@ -4,7 +4,9 @@
     ray job submit --working-dir . -- python -m jobs.restyle --manifest s3://b/m.parquet --output s3://b/out
 
 Runs on the Ray cluster it finds (RAY_ADDRESS, as `ray job submit` sets it) or starts a local one.
-Exit code: 0 when failures stay within --max-failures, 1 otherwise, 2 for unusable input or settings.
+Exit code: 0 when failures stay within --max-failures, 1 otherwise, 2 for unusable input or settings, 130 when
+interrupted (Ctrl-C) and 143 when stopped (SIGTERM: `ray job stop`, a preempted head): the clips finished by then
+are kept, and running the same command resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import typing
 
@@ -46,8 +49,10 @@ HELP = {
     "preset": "encoder speed preset",
     "audio": "copy each clip's segment of the source audio",
     "stitch": "also write videos/<id> from each video's clips (overlaps cross-faded)",
+    "device": "auto, cuda or cpu (auto: cuda when the cluster has GPUs or its autoscaler can add GPU nodes)",
+    "gpu_wait_s": "with cuda: how long to wait for a GPU node to join before stopping (exit 2)",
     "batch_size": "clips per UNet forward in an actor",
-    "num_actors": "restyle actors (default: one per GPU, or 1 without GPUs)",
+    "num_actors": "most restyle actors (default: one per GPU the cluster has or can reach, or 1 on CPUs)",
     "num_gpus_per_actor": "GPUs per actor (default: 1 if the cluster has GPUs, else 0)",
     "cpus_per_task": "CPUs per decode/encode task",
     "actor_memory_gib": "host memory (GiB) Ray reserves per restyle actor (default: none; ~4.1 for a 576w GPU actor)",
@@ -118,6 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"v2v: {e}", file=sys.stderr)
         return 2
+    from v2v.job.pipeline import Interrupted
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _run(cfg, args.ray_address)
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"v2v: interrupted: {getattr(e, 'saved', 0)} clips saved; run the same command to resume",
+              file=sys.stderr)
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
+
+
+def _stop(signum, frame):
+    """SIGTERM handled as Ctrl-C is: unwind, keeping what is finished."""
+    from v2v.job.pipeline import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _run(cfg: JobConfig, ray_address: str | None) -> int:
     import ray
 
     from v2v.core.lease import LeaseError
@@ -126,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     from v2v.model.loading import ModelError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=args.ray_address, log_to_driver=True,
+    ray.init(address=ray_address, log_to_driver=True,
              runtime_env={"env_vars": {"V2V_CACHE": os.environ["V2V_CACHE"]}} if "V2V_CACHE" in os.environ else None)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    signal.signal(signal.SIGTERM, _stop)  # again: connecting to Ray installed Ray's own handler, which exits at once
     try:
         summary = run_job(cfg)
     except (ManifestError, ConfigError, ModelError, LeaseError) as e:

@@ -28,15 +28,35 @@ def tiny(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def s3_network(s3_endpoint):
+    """The network between the jobs and the S3-compatible server, where a test injects faults (an outage of some
+    paths: connections reset, or 503s). Cleared after each use."""
+    yield s3_endpoint.network
+
+
+@pytest.fixture(autouse=True)
+def _no_lasting_s3_faults(request):
+    yield
+    if "s3_network" in request.fixturenames:
+        request.getfixturevalue("s3_network").clear()
+
+
+class _Endpoint(str):
+    network = None
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
-    """A real S3-compatible server (moto in server mode) on localhost, credentials in the standard AWS
-    environment variables. Started before the Ray cluster so that Ray's workers inherit them."""
+    """A real S3-compatible server (moto in server mode) on localhost, reached through a proxy where tests can
+    inject faults (tests.helpers.FaultyNetwork), credentials in the standard AWS environment variables. Started
+    before the Ray cluster so that Ray's workers inherit them. The AWS client's own retries are off
+    (AWS_MAX_ATTEMPTS=1): what rides out a fault here is v2v's own retrying."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    from tests.helpers import free_port
+    from tests.helpers import FaultyNetwork, free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -48,9 +68,14 @@ def s3_endpoint():
             break
         except OSError:
             time.sleep(0.1)
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="v2v-test-key-id",
-                      AWS_SECRET_ACCESS_KEY="v2v-test-secret-do-not-log", AWS_DEFAULT_REGION="us-east-1")
-    yield url
+    network = FaultyNetwork(url)
+    os.environ.update(AWS_ENDPOINT_URL=network.url, AWS_ACCESS_KEY_ID="v2v-test-key-id",
+                      AWS_SECRET_ACCESS_KEY="v2v-test-secret-do-not-log", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_MAX_ATTEMPTS="1")
+    endpoint = _Endpoint(network.url)
+    endpoint.network = network
+    yield endpoint
+    network.close()
     proc.terminate()
     proc.wait(timeout=10)
 

@@ -93,3 +93,113 @@ def stop() -> None:
     """Stop the cluster. `ray stop` stops every Ray on the machine (its dashboard and agent processes do not
     all name the temp dir, so nothing narrower catches them): run one test session per machine at a time."""
     subprocess.run(ray_cli() + ["stop", "--force"], capture_output=True, timeout=120)
+
+
+# The network between the job and the S3-compatible server, with faults the tests inject.
+
+
+class FaultyNetwork:
+    """An HTTP proxy in front of the S3-compatible server: it forwards every request, except those a test chose to
+    fail (`outage`): their connection is reset, or the store answers 503 SlowDown, as object stores do under load.
+    Runs in the test process; Ray's workers reach the store through it (AWS_ENDPOINT_URL)."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+
+        self.upstream = upstream.split("://", 1)[1]
+        self.rules: list[dict] = []
+        self.failed: dict[str, int] = {}  # path substring -> requests failed
+        self.lock = threading.Lock()
+        net = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    raw = b""
+                    while True:
+                        line = self.rfile.readline()
+                        raw += line
+                        size = int(line.split(b";")[0].strip() or b"0", 16)
+                        chunk = self.rfile.read(size + 2)
+                        raw += chunk
+                        if size == 0:
+                            while chunk not in (b"\r\n", b""):  # trailers
+                                chunk = self.rfile.readline()
+                                raw += chunk
+                            return raw
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _forward(self):
+                import http.client
+                import socket
+                import struct
+
+                body = self._body()
+                fault = net.fault_for(self.command, self.path)
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault == "503":
+                    xml = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                           b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(xml)
+                    return
+                conn = http.client.HTTPConnection(net.upstream, timeout=60)
+                conn.request(self.command, self.path, body=body or None,
+                             headers={k: v for k, v in self.headers.items()}, encode_chunked=False)
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status, r.reason)
+                for k, v in r.getheaders():  # a HEAD's Content-Length is the object's size: kept
+                    if k.lower() not in ("transfer-encoding", "connection") and (
+                            k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def outage(self, path_contains: str, seconds: float = float("inf"), how: str = "reset") -> None:
+        """Fail every request whose path holds `path_contains`, from its first such request on, for `seconds`."""
+        with self.lock:
+            self.rules.append({"path": path_contains, "seconds": seconds, "how": how, "since": None})
+            self.failed[path_contains] = 0
+
+    def clear(self) -> None:
+        with self.lock:
+            self.rules.clear()
+
+    def fault_for(self, method: str, path: str) -> str | None:
+        with self.lock:
+            for rule in self.rules:
+                if rule["path"] in path:
+                    rule["since"] = rule["since"] or time.monotonic()
+                    if time.monotonic() - rule["since"] < rule["seconds"]:
+                        self.failed[rule["path"]] += 1
+                        return rule["how"]
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()

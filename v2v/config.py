@@ -50,8 +50,14 @@ class JobConfig:
     stitch: bool = False  # also write videos/<id>.<ext> from each video's clips
 
     # Execution. More clips per batch use the GPU better but need more memory.
+    # auto: cuda when the cluster has GPUs or its autoscaler can add GPU nodes, else cpu. cuda never falls back to
+    # the CPU: without a GPU the job waits for one up to gpu_wait_s, then stops (exit 2).
+    device: str = "auto"
+    gpu_wait_s: float = 900.0
     batch_size: int = 2
-    num_actors: int | None = None  # None: one per GPU in the cluster (1 on a CPU-only cluster)
+    # Most restyle actors: None: one per GPU the cluster has or can reach (1 on a CPU-only cluster). The pool grows
+    # from the GPUs present at the start as nodes join, and shrinks as they leave.
+    num_actors: int | None = None
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
     cpus_per_task: float = 1.0  # decode and encode tasks
     # Host memory Ray reserves for each restyle actor (Ray Data's `memory=`), so that a node is not given more
@@ -60,9 +66,10 @@ class JobConfig:
     dtype: str = "auto"  # auto: bfloat16 on GPU (float16 before Ampere), float32 on CPU; see job.resources.auto_dtype
     vae_chunk: int = 8  # frames per VAE call: bounds memory regardless of batch x frames
     allow_pickle: bool = False  # load pickled (.bin) weights; only for checkpoints you trust
-    # One UNet forward per clip, so a clip's bits never depend on its batch neighbours (batched kernels round
-    # differently). None: on for CPU actors (little to gain from batching there), off on GPUs (where
-    # batching pays and results agree to float rounding instead).
+    # One UNet forward per clip, and a fixed number of CPU threads per actor, so a clip's bits never depend on its
+    # batch neighbours or the actor count (batched kernels, and kernels on more threads, round differently). None: on
+    # for CPU actors (little to gain from batching there), off on GPUs (where batching pays and results agree to
+    # float rounding instead).
     batch_invariant: bool | None = None
     # A URI every machine of the cluster reaches (s3://, gs://, a shared folder) where actors share their stored
     # compiled parts (v2v.speed.shared_cache): an actor whose machine has not compiled the model fetches them
@@ -103,6 +110,8 @@ class JobConfig:
             ("width", self.width is None or (self.width >= 8 and self.width % 8 == 0), "a multiple of 8"),
             ("height", self.height is None or (self.height >= 8 and self.height % 8 == 0), "a multiple of 8"),
             ("resize", self.resize in ("cover", "pad", "stretch"), "cover, pad or stretch"),
+            ("device", self.device in ("auto", "cuda", "cpu"), "auto, cuda or cpu"),
+            ("gpu_wait_s", self.gpu_wait_s >= 0, ">= 0"),
             ("codec", self.codec in ("h264", "h265", "av1", "ffv1"), "h264, h265, av1 or ffv1"),
             ("dtype", self.dtype in ("auto", "float32", "float16", "bfloat16"), "auto, float32, float16 or bfloat16"),
             ("seed", 0 <= self.seed < 2**63, "in [0, 2**63)"),

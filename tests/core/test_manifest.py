@@ -1,5 +1,6 @@
 """Manifest checks: every problem found before any model loads, named by row and field; hostile input."""
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -31,8 +32,15 @@ def test_normalizes_defaults_ids_and_relative_paths(tmp_path):
     assert rows[0]["video"] == str(tmp_path / "a/v.mp4") and rows[1]["video"] == "s3://b/w.mp4"
     assert rows[0]["strength"] == CFG.strength and rows[1]["strength"] == 0.3 and rows[1]["seed"] == 5
     assert rows[0]["id"].startswith("v-") and rows[1]["id"].startswith("w-") and rows[0]["tag"] == 1
-    # stable: the same manifest gives the same ids
+    # stable: the same manifest gives the same ids, whatever the job's defaults for what the rows leave empty
     assert load_manifest(str(tmp_path / "m.parquet"), CFG)["id"].to_pylist() == t["id"].to_pylist()
+    other_night = dataclasses.replace(CFG, guidance_scale=9.0, strength=0.5, steps=20, negative_prompt="blurry")
+    assert load_manifest(str(tmp_path / "m.parquet"), other_night)["id"].to_pylist() == t["id"].to_pylist()
+    # a row's own value is the row's identity
+    moved = load_manifest(_write(tmp_path, [{"video": "a/v.mp4", "prompt": "p", "guidance_scale": 9.0, "tag": 1},
+                                            {"video": "s3://b/w.mp4", "prompt": "q", "seed": 5, "strength": 0.3,
+                                             "tag": 2}]), CFG)["id"].to_pylist()
+    assert moved[0] != t["id"][0].as_py() and moved[1] == t["id"][1].as_py()
 
 
 def test_identical_rows_get_distinct_ids(tmp_path):

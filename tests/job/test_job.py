@@ -1,7 +1,9 @@
 """The Ray Data job end to end on a real local Ray cluster, with the tiny model and generated videos."""
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from v2v.config import JobConfig
 from v2v.core.storage import sha256_file
 from v2v.core.video import read_frames
 from v2v.job.pipeline import run_job
+from v2v.model.loading import resolve_model
 
 pytestmark = pytest.mark.slow  # every test here runs the job on a Ray cluster
 
@@ -95,9 +98,12 @@ def test_end_to_end_over_every_manifest_format(baseline):
 
 
 def test_outputs_do_not_depend_on_batch_size_or_actor_count(baseline, inputs, tmp_path):
+    """CPU actors are batch-invariant by default: bit-identical lossless outputs whatever the batch size or the
+    number of actors sharing the machine (each runs a fixed number of threads)."""
     ref = _outputs(baseline[0])  # batch 2, one actor
     assert len(ref) == 8
-    for name, kw in {"b4": dict(batch_size=4), "b1a2": dict(batch_size=1, num_actors=2)}.items():
+    for name, kw in {"b1a1": dict(batch_size=1, num_actors=1), "b4a2": dict(batch_size=4, num_actors=2),
+                     "b1a2": dict(batch_size=1, num_actors=2)}.items():
         run_job(_cfg(inputs, tmp_path / name, "mixed", **kw), **QUIET)
         assert _outputs(tmp_path / name) == ref, name
 
@@ -120,30 +126,92 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
     assert s.rendered_now == 8  # changed settings are not "done": every clip is rendered again
 
 
-def _start_driver(inputs, out, ray_cluster) -> subprocess.Popen:
+def test_a_rerun_renders_again_exactly_the_clips_whose_output_would_differ(ray_cluster, inputs, tmp_path):
+    """Nightly reruns with other settings: each clip's work key covers what changes its bytes (codec, scheduler,
+    the source video's version, the model's version, ...); a rerun renders exactly the clips whose key changed,
+    in place, with the same ids; batch size and speed switches change nothing."""
+    from v2v.config import SpeedSettings
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("v0.mp4", "v1.mp4"):
+        shutil.copy(inputs / name, src / name)
+    (src / "m.csv").write_text("video,prompt\nv0.mp4,ink\nv1.mp4,oil\n")  # 2 + 3 clips
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("tiny"), model)
+    out = tmp_path / "out"
+    cfg = JobConfig(manifest=str(src / "m.csv"), output=str(out), model=str(model), steps=4, codec="ffv1")
+
+    def rerun(**kw):
+        s = run_job(dataclasses.replace(cfg, **kw), **QUIET)
+        df = pd.read_parquet(out / "index")
+        assert s.ok == 5 and len(df) == 5 and df.work_key.notna().all()
+        return s.rendered_now, df
+
+    n, first = rerun()
+    assert n == 5
+    assert rerun(batch_size=1, speed=SpeedSettings(channel_stats=True))[0] == 0  # the same bytes: nothing to do
+    n, h264 = rerun(codec="h264")
+    assert n == 5 and set(h264.id) == set(first.id)  # the same ids, rendered in place
+    assert not list(out.glob("clips/*/*.mkv"))  # the ffv1 files the index no longer names are gone
+    n, h265 = rerun(codec="h265")  # the same .mp4 paths, other bytes
+    assert n == 5 and list(h265.output) == list(h264.output) and set(h265.work_key).isdisjoint(h264.work_key)
+    assert rerun(codec="h265")[0] == 0
+    n, before = rerun(codec="h265", scheduler="euler")
+    assert n == 5
+    make_video(str(src / "v0.mp4"), 16, 80, 64, seed=9)  # the source replaced at the same path
+    n, after = rerun(codec="h265", scheduler="euler")
+    both = before.merge(after, on=["id", "clip_index"], suffixes=("_before", "_after"))
+    renewed = both[both.run_id_before != both.run_id_after]
+    assert n == 2 and len(renewed) == 2 and renewed.video_after.str.endswith("v0.mp4").all()
+    (model / "unet" / "NOTICE.txt").write_text("replaced")  # the model changed at the same place
+    assert rerun(codec="h265", scheduler="euler")[0] == 5
+
+
+def test_a_video_that_cannot_be_stitched_is_reported_and_the_run_ends_normally(baseline, inputs, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(baseline[0], out, symlinks=True)
+    shutil.rmtree(out / "videos")
+    df = pd.read_parquet(out / "index")
+    victim = df[(df.status == "ok") & (df.clip_index == 0)].iloc[0]
+    path = out / victim.output
+    path.write_bytes(b"\0" * path.stat().st_size)  # damaged in place, at its size: still counts as done
+    s = run_job(_cfg(inputs, out, "mixed", stitch=True), **QUIET)
+    assert s.rendered_now == 0 and s.exit_code == 0 and list(s.stitch_failed) == [victim.id]
+    assert victim.id in s.text() and len(os.listdir(out / "videos")) == 2  # the other videos stitched
+    meta = json.loads((out / "job.json").read_text())
+    assert list(meta["summary"]["stitch_failed"]) == [victim.id] and (out / "index" / "index.parquet").exists()
+
+
+def _start_driver(inputs, out, ray_cluster, output=subprocess.DEVNULL) -> subprocess.Popen:
     """The CLI as a separate driver process (its own process group, so it can be killed with all it started),
-    with the baseline's settings and a 2-second lease so a rerun can take over soon after a kill."""
+    with the baseline's settings and the default lease (120 s): a rerun on this host takes over a killed driver's
+    lease at once, since its process is gone."""
     cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(inputs / "mixed"), "--output", str(out),
            "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
-           "--ray-address", ray_cluster["address"], "--lease-ttl-s", "2"]
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+           "--ray-address", ray_cluster["address"]]
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=output, stderr=output,
+                            start_new_session=True, text=True)
+
+
+def _wait_mid_run(proc, out) -> None:
+    """Until the driver has written rendered clips' rows (the first part holds the bad video's row, written before
+    rendering), or it ended."""
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("_progress/*/part-*"))) < 2:
+        time.sleep(0.05)
 
 
 def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inputs, tmp_path):
     out = tmp_path / "out"
     proc = _start_driver(inputs, out, ray_cluster)
-    deadline = time.time() + 180
-    # the first part holds the bad video's row (written before rendering); the second, rendered clips
-    while time.time() < deadline and proc.poll() is None and len(list(out.glob("_progress/*/part-*"))) < 2:
-        time.sleep(0.05)
+    _wait_mid_run(proc, out)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
     proc.wait()
     written = list(out.glob("clips/*/*.mkv"))
     assert 0 < len(written) < 8, "the kill should land mid-run"
     assert not (out / "index" / "index.parquet").exists()
-    time.sleep(2.1)  # the killed driver's lease expires
-    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)  # at once: the killed driver's lease names a dead process
     assert s.ok == 8 and s.rendered_now < 8 and _outputs(out) == _outputs(baseline[0])
     df = pd.read_parquet(out / "index")
     assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
@@ -185,6 +253,26 @@ def test_ray_job_submit(ray_cluster, inputs, tmp_path):
     assert sorted(df.status) == ["failed", "ok", "ok", "ok"] and all(df[df.status == "ok"].output.str.endswith(".mp4"))
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_keeps_its_clips_releases_the_lease_and_says_how_to_resume(baseline, ray_cluster, inputs,
+                                                                                  tmp_path, sig, code):
+    """Ctrl-C (SIGINT) or `ray job stop` / a preempted head (SIGTERM) to the driver mid-run: finished rows are
+    flushed, the lease released, one line says how many clips were saved, and the exit code says which signal."""
+    out = tmp_path / "out"
+    proc = _start_driver(inputs, out, ray_cluster, output=subprocess.PIPE)
+    _wait_mid_run(proc, out)
+    os.kill(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-2000:]
+    said = re.search(r"v2v: interrupted: (\d+) clips saved; run the same command to resume", stderr)
+    assert said and "Traceback" not in stderr, stderr[-2000:]
+    saved = pd.concat([pd.read_parquet(p) for p in out.glob("_progress/*/part-*")])
+    assert (saved.status == "ok").sum() >= int(said[1]) > 0
+    assert not (out / "_lease.json").exists() and not (out / "index" / "index.parquet").exists()
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)  # resumes: only the clips not saved are rendered
+    assert s.ok == 8 and s.rendered_now <= 8 - int(said[1]) and _outputs(out) == _outputs(baseline[0])
+
+
 def test_driver_killed_at_five_moments_then_finished(baseline, ray_cluster, inputs, tmp_path):
     """Kill the driver (and everything it started) at five different moments, rerunning each time."""
     out = tmp_path / "out"
@@ -192,8 +280,7 @@ def test_driver_killed_at_five_moments_then_finished(baseline, ray_cluster, inpu
         proc = _start_driver(inputs, out, ray_cluster)
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        time.sleep(2.1)  # the dead driver's lease expires; the rerun takes it over
+        proc.wait()  # rerun at once: the dead driver's lease is taken over without waiting for its heartbeat
     s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
     assert s.ok == 8 and _outputs(out) == _outputs(baseline[0])
     df = pd.read_parquet(out / "index")
@@ -261,6 +348,24 @@ def test_lease_refuses_a_second_live_job_and_takes_over_a_dead_ones(ray_cluster,
     s = run_job(_cfg(inputs, out, "mixed"), log=lines.append)
     assert s.ok == 8 and any("took over the lease of run other-run" in ln for ln in lines)
     assert not (out / "_lease.json").exists()  # released at the end
+
+
+def test_a_job_whose_lease_was_taken_leaves_the_index_to_the_new_owner(ray_cluster, inputs, tmp_path):
+    """Fencing: a job whose heartbeat stalled long enough for another to take its lease does not replace the
+    index at its end."""
+    from v2v.core.lease import LeaseError
+
+    out = tmp_path / "out"
+    newer = {"run_id": "newer-run", "host": "node-7", "pid": 4242, "heartbeat": time.time() + 3600, "ttl_s": 120}
+
+    def log(line):  # once clips are rendered, another job takes the output
+        if "clips rendered" in line:
+            (out / "_lease.json").write_text(json.dumps(newer))
+
+    with pytest.raises(LeaseError, match="lost its lease to run newer-run"):
+        run_job(_cfg(inputs, out, "mixed"), log=log)
+    assert not (out / "index").exists()  # the newer job's to write
+    assert json.loads((out / "_lease.json").read_text())["run_id"] == "newer-run"
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -59,3 +59,23 @@ def test_model_uri_without_a_model_is_refused_before_the_job_runs(bucket):
     check_model("s3://v2v-test/models/tiny")
     with pytest.raises(ModelError, match="'s3://v2v-test/models/tiny2': no model_index.json there"):
         check_model("s3://v2v-test/models/tiny2")
+
+
+def test_store_outages_are_ridden_out_or_become_failed_rows(ray_cluster, bucket, s3_network, tmp_path):
+    """Faults between the job and the store: v0.mp4 unreachable for 3 s (connections reset; the job's retries ride
+    it out), v1.mp4 answering 503 SlowDown for the whole run (its clips become failed rows naming the store's error;
+    the job goes on and ends with its summary, instead of the dataset aborting)."""
+    s3_network.outage("in/v0.mp4", seconds=3.0, how="reset")
+    s3_network.outage("in/v1.mp4", how="503")
+    cfg = JobConfig(manifest="s3://v2v-test/in/m.parquet", output="s3://v2v-test/out",
+                    model="s3://v2v-test/models/tiny", steps=2, codec="ffv1", max_failures=5)
+    s = run_job(cfg, log=lambda m: None)
+    with bucket.open("v2v-test/out/index/index.parquet", "rb") as f:
+        df = pd.read_parquet(f)
+    by_video = {v: g for v, g in df.groupby(df.video.str.rsplit("/", n=1).str[-1])}
+    assert (by_video["v0.mp4"].status == "ok").all() and len(by_video["v0.mp4"]) == 2
+    assert s3_network.failed["in/v0.mp4"] >= 2  # tried again after failures, not lucky
+    v1 = by_video["v1.mp4"]
+    assert (v1.status == "failed").all() and v1.error.str.contains("v1.mp4").all()
+    assert v1.error.str.contains("the store kept failing").all(), v1.error.tolist()
+    assert s.failed == len(v1) + 1 and s.exit_code == 0  # + broken.mp4

@@ -6,12 +6,7 @@ import fsspec
 import pytest
 import torch
 
-from v2v.model.loading import (
-    ModelError,
-    load_components,
-    model_fingerprint,
-    scheduler_class,
-)
+from v2v.model.loading import ModelError, load_components, model_fingerprint, scheduler_class
 from v2v.model.tiny import build_tiny_components, save_components
 
 
@@ -41,8 +36,13 @@ def test_fsspec_uri_is_copied_once_into_cache(tiny, tmp_path):
     assert c.folder.is_relative_to(tmp_path / "cache")
     assert c.unet.dtype == torch.bfloat16
     assert model_fingerprint(c.folder) == model_fingerprint(tiny.folder)
-    fs.rm("/models/tiny", recursive=True)  # second load comes from the cache
-    assert load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder == c.folder
+    assert load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder == c.folder  # not again
+    # the model replaced at the same URI (another file, or one rewritten): another version, fetched again
+    fs.pipe("/models/tiny/unet/extra.txt", b"a new file")
+    again = load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder
+    assert again != c.folder and (again / "unet" / "extra.txt").exists()
+    fs.rm("/models/tiny", recursive=True)  # the store lost it (or cannot be read): the copy fetched last
+    assert load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder == again
 
 
 def test_fingerprint_is_cached_until_a_file_changes(tiny, tmp_path):

@@ -41,6 +41,8 @@ INDEX_SCHEMA = pa.schema([
     ("scheduler", pa.string()),
     ("model", pa.string()),
     ("model_sha256", pa.string()),  # sha256 over the model folder's files: exactly which weights ran
+    # a hash of everything that changes the output's bytes (`work_key`): a rerun re-renders the clip where it differs
+    ("work_key", pa.string()),
     ("status", pa.string()),  # ok | failed | skipped (planned but deliberately not rendered; see error)
     ("error", pa.string()),
     ("output", pa.string()),  # relative to the output root
@@ -65,6 +67,20 @@ def clip_seed(row_seed: int | None, job_seed: int, rid: str, clip_index: int) ->
         return (int(row_seed) + clip_index) % 2**63
     digest = hashlib.sha256(f"v2v/{job_seed}/{rid}/{clip_index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+# A clip row's settings that change its output's bytes (with the job's in `work_key`).
+WORK_FIELDS = ("video", "start_frame", "num_frames", "fps", "width", "height", "prompt", "negative_prompt", "seed",
+               "strength", "num_inference_steps", "guidance_scale")
+
+
+def work_key(clip: dict, job: dict) -> str:
+    """A hash of everything that changes a clip's output bytes: the clip row's WORK_FIELDS, its source video's
+    version (size and etag or mtime), and the job's `job` (model and its version, resolved dtype, scheduler, eta,
+    clip_skip, resize, codec, crf, preset, audio). Speed switches and the batch size are not in it: they change
+    nothing beyond float rounding."""
+    key = {**{k: clip.get(k) for k in WORK_FIELDS}, "video_version": clip.get("video_version"), **job}
+    return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:32]
 
 
 def new_run_id() -> str:

@@ -1,9 +1,12 @@
 """One live job per output root: a lease file with its owner and a heartbeat.
 
-A second job on an output that a live job is writing is refused with the owner's name; a lease whose
-heartbeat is older than `ttl_s` belongs to a dead job and is taken over. On object stores there is no atomic
-create-if-absent through fsspec, so taking a lease is write-then-read-back: it closes the common race (two jobs
-started minutes apart), not two started within the same second.
+A second job on an output that a live job is writing is refused with the owner's name. A lease is taken over when
+its owner is known dead: at once where the owner ran on this host and its process is gone (its pid, and that pid's
+start time, since pids are reused), else once its heartbeat is older than `ttl_s`. Before a job replaces the index
+it checks that it still holds the lease (`check`, fencing): a job whose heartbeat stalled and whose lease another
+job took never overwrites the newer job's index. On object stores there is no atomic create-if-absent through
+fsspec, so taking a lease is write-then-read-back: it closes the common race (two jobs started minutes apart), not
+two started within the same second.
 """
 
 from __future__ import annotations
@@ -20,17 +23,38 @@ LEASE_FILE = "_lease.json"
 
 
 class LeaseError(RuntimeError):
-    """Another live job holds the output root."""
+    """Another live job holds the output root (or took it from this one)."""
+
+
+def process_start(pid: int) -> float | None:
+    """When process `pid` of this host started (seconds since the epoch), or None where there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def owner_is_gone(lease: dict) -> bool:
+    """Whether a lease's owner was a process of this host that no longer runs: its pid is free, or now names
+    another process (one started later than the owner)."""
+    if lease.get("host") != socket.gethostname() or not isinstance(lease.get("pid"), int):
+        return False
+    started = process_start(lease["pid"])
+    return started is None or abs(started - float(lease.get("pid_start") or 0)) > 1.0
 
 
 class Lease:
     def __init__(self, output: str, run_id: str, ttl_s: float = 120.0, heartbeat_s: float = 15.0):
         self.uri = join(output, LEASE_FILE)
         self.run_id, self.ttl_s, self.heartbeat_s = run_id, ttl_s, heartbeat_s
-        self.owner = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+        self.owner = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                      "pid_start": process_start(os.getpid())}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.took_over: dict | None = None  # the stale lease we replaced, if any
+        self.lost_to: dict | None = None  # the lease that replaced ours while we ran, once a beat or check sees it
 
     def _read(self) -> dict | None:
         fs, path = url_to_fs(self.uri)
@@ -49,7 +73,7 @@ class Lease:
         current = self._read()
         if current and current.get("run_id") != self.run_id:
             age = time.time() - float(current.get("heartbeat", 0))
-            if age < float(current.get("ttl_s", self.ttl_s)):
+            if age < float(current.get("ttl_s", self.ttl_s)) and not owner_is_gone(current):
                 raise LeaseError(
                     f"output {self.uri.rsplit('/', 1)[0]} is in use by run {current.get('run_id')} on host "
                     f"{current.get('host')} (pid {current.get('pid')}), heartbeat {age:.0f} s ago. Wait for it, or "
@@ -67,9 +91,22 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
+                current = self._read()
+                if current and current.get("run_id") != self.run_id:  # taken over: never write over its lease
+                    self.lost_to = current
+                    return
                 self._write()
             except OSError:  # a transient store error: the next beat retries; ttl_s covers several misses
                 pass
+
+    def check(self) -> None:
+        """Raise LeaseError unless this job still holds the lease: call before replacing what the lease guards."""
+        current = self._read()
+        if self.lost_to is not None or (current or {}).get("run_id") != self.run_id:
+            other = self.lost_to or current or {}
+            raise LeaseError(f"output {self.uri.rsplit('/', 1)[0]}: this job (run {self.run_id}) lost its lease to "
+                             f"run {other.get('run_id')} on host {other.get('host')} (pid {other.get('pid')}); "
+                             "it leaves the index to that run")
 
     def release(self) -> None:
         self._stop.set()

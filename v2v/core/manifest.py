@@ -166,7 +166,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
         neg = defaults["negative_prompt"] if neg is None else neg
         if not isinstance(neg, str) or len(neg) > MAX_PROMPT_CHARS:
             bad.append("negative_prompt: not a string of at most 10000 characters")
-        vals = {}
+        vals, own = {}, {}  # the values the row runs with; those it gave itself (None where it left them empty)
         for name, conv, ok, want in [
             ("seed", _as_int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
             ("strength", _as_float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
@@ -183,6 +183,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
             if v is not None and (isinstance(v, float) and math.isnan(v) or not ok(v)):
                 bad.append(f"{name}: {row.get(name)!r} is not {want}")
                 continue
+            own[name] = v
             vals[name] = defaults.get(name) if v is None else v
         if vals.get("start_s") is not None and vals.get("end_s") is not None and vals["end_s"] <= vals["start_s"]:
             bad.append(f"end_s: {vals['end_s']} is not after start_s {vals['start_s']}")
@@ -199,9 +200,10 @@ def load_manifest(uri: str, cfg) -> pa.Table:
                 row_ids.append((i, rid))
             continue
         resolved = _resolve_video(video, bases[i])
-        if rid is None:
-            content = (video, prompt, neg, vals.get("seed"), vals["strength"], vals["num_inference_steps"],
-                       vals["guidance_scale"], vals.get("start_s"), vals.get("end_s"))
+        if rid is None:  # from the row as written, not the job's defaults: a changed flag keeps every id
+            content = (video, row.get("prompt"), row.get("negative_prompt"),
+                       *(own[name] for name in ("seed", "strength", "num_inference_steps", "guidance_scale",
+                                                "start_s", "end_s")))
             k = seen_content.get(content, 0) + 1
             seen_content[content] = k
             rid = _default_id(video, content) + (f"-{k}" if k > 1 else "")

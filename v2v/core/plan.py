@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 
 from v2v.config import JobConfig
-from v2v.core.index import clip_seed
+from v2v.core.index import clip_seed, work_key
+from v2v.core.storage import StorageError, file_version, retrying
 from v2v.core.video import Probe, VideoError, probe
 
 
@@ -104,20 +105,29 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
 # Columns that travel with a clip through the stages (pass-through manifest columns stay on the driver).
 CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "fps", "start_s", "end_s", "width",
                 "height", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps",
-                "guidance_scale", "status", "error"]
+                "guidance_scale", "work_key", "status", "error"]
 
 
 
-def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
+def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], job_key: dict) -> list[dict]:
     """One manifest row -> one row per planned clip (status 'planned'), plus 'skipped' rows for dropped
-    remainders, or a single 'failed' row (clip_index -1) when the video cannot be read."""
+    remainders, or a single 'failed' row (clip_index -1) when the video cannot be read. Each row carries its
+    `work_key` (core.index.work_key over the row and `job_key`, the job's settings that change the output)."""
+    rows = _plan_rows(row, cfg, geometry)
+    version = file_version(row["video"])
+    for r in rows:
+        r["work_key"] = work_key({**r, "video_version": version}, job_key)
+    return rows
+
+
+def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
     width, height, frames = cfg.clip_shape(geometry)
     base = {k: row[k] for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
                                 "guidance_scale")}
     base.update(width=width, height=height, error=None)
     try:
-        p = probe(row["video"])
-    except VideoError as e:
+        p = retrying(lambda: probe(row["video"]), row["video"])
+    except (VideoError, StorageError) as e:
         return [{**base, "clip_index": -1, "start_frame": 0, "num_frames": 0, "fps": None, "start_s": None,
                  "end_s": None, "seed": None, "status": "failed", "error": str(e)}]
     settings = PlanSettings(clip_frames=frames, stride=cfg.clip_stride, fps=cfg.fps,

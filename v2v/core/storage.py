@@ -3,14 +3,61 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 import urllib.parse
 import uuid
 
 import fsspec
+
+logger = logging.getLogger(__name__)
+
+# The packages whose exceptions mean "the store (or the network to it) failed", besides OSError.
+_STORE_PACKAGES = {"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "fsspec", "urllib3", "requests",
+                   "google", "azure"}
+# Tries of a read or write of one file, and the first wait between them (doubling): ~8 s of an outage covered.
+STORE_TRIES = 4
+STORE_FIRST_WAIT_S = 0.5
+
+
+class StorageError(OSError):
+    """A read or write that the store kept failing (timeouts, connection resets, 5xx) through every retry."""
+
+
+# errno values of failures that may pass; others (a missing or forbidden file, a full or read-only disk) stay.
+_TRANSIENT_ERRNOS = {errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE,
+                     errno.EAGAIN, errno.EBUSY, errno.EIO, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether `e` is a failure of the store or the network to it that may pass: a timeout, a reset or refused
+    connection, an object store's 5xx (raised by its client, or as an OSError without an errno)."""
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(e, OSError):
+        return e.errno is None or e.errno in _TRANSIENT_ERRNOS
+    return type(e).__module__.split(".")[0] in _STORE_PACKAGES
+
+
+def retrying(fn, what: str, tries: int = STORE_TRIES, first_wait_s: float = STORE_FIRST_WAIT_S):
+    """fn(), tried again with exponential backoff while it fails with a transient store error; the last such
+    failure is raised as StorageError naming `what`. Other errors pass through at once."""
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            if attempt == tries - 1:
+                raise StorageError(f"{what}: the store kept failing ({tries} tries): {type(e).__name__}: {e}") from e
+            wait = first_wait_s * 2**attempt
+            logger.warning("%s: %s: %s; trying again in %.1f s", what, type(e).__name__, e, wait)
+            time.sleep(wait)
 
 
 def url_to_fs(uri: str):
@@ -26,6 +73,25 @@ def is_local(uri: str) -> bool:
 def _protocols(fs) -> tuple:
     p = fs.protocol
     return p if isinstance(p, tuple) else (p,)
+
+
+def file_version(uri: str) -> str | None:
+    """What tells one version of a file from the next without reading it: its size and its etag (object stores)
+    or modification time. None where the file cannot be looked at."""
+    fs, path = url_to_fs(uri)
+    try:
+        return info_version(fs.info(path))
+    except Exception as e:  # the store's own exception types too: a version unknown now only costs a re-render
+        if isinstance(e, ValueError) or is_transient(e) or isinstance(e, OSError):
+            return None
+        raise
+
+
+def info_version(info: dict) -> str:
+    """A file's size and etag or modification time, from what an fsspec listing says of it."""
+    stamp = next((info[k] for k in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
+                  if info.get(k) is not None), None)
+    return f"{info.get('size')}:{stamp}"
 
 
 def join(root: str, *parts: str) -> str:

@@ -15,7 +15,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from v2v.core.storage import atomic_output, local_path, sha256_file, url_to_fs
+from v2v.core.storage import atomic_output, is_transient, local_path, sha256_file, url_to_fs
 
 
 class VideoError(ValueError):
@@ -45,7 +45,8 @@ _READ_OPTIONS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[
 
 @contextlib.contextmanager
 def open_video(uri: str):
-    """av.open for reading, with every failure turned into one VideoError naming `uri`.
+    """av.open for reading, with every failure of the file turned into one VideoError naming `uri`; a failure of
+    the store (a timeout, a reset connection: storage.is_transient) is raised as it is, for the caller to retry.
 
     Metadata tags that are not UTF-8 (corrupt or legacy files) are read without raising (_READ_OPTIONS): PyAV
     18's strict default raises UnicodeDecodeError on them, which would fail a video whose frames are fine.
@@ -69,8 +70,14 @@ def open_video(uri: str):
             container = av.open(f, "r", **_READ_OPTIONS)
     except VideoError:
         raise
-    except (av.error.FFmpegError, OSError, EOFError) as e:
+    except (av.error.FFmpegError, EOFError) as e:
         raise VideoError(f"{uri}: not a readable video ({e})") from e
+    except Exception as e:
+        if is_transient(e):  # the store failed, not the file: the caller may try again (storage.retrying)
+            raise
+        if isinstance(e, OSError):
+            raise VideoError(f"{uri}: not a readable video ({e})") from e
+        raise
     try:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]

@@ -5,6 +5,7 @@ This module is the only library code that touches Ray; `ray.init` itself happens
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -14,15 +15,15 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from v2v.core import index as idx
-from v2v.core.index import clip_path, video_path
 from v2v.config import ConfigError, JobConfig
-from v2v.job.resources import Resources, resources
+from v2v.core import index as idx
+from v2v.core.index import video_path
 from v2v.core.manifest import NORMALIZED, load_manifest
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
-from v2v.job.stages import Restyle
 from v2v.core.storage import join, url_to_fs, write_bytes_atomic
+from v2v.job.resources import Resources, reachable_resources, resources, wait_for_a_gpu
+from v2v.job.stages import Restyle
 
 logger = logging.getLogger("v2v")
 
@@ -42,6 +43,7 @@ class Summary:
     index: str = ""
     allowed_failures: int = 0
     errors: list[str] = field(default_factory=list)  # a few examples
+    stitch_failed: dict[str, str] = field(default_factory=dict)  # id -> why its video could not be stitched
 
     @property
     def clips_per_minute(self) -> float:
@@ -59,6 +61,9 @@ class Summary:
         if self.failed:
             lines.append(f"     failures: {self.failed} (allowed {self.allowed_failures})")
             lines += [f"       {e}" for e in self.errors[:5]]
+        if self.stitch_failed:
+            lines.append(f"     videos not stitched: {len(self.stitch_failed)}")
+            lines += [f"       {rid}: {why}" for rid, why in list(self.stitch_failed.items())[:5]]
         return "\n".join(lines)
 
 
@@ -83,15 +88,24 @@ def _done_outputs(output: str) -> dict[str, int]:
     return {p[len(root) + 1 :]: int(info.get("size") or 0) for p, info in found.items()}
 
 
-# What a clip's result depends on; a previous row counts as this clip's only if all of them match.
-_WORK_FIELDS = ("video", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps", "guidance_scale",
-                "start_frame", "num_frames", "fps", "width", "height")
+def job_key(cfg: JobConfig, res: Resources, model_version: str) -> dict:
+    """The job's settings that change a clip's output bytes (core.index.work_key adds the clip's own)."""
+    return {"model": cfg.model, "model_version": model_version, "dtype": res.dtype, "scheduler": cfg.scheduler,
+            "eta": cfg.eta, "clip_skip": cfg.clip_skip, "resize": cfg.resize, "codec": cfg.codec, "crf": cfg.crf,
+            "preset": cfg.preset, "audio": cfg.audio}
 
 
-def _same_work(prev: dict, planned: dict, cfg: JobConfig) -> bool:
-    if any(prev.get(k) != planned.get(k) for k in _WORK_FIELDS) or prev.get("model") != cfg.model:
-        return False
-    return prev["status"] != "ok" or prev["output"] == clip_path(planned["id"], planned["clip_index"], cfg.codec)
+def _remove_replaced_outputs(output: str, prev_rows: dict, finished: list[dict]) -> None:
+    """Files of earlier runs that a clip rendered now replaced at another path (another codec's extension): the
+    index no longer names them."""
+    fs, root = url_to_fs(output)
+    for r in finished:
+        old = (prev_rows.get((r["id"], r["clip_index"])) or {}).get("output")
+        if r["status"] == "ok" and old and old != r["output"]:
+            try:
+                fs.rm(f"{root.rstrip('/')}/{old}")
+            except FileNotFoundError:
+                pass
 
 
 def _remove_partial_files(output: str) -> None:
@@ -103,12 +117,13 @@ def _remove_partial_files(output: str) -> None:
             fs.rm(path)
 
 
-def _plan(manifest: pa.Table, cfg: JobConfig, geometry) -> pa.Table:
-    """Probe and plan every video in Ray tasks; returns one row per planned clip (and failed/skipped rows)."""
+def _plan(manifest: pa.Table, cfg: JobConfig, geometry, key: dict) -> pa.Table:
+    """Probe and plan every video in Ray tasks; returns one row per planned clip (and failed/skipped rows), each
+    with its work key."""
     import ray.data
 
     def plan_batch(batch: pa.Table) -> pa.Table:
-        rows = [r for row in batch.to_pylist() for r in plan_rows(row, cfg, geometry)]
+        rows = [r for row in batch.to_pylist() for r in plan_rows(row, cfg, geometry, key)]
         return idx.to_table(rows).select(_PLAN_COLUMNS) if rows else _EMPTY_PLAN
 
     rows = manifest.select(list(NORMALIZED)).to_pylist()  # the manifest's own extra columns stay in the driver
@@ -143,8 +158,8 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
     when another live job is writing the same output.
     """
     from v2v.core.lease import Lease
-    from v2v.model.loading import check_model
     from v2v.core.video import VideoError, check_encoder
+    from v2v.model.loading import check_model
 
     cfg.validate()
     try:  # the encoder opens only after a clip is restyled: refuse its settings now, not on every clip then
@@ -159,8 +174,8 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         return _run(cfg, manifest, run_id, t_start, log)
     with Lease(cfg.output, run_id, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_ttl_s / 4) as lease:
         if lease.took_over:
-            log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose heartbeat had stopped")
-        return _run(cfg, manifest, run_id, t_start, log)
+            log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose job had stopped")
+        return _run(cfg, manifest, run_id, t_start, log, lease)
 
 
 class RestyleActor(Restyle):
@@ -176,26 +191,29 @@ class RestyleActor(Restyle):
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
         super().__init__(cfg, res)
+        import ray
+
+        self.worker += f"/node-{ray.get_runtime_context().get_node_id()[:12]}"  # which node of a cluster
 
 
-def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -> Summary:
+def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, lease=None) -> Summary:
     import ray
-    import ray.data
 
-    from v2v.model.loading import model_geometry
-    from v2v.job.stages import decode, encode
+    from v2v.model.loading import model_geometry, model_version
 
     extra_cols = [c for c in manifest.column_names if c not in NORMALIZED]
     geometry = model_geometry(cfg.model)
+    res = resources(cfg, ray.cluster_resources(), reachable_resources())
 
-    # 1. Plan every video (Ray tasks: probing reads the files).
-    plan = _plan(manifest, cfg, geometry)
+    # 1. Plan every video (Ray tasks: probing reads the files), each clip with the key of its work.
+    plan = _plan(manifest, cfg, geometry, job_key(cfg, res, model_version(cfg.model)))
     planned_keys = list(zip(plan["id"].to_pylist(), plan["clip_index"].to_pylist()))
 
     if not cfg.dry_run:
         _remove_partial_files(cfg.output)
 
-    # 2. Skip clips already done: an 'ok' row for the same settings whose output is present at its size.
+    # 2. Skip clips already done: an 'ok' row of the same work key whose output is present at its size. A clip
+    # whose key changed (settings, source video, model) is rendered again, in place.
     previous = idx.read_all(cfg.output)
     prev_rows = {}
     if previous is not None:
@@ -208,8 +226,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
         prev = prev_rows.get(key)
         if r["status"] != "planned":
             new_rows.append(r)  # failed probe / skipped remainder: recorded now
-        elif prev is None or not _same_work(prev, r, cfg):
-            todo.append(r)  # new, or its settings (prompt, seed, model, codec, ...) changed since
+        elif prev is None or prev.get("work_key") != r["work_key"]:
+            todo.append(r)  # new, or what its output depends on (settings, video, model) changed since
         elif prev["status"] == "ok" and present.get(prev["output"]) == prev["output_bytes"]:
             carried.append(prev)
         elif prev["status"] == "failed" and not cfg.retry_failed:
@@ -224,64 +242,35 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
                        skipped=sum(r["status"] == "skipped" for r in new_rows),
                        failed=sum(r["status"] == "failed" for r in new_rows + carried), index="(dry run)")
 
-    res = resources(cfg, ray.cluster_resources())
-    _write_job_json(cfg, run_id, t_start, {"resources": res.__dict__, "planned_clips": len(planned_keys)})
+    _write_job_json(cfg, run_id, t_start, {"resources": dataclasses.asdict(res), "planned_clips": len(planned_keys)})
     stamp = {"scheduler": None, "model": cfg.model, "run_id": run_id}
     for r in new_rows:
         r.update(stamp, finished_at=time.time())
     idx.write_progress(cfg.output, run_id, new_rows, [])
 
-    # 3. Decode -> restyle -> encode, streaming. One clip per decode/encode task; batches in the actors.
-    finished: list[dict] = []
-    model_sha = None
+    # 3. Decode -> restyle -> encode, streaming. One clip per decode/encode task; batches in the actors, whose pool
+    # grows as GPU nodes join (and loses only the clips in flight on a node that leaves: Ray retries them).
     if todo:
-        ds = _dataset(todo)
-        # A ray_remote_args_fn keeps Ray Data from fusing decode into the restyle actors: fused, the GPU
-        # would sit idle while its own actor decodes. Decode and encode stay CPU tasks that overlap it.
-        # (Ray 2.60 marks ray_remote_args_fn deprecated for 2.64; the project pins 2.60.)
-        cpu_task = {"num_cpus": res.cpus_per_task}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
-            ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
-                                ray_remote_args_fn=lambda: cpu_task)
-        memory = {"memory": int(cfg.actor_memory_gib * 2**30)} if cfg.actor_memory_gib else {}
-        ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res),
-                            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=res.num_actors),
-                            num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, **memory)
-        ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
-        pending: list[dict] = []
-        last_flush = last_log = time.time()
-        done_n = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = batch.to_pylist()
-            now = time.time()
-            for r in rows:
-                r.update(model=cfg.model, run_id=run_id, finished_at=now)
-                model_sha = model_sha or r.get("model_sha256")
-            pending += rows
-            done_n += len(rows)
-            if now - last_flush >= FLUSH_EVERY_S:
-                idx.write_progress(cfg.output, run_id, pending, [])
-                finished += pending
-                pending = []
-                last_flush = now
-            if now - last_log >= LOG_EVERY_S or done_n == len(todo):
-                last_log = now
-                rate = 60 * done_n / max(1e-9, now - t_start)
-                log(f"v2v: {done_n}/{len(todo)} clips rendered ({rate:.1f} clips/min)")
-        if pending:
-            idx.write_progress(cfg.output, run_id, pending, [])
-            finished += pending
+        wait_for_a_gpu(cfg, res, log)
+    finished, model_sha = _render(cfg, res, todo, run_id, t_start, log) if todo else ([], None)
 
     # 4. The index: one row per planned clip, newest attempt wins; pass-through columns joined back.
     rows_by_key = {(r["id"], r["clip_index"]): r for r in carried + new_rows + finished}
-    final_rows = [rows_by_key[k] for k in planned_keys if k in rows_by_key]
+    lost = [r for r in todo if (r["id"], r["clip_index"]) not in rows_by_key]
+    for r in lost:  # every planned clip ends with a row: one that no stage returned is a failure, named so
+        rows_by_key[(r["id"], r["clip_index"])] = {**r, "status": "failed", "run_id": run_id,
+                                                   "finished_at": time.time(), "model": cfg.model,
+                                                   "error": "lost: no stage returned this clip; rerun to retry it"}
+    final_rows = [rows_by_key[k] for k in planned_keys]
     extras = {name: dict(zip(manifest["id"].to_pylist(), manifest[name].to_pylist())) for name in extra_cols}
     for r in final_rows:
         for name in extra_cols:
             r[name] = extras[name].get(r["id"])
     table = idx.to_table(final_rows, extra_cols)
+    if lease is not None:
+        lease.check()  # fencing: a job that lost its lease to a newer one leaves that one's index alone
     idx.finalize(cfg.output, table)
+    _remove_replaced_outputs(cfg.output, prev_rows, finished)
 
     summary = Summary(planned=len(final_rows), index=join(cfg.output, idx.INDEX_FILE),
                       allowed_failures=cfg.allowed_failures(len(final_rows)))
@@ -293,24 +282,96 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log) -
     summary.rendered_now = len(rendered)
     summary.frames = sum(r["num_frames"] for r in rendered)
 
-    # 5. Stitched videos, for ids whose clips are all ok.
+    # 5. Stitched videos, for ids whose clips are all ok. A video that cannot be stitched is reported, not raised:
+    # the index is written by now.
     if cfg.stitch:
-        _stitch(cfg, final_rows, log)
+        summary.stitch_failed = _stitch(cfg, final_rows, log)
 
     summary.wall_s = time.time() - t_start
-    _write_job_json(cfg, run_id, t_start, {"resources": res.__dict__, "planned_clips": len(planned_keys),
+    _write_job_json(cfg, run_id, t_start, {"resources": dataclasses.asdict(res), "planned_clips": len(planned_keys),
                                            "model": {"reference": cfg.model, "sha256": model_sha},
                                            "finished_at": time.time(),
                                            "summary": {k: getattr(summary, k) for k in
                                                        ("planned", "ok", "failed", "skipped", "rendered_now",
-                                                        "frames", "wall_s")}})
+                                                        "frames", "wall_s", "stitch_failed")}})
     return summary
 
 
-def _stitch(cfg: JobConfig, rows: list[dict], log) -> None:
-    import ray
 
-    from v2v.core.video import read_frames, stitch_frames, write_video
+class Interrupted(BaseException):
+    """The job was stopped (Ctrl-C, SIGTERM): `saved` clips of this run are in _progress/, a rerun resumes."""
+
+    def __init__(self, signum: int, saved: int = 0):
+        super().__init__(signum, saved)
+        self.signum, self.saved = signum, saved
+
+
+def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_start: float, log):
+    """Decode -> restyle -> encode the `todo` clip rows on the cluster; every finished row reaches _progress/
+    within FLUSH_EVERY_S, and the rows finished before an interrupt or an error are flushed before it propagates.
+    Returns (finished rows, the model's sha256 as the actors saw it)."""
+    import ray.data
+
+    from v2v.job.stages import decode, encode
+
+    ds = _dataset(todo)
+    # A ray_remote_args_fn keeps Ray Data from fusing decode into the restyle actors: fused, the GPU
+    # would sit idle while its own actor decodes. Decode and encode stay CPU tasks that overlap it.
+    # (Ray 2.60 marks ray_remote_args_fn deprecated for 2.64; the project pins 2.60.)
+    cpu_task = {"num_cpus": res.cpus_per_task}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
+        ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
+                            ray_remote_args_fn=lambda: cpu_task)
+    memory = {"memory": int(cfg.actor_memory_gib * 2**30)} if cfg.actor_memory_gib else {}
+    pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors)
+    ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res), batch_size=cfg.batch_size, compute=pool,
+                        num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, **memory)
+    ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
+    finished: list[dict] = []
+    pending: list[dict] = []
+    model_sha = None
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            idx.write_progress(cfg.output, run_id, pending, [])
+            finished.extend(pending)
+            pending = []
+
+    last_flush = last_log = time.time()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = batch.to_pylist()
+            now = time.time()
+            for r in rows:
+                r.update(model=cfg.model, run_id=run_id, finished_at=now)
+                model_sha = model_sha or r.get("model_sha256")
+            pending += rows
+            if now - last_flush >= FLUSH_EVERY_S:
+                flush()
+                last_flush = now
+            done_n = len(finished) + len(pending)
+            if now - last_log >= LOG_EVERY_S or done_n == len(todo):
+                last_log = now
+                rate = 60 * done_n / max(1e-9, now - t_start)
+                log(f"v2v: {done_n}/{len(todo)} clips rendered ({rate:.1f} clips/min)")
+    except BaseException as e:  # interrupted, or a stage failed the dataset: keep what is finished
+        flush()
+        if isinstance(e, (Interrupted, KeyboardInterrupt)):
+            saved = sum(r["status"] == "ok" for r in finished)
+            raise Interrupted(getattr(e, "signum", 2), saved) from None
+        raise
+    flush()
+    return finished, model_sha
+
+def _stitch(cfg: JobConfig, rows: list[dict], log) -> dict[str, str]:
+    """Write videos/<id> for every id whose clips are all ok (skipped remainders aside). Returns {id: why} of the
+    videos that could not be stitched (a clip file unreadable, the store refusing the write)."""
+    import ray
+    from av import FFmpegError
+
+    from v2v.core.video import VideoError, read_frames, stitch_frames, write_video
 
     by_id: dict[str, list[dict]] = {}
     for r in rows:
@@ -318,14 +379,20 @@ def _stitch(cfg: JobConfig, rows: list[dict], log) -> None:
             by_id.setdefault(r["id"], []).append(r)
 
     @ray.remote(num_cpus=cfg.cpus_per_task)
-    def stitch_one(rid: str, clips: list[dict]) -> str:
-        parts = [(c["start_frame"], read_frames(join(cfg.output, c["output"]))) for c in clips]
-        write_video(stitch_frames(parts), join(cfg.output, video_path(rid, cfg.codec)), clips[0]["fps"],
-                    cfg.codec, cfg.crf, cfg.preset)
-        return rid
+    def stitch_one(rid: str, clips: list[dict]) -> tuple[str, str | None]:
+        try:
+            parts = [(c["start_frame"], read_frames(join(cfg.output, c["output"]))) for c in clips]
+            write_video(stitch_frames(parts), join(cfg.output, video_path(rid, cfg.codec)), clips[0]["fps"],
+                        cfg.codec, cfg.crf, cfg.preset)
+        except (OSError, VideoError, ValueError, FFmpegError) as e:
+            return rid, f"{type(e).__name__}: {e}"
+        return rid, None
 
     refs = [stitch_one.remote(rid, [c for c in clips if c["status"] == "ok"])
             for rid, clips in by_id.items() if all(c["status"] in ("ok", "skipped") for c in clips)
             and any(c["status"] == "ok" for c in clips)]
     done = ray.get(refs)
-    log(f"v2v: stitched {len(done)} video(s) into {join(cfg.output, 'videos')}")
+    failed = {rid: why for rid, why in done if why is not None}
+    log(f"v2v: stitched {len(done) - len(failed)} video(s) into {join(cfg.output, 'videos')}"
+        + (f"; {len(failed)} could not be stitched" if failed else ""))
+    return failed

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from v2v.config import JobConfig, SpeedSettings
+from v2v.config import ConfigError, JobConfig, SpeedSettings
+
+
+class ClusterError(ConfigError):
+    """The cluster cannot run the job as asked (no GPU joined in time for --device cuda)."""
 
 
 @dataclass(frozen=True)
 class Resources:
-    num_actors: int
+    initial_actors: int  # the restyle actor pool starts with this many (the GPUs present at the start), at least 1 ...
+    max_actors: int  # ... and grows to this many as nodes join
     gpus_per_actor: float
     cpus_per_actor: float
     cpus_per_task: float
@@ -18,6 +23,12 @@ class Resources:
     torch_threads: int  # per CPU actor, so actors do not fight over cores
     batch_invariant: bool
     speed: SpeedSettings  # resolved for `device`: every switch on or off
+
+
+# Intra-op threads of a batch-invariant (CPU) actor, whatever the actor count or the machine's cores: CPU kernels
+# split their sums by thread count and round differently with it, so a clip's bits would depend on how many actors
+# share the machine.
+BATCH_INVARIANT_THREADS = 2
 
 
 def auto_dtype(device: str, bf16_native: bool = True) -> str:
@@ -29,23 +40,68 @@ def auto_dtype(device: str, bf16_native: bool = True) -> str:
     return "bfloat16" if bf16_native else "float16"
 
 
-def resources(cfg: JobConfig, cluster: dict) -> Resources:
-    """cluster: ray.cluster_resources() (e.g. {"CPU": 16, "GPU": 2})."""
+def reachable_resources() -> dict:
+    """What the connected cluster can grow to: its autoscaler's node types times their most nodes, as Ray Data
+    reads them too ({} where there is no autoscaler, or it reports none)."""
+    import ray._private.state
+
+    try:
+        return ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # a private API: a Ray that lacks it or answers otherwise means "no autoscaler known"
+        return {}
+
+
+def resources(cfg: JobConfig, cluster: dict, reachable: dict | None = None) -> Resources:
+    """cluster: ray.cluster_resources() (e.g. {"CPU": 16, "GPU": 2}); reachable: what the cluster can grow to
+    (`reachable_resources`), e.g. {"GPU": 8} for an autoscaler whose GPU node type has 8 nodes at most."""
     gpus = int(cluster.get("GPU", 0))
+    gpus_max = max(gpus, int((reachable or {}).get("GPU", 0)))
     cpus = max(1, int(cluster.get("CPU", 1)))
-    gpus_per_actor = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    if gpus_per_actor > 0:
-        num_actors = cfg.num_actors or max(1, int(gpus // gpus_per_actor))
-        device = "cuda"
+    device = cfg.device if cfg.device != "auto" else ("cuda" if gpus_max and cfg.num_gpus_per_actor != 0 else "cpu")
+    if device == "cuda":
+        gpus_per_actor = cfg.num_gpus_per_actor or 1.0
+        max_actors = cfg.num_actors or max(1, int(gpus_max // gpus_per_actor))
+        initial_actors = max(1, min(max_actors, int(gpus // gpus_per_actor)))
     else:
-        num_actors = cfg.num_actors or 1
-        device = "cpu"
+        if cfg.num_gpus_per_actor:
+            raise ConfigError(f"num_gpus_per_actor {cfg.num_gpus_per_actor} needs device cuda (--device cuda)")
+        gpus_per_actor = 0.0
+        initial_actors, max_actors = 1, cfg.num_actors or 1
+    num_actors = max_actors
     # The driver may have no GPU to ask: it assumes native bf16, and an actor on an older card falls back
     # (stages.Restyle).
     dtype = cfg.dtype if cfg.dtype != "auto" else auto_dtype(device)
     # CPU actors share the machine with decode/encode tasks: half the cores go to actors.
     cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / (2 * num_actors)))
-    threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
     invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
-    return Resources(num_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype, threads,
-                     invariant, cfg.speed.resolved(device))
+    if invariant:
+        threads = BATCH_INVARIANT_THREADS
+    else:
+        threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
+    return Resources(initial_actors, max_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype,
+                     threads, invariant, cfg.speed.resolved(device))
+
+
+def wait_for_a_gpu(cfg: JobConfig, res: Resources, log) -> None:
+    """With device cuda on a cluster that has no GPU yet (GPU workers that start at zero), ask the autoscaler for
+    one actor's GPUs and wait up to cfg.gpu_wait_s for them to join. Raises ClusterError if none does."""
+    import time
+
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    if res.device != "cuda" or ray.cluster_resources().get("GPU", 0) >= res.gpus_per_actor:
+        return
+    log(f"v2v: waiting up to {cfg.gpu_wait_s:.0f} s for a GPU node to join the cluster (--gpu-wait-s)")
+    request_resources(bundles=[{"GPU": res.gpus_per_actor}])
+    deadline = time.time() + cfg.gpu_wait_s
+    try:
+        while ray.cluster_resources().get("GPU", 0) < res.gpus_per_actor:
+            if time.time() >= deadline:
+                raise ClusterError(f"--device cuda: no GPU joined the cluster within {cfg.gpu_wait_s:.0f} s "
+                                   "(--gpu-wait-s); check the autoscaler's GPU node type, its quota and max_workers, "
+                                   "or run on CPUs with --device cpu")
+            time.sleep(min(2.0, max(0.1, deadline - time.time())))
+    finally:
+        request_resources(bundles=[])  # the pool asks for what it needs from here on
+    log("v2v: a GPU joined the cluster")

@@ -8,6 +8,7 @@ later stages pass it through untouched. Bad inputs become errors on rows; progra
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -16,10 +17,10 @@ import time
 import numpy as np
 
 from v2v.config import JobConfig
-from v2v.job.resources import Resources, auto_dtype
 from v2v.core.index import clip_path
-from v2v.core.storage import join
+from v2v.core.storage import StorageError, join, retrying
 from v2v.core.video import VideoError, decode_clip, write_video
+from v2v.job.resources import Resources, auto_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,10 @@ def decode(batch: dict, resize: str) -> dict:
         arr = np.zeros((0, h, w, 3), np.uint8)
         if errors[i] is None:
             times = [(int(batch["start_frame"][i]) + k) / float(batch["fps"][i]) for k in range(n)]
+            video = batch["video"][i]
             try:
-                arr = decode_clip(batch["video"][i], times, w, h, resize)
-            except VideoError as e:
+                arr = retrying(lambda: decode_clip(video, times, w, h, resize), video)
+            except (VideoError, StorageError) as e:
                 errors[i] = f"decode: {e}"
         frames.append(arr)
         secs.append(time.perf_counter() - t0)
@@ -53,6 +55,23 @@ def _column(arrays: list[np.ndarray]):
     out = np.empty(len(arrays), object)
     out[:] = arrays
     return out
+
+
+# A restyle actor's exit code after a CUDA error that is not out-of-memory (Ray restarts it), and how often a clip
+# set may take an actor down before its clips are failed rows instead.
+EXIT_DEVICE_FAILURE = 70
+DEVICE_FAILURE_TRIES = 3
+_DEVICE_FAILURES = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
+                    "illegal memory access", "device-side assert", "uncorrectable ECC", "NCCL error")
+
+
+def device_failed(e: BaseException) -> bool:
+    """Whether `e` says the GPU's state is broken (not out of memory, which torch raises as its own type)."""
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError) or not isinstance(e, RuntimeError):
+        return False
+    return type(e).__name__ == "AcceleratorError" or any(s in str(e) for s in _DEVICE_FAILURES)
 
 
 class Restyle:
@@ -105,6 +124,26 @@ class Restyle:
         yield
         self.start_s[name] = time.perf_counter() - t0
 
+    def _restart_or_give_up(self, clips: list[str], e: Exception) -> None:
+        """A CUDA error that is not out-of-memory (an illegal address, an ECC error, a lost device) leaves the
+        process's GPU state unusable: exit, so that Ray starts the actor afresh and retries the batch. Each exit is
+        counted on the node per clip set; one that failed DEVICE_FAILURE_TRIES times returns instead, and its clips
+        become failed rows (a clip that breaks every GPU must not restart actors forever)."""
+        from v2v.model.loading import default_cache_dir
+
+        key = hashlib.sha256("\n".join(sorted(clips)).encode()).hexdigest()[:24]
+        path = default_cache_dir() / "device-failures" / key
+        tries = int(path.read_text()) if path.exists() else 0
+        if tries + 1 >= DEVICE_FAILURE_TRIES:
+            logger.error("restyle: the GPU failed on clips %s %d times; failing them: %s", clips, tries + 1, e)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(tries + 1))
+        logger.error("restyle: the GPU failed (%s: %s); exiting so that Ray restarts this actor and retries "
+                     "clips %s", type(e).__name__, e, clips)
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_FAILURE)
+
     def start_report(self) -> str:
         """Where the start went, and what each stored compiled part did (built, fetched, loaded or failed over)."""
         from v2v.speed import stored_status
@@ -121,6 +160,7 @@ class Restyle:
         import torch
 
         from v2v.model.sampler import ClipSettings, SamplerInputError, restyle, to_uint8_checked
+        from v2v.speed.fixed_shapes import unpadded
 
         n = len(batch["id"])
         errors = _errors(batch)
@@ -132,6 +172,7 @@ class Restyle:
         by_shape: dict[tuple, list[int]] = {}
         for i in todo:
             by_shape.setdefault(frames_in[i].shape, []).append(i)
+        alone: list[list[int]] = []  # groups of one clip split off a batch that ran out of memory
         for idx in by_shape.values():
             groups = [idx]
             while groups:
@@ -145,11 +186,26 @@ class Restyle:
                 video = torch.from_numpy(np.stack([frames_in[i] for i in g]))
                 t0, wall0 = time.perf_counter(), time.time()
                 try:
-                    frames = restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
-                                     vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant,
-                                     output="device_frames")
+                    # a clip retried alone after its batch ran out of memory runs at its own size, unpadded
+                    with unpadded() if g in alone else contextlib.nullcontext():
+                        frames = restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
+                                         vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant,
+                                         output="device_frames")
                     out, bad = to_uint8_checked(frames)
-                except (SamplerInputError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
+                except torch.cuda.OutOfMemoryError as e:
+                    torch.cuda.empty_cache()
+                    if len(g) > 1:  # the batch did not fit: each clip alone, at its own size
+                        alone += [[i] for i in g]
+                        groups += [[i] for i in g]
+                        continue
+                    errors[g[0]] = f"restyle: out of GPU memory even alone ({e})"
+                    continue
+                except (SamplerInputError, RuntimeError) as e:
+                    if device_failed(e):  # the GPU is broken, not this clip: leave it to a fresh process
+                        self._restart_or_give_up([batch["id"][i] + f"/{int(batch['clip_index'][i])}" for i in g], e)
+                        for i in g:
+                            errors[i] = f"restyle: the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}"
+                        continue
                     if len(g) > 1:  # isolate the clip that fails; the others still get restyled
                         groups += [[i] for i in g]
                         continue
@@ -186,9 +242,10 @@ def encode(batch: dict, cfg: JobConfig) -> dict:
         t0 = time.perf_counter()
         try:
             span = (float(batch["start_s"][i]), float(batch["end_s"][i]))
-            sha, size = write_video(batch["frames"][i], join(cfg.output, rel), float(batch["fps"][i]),
-                                    cfg.codec, cfg.crf, cfg.preset,
-                                    audio_from=batch["video"][i] if cfg.audio else None, audio_span=span)
+            target = join(cfg.output, rel)
+            sha, size = retrying(lambda: write_video(batch["frames"][i], target, float(batch["fps"][i]), cfg.codec,
+                                                     cfg.crf, cfg.preset, audio_span=span,
+                                                     audio_from=batch["video"][i] if cfg.audio else None), target)
         except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store, encoder
             errors[i] = f"encode: {type(e).__name__}: {e}"
             continue

@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -127,21 +130,61 @@ def check_model(reference: str, scheduler: str | None = None) -> None:
         raise ModelError(f"model {reference!r}: no model_index.json there; expected a folder in the diffusers layout")
 
 
+def model_version(reference: str) -> str:
+    """What tells one version of a model from the next without reading its weights: for a folder or a URI, every
+    file's relative path, size and modification time (etag on object stores); `tiny`, its build's version; a hub
+    id, the id (its snapshot is whatever the hub cache holds). A model replaced at the same place is another one."""
+    from v2v.core.storage import info_version, url_to_fs
+    from v2v.model.tiny import TINY_VERSION
+
+    kind, ref = model_source(reference)
+    if kind == "tiny":
+        return f"tiny-v{TINY_VERSION}"
+    if kind == "hub":
+        return ref
+    fs, root = url_to_fs(ref)
+    root = root.rstrip("/")
+    listing = sorted((p[len(root) + 1:], info_version(info)) for p, info in fs.find(root, detail=True).items()
+                     if not p.rsplit("/", 1)[-1].startswith("."))
+    return hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
+
+
 def _fetch_fsspec(uri: str, cache: Path) -> Path:
+    """The model at `uri` as a local folder: one cache folder per version of it (`model_version`), so a model
+    replaced at the same URI is fetched again. Where the store cannot be listed now, the copy fetched last."""
     import fsspec
 
-    final = cache / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    fs, root = fsspec.core.url_to_fs(uri)
+    try:
+        found = fs.exists(f"{root.rstrip('/')}/model_index.json")
+        version = model_version(uri) if found else None
+    except OSError as e:  # unreachable: the last copy, if any
+        found, version = False, None
+        logger.warning("model %s: cannot list it (%s)", uri, e)
+    if not found:
+        kept = sorted((p for p in (cache / "models").glob(f"{name}-*") if (p / "model_index.json").exists()),
+                      key=lambda p: p.stat().st_mtime)
+        if kept:
+            logger.warning("model %s: not readable there now; using the copy fetched last, %s", uri, kept[-1])
+            return kept[-1]
+        raise ModelError(f"model {uri!r}: no model_index.json there; expected a folder in the diffusers layout")
+    final = cache / "models" / f"{name}-{version}"
     if (final / "model_index.json").exists():
         return final
-    fs, root = fsspec.core.url_to_fs(uri)
-    if not fs.exists(f"{root.rstrip('/')}/model_index.json"):
-        raise ModelError(f"model {uri!r}: no model_index.json there; expected a folder in the diffusers layout")
+    return publish_folder(final, lambda tmp: fs.get(root.rstrip("/") + "/", str(tmp), recursive=True))
+
+
+def publish_folder(final: Path, fill) -> Path:
+    """A model folder at `final`, written whole by fill(tmp) into a temporary folder beside it, then renamed into
+    place: a half-written folder never looks complete, and a process racing to build the same one loses cleanly
+    to the first (whose folder then holds model_index.json)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
-        fs.get(root.rstrip("/") + "/", str(tmp), recursive=True)
+        fill(tmp)
         try:
-            os.rename(tmp, final)  # atomic: a half-copied folder never looks complete
+            os.rename(tmp, final)
         except OSError:
             if not (final / "model_index.json").exists():
                 raise

@@ -8,9 +8,6 @@ are meaningless; its shapes, dtypes, schedulers and random draws are the real on
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 # Bump when the architecture or seeds change, so stale caches are rebuilt instead of reused.
@@ -146,21 +143,10 @@ def save_tiny(components: dict, folder: str | Path) -> None:
 
 def tiny_model_dir(cache_dir: str | Path | None = None) -> Path:
     """The tiny model's folder, built on first use. Safe when several processes race to build it."""
-    from v2v.model.loading import default_cache_dir
+    from v2v.model.loading import default_cache_dir, publish_folder
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     final = root / f"tiny-v{TINY_VERSION}"
     if (final / "model_index.json").exists():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-    try:
-        save_tiny(build_tiny_components(), tmp)
-        try:
-            os.rename(tmp, final)  # atomic; loses cleanly to a concurrent builder
-        except OSError:
-            if not (final / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return publish_folder(final, lambda tmp: save_tiny(build_tiny_components(), tmp))

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 from v2v.speed.shared_prefix import as_unet_output
+
+_UNPADDED = contextvars.ContextVar("v2v_unpadded", default=False)
+
+
+@contextlib.contextmanager
+def unpadded():
+    """Within: FixedBatch and PadFrames call the eager forward at the call's own size instead of padding it to the
+    compiled batch. For a clip retried alone after its batch ran out of GPU memory: padded back to the full
+    batch, it would run out again."""
+    token = _UNPADDED.set(True)
+    try:
+        yield
+    finally:
+        _UNPADDED.reset(token)
 
 
 class UNetCall:
@@ -55,6 +72,8 @@ class FixedBatch:
         self.takes_pairs = getattr(eager, "takes_pairs", False)
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        if _UNPADDED.get() and self.eager is not None:
+            return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         if self.shape is None:
             self.shape = tuple(sample.shape[1:])
         elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
@@ -92,6 +111,8 @@ class PadFrames:
         self.shape = None
 
     def __call__(self, sample, *args, **kwargs):
+        if _UNPADDED.get():
+            return self.eager(sample, *args, **kwargs)
         if self.shape is None:
             self.shape = tuple(sample.shape[1:])
         n = sample.shape[0]
