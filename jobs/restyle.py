@@ -54,7 +54,7 @@ HELP = {
     "batch_size": "clips per UNet forward in an actor",
     "num_actors": "most restyle actors (default: one per GPU the cluster has or can reach, or 1 on CPUs)",
     "num_gpus_per_actor": "GPUs per actor (default: 1 if the cluster has GPUs, else 0)",
-    "cpus_per_task": "CPUs per decode/encode task",
+    "cpus_per_task": "CPUs per planning (probe) and stitching task",
     "actor_memory_gib": "host memory (GiB) Ray reserves per restyle actor (default: none; ~4.1 for a 576w GPU actor)",
     "dtype": "auto, float32, float16 or bfloat16 (auto: bfloat16 on GPU, float16 before Ampere, float32 on CPU)",
     "vae_chunk": "frames per VAE call (bounds memory)",

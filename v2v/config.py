@@ -59,7 +59,7 @@ class JobConfig:
     # from the GPUs present at the start as nodes join, and shrinks as they leave.
     num_actors: int | None = None
     num_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU actors)
-    cpus_per_task: float = 1.0  # decode and encode tasks
+    cpus_per_task: float = 1.0  # planning (probe) and stitching tasks
     # Host memory Ray reserves for each restyle actor (Ray Data's `memory=`), so that a node is not given more
     # actors than its RAM holds; None: none reserved. A GPU actor of zeroscope_v2_576w uses ~4.1 GiB of host RAM.
     actor_memory_gib: float | None = None

@@ -10,7 +10,6 @@ import json
 import logging
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -23,7 +22,7 @@ from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
 from v2v.core.storage import join, url_to_fs, write_bytes_atomic
 from v2v.job.resources import Resources, reachable_resources, resources, wait_for_a_gpu
-from v2v.job.stages import Restyle
+from v2v.job.stages import ClipWorker
 
 logger = logging.getLogger("v2v")
 
@@ -178,7 +177,7 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         return _run(cfg, manifest, run_id, t_start, log, lease)
 
 
-class RestyleActor(Restyle):
+class RestyleActor(ClipWorker):
     """The restyle stage as a Ray actor, its log lines kept. Where its start went, what each stored compiled part
     did and what it recovered from are INFO records of the `v2v` loggers, which a worker process (no handler on
     its root logger) would drop: they go to the worker's stderr, which Ray keeps in the worker's log file and shows
@@ -193,7 +192,7 @@ class RestyleActor(Restyle):
         super().__init__(cfg, res)
         import ray
 
-        self.worker += f"/node-{ray.get_runtime_context().get_node_id()[:12]}"  # which node of a cluster
+        self.restyle.worker += f"/node-{ray.get_runtime_context().get_node_id()[:12]}"  # which node of a cluster
 
 
 def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, lease=None) -> Summary:
@@ -248,8 +247,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
         r.update(stamp, finished_at=time.time())
     idx.write_progress(cfg.output, run_id, new_rows, [])
 
-    # 3. Decode -> restyle -> encode, streaming. One clip per decode/encode task; batches in the actors, whose pool
-    # grows as GPU nodes join (and loses only the clips in flight on a node that leaves: Ray retries them).
+    # 3. Decode -> restyle -> encode, streaming, a batch at a time in the restyle actors (stages.ClipWorker), whose
+    # pool grows as GPU nodes join (and loses only the clips in flight on a node that leaves: Ray retries them).
     if todo:
         wait_for_a_gpu(cfg, res, log)
     finished, model_sha = _render(cfg, res, todo, run_id, t_start, log) if todo else ([], None)
@@ -307,27 +306,20 @@ class Interrupted(BaseException):
 
 
 def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_start: float, log):
-    """Decode -> restyle -> encode the `todo` clip rows on the cluster; every finished row reaches _progress/
-    within FLUSH_EVERY_S, and the rows finished before an interrupt or an error are flushed before it propagates.
+    """Decode -> restyle -> encode the `todo` clip rows in the restyle actors; every written clip's row reaches
+    _progress/ within FLUSH_EVERY_S, and the rows finished before an interrupt or an error are flushed before it
+    propagates.
     Returns (finished rows, the model's sha256 as the actors saw it)."""
     import ray.data
 
-    from v2v.job.stages import decode, encode
-
-    ds = _dataset(todo)
-    # A ray_remote_args_fn keeps Ray Data from fusing decode into the restyle actors: fused, the GPU
-    # would sit idle while its own actor decodes. Decode and encode stay CPU tasks that overlap it.
-    # (Ray 2.60 marks ray_remote_args_fn deprecated for 2.64; the project pins 2.60.)
-    cpu_task = {"num_cpus": res.cpus_per_task}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
-        ds = ds.map_batches(decode, fn_kwargs={"resize": cfg.resize}, batch_size=1,
-                            ray_remote_args_fn=lambda: cpu_task)
+    # One block per batch: a block is one actor call, whose rows come back together once they are written.
+    ds = _dataset(todo, rows_per_block=cfg.batch_size)
     memory = {"memory": int(cfg.actor_memory_gib * 2**30)} if cfg.actor_memory_gib else {}
-    pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors)
+    pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors,
+                                      max_concurrent_calls_per_actor=ClipWorker.CALLS_AT_ONCE,
+                                      enable_true_multi_threading=True)
     ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res), batch_size=cfg.batch_size, compute=pool,
                         num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, **memory)
-    ds = ds.map_batches(encode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=res.cpus_per_task)
     finished: list[dict] = []
     pending: list[dict] = []
     model_sha = None

@@ -71,8 +71,8 @@ def resources(cfg: JobConfig, cluster: dict, reachable: dict | None = None) -> R
     # The driver may have no GPU to ask: it assumes native bf16, and an actor on an older card falls back
     # (stages.Restyle).
     dtype = cfg.dtype if cfg.dtype != "auto" else auto_dtype(device)
-    # CPU actors share the machine with decode/encode tasks: half the cores go to actors.
-    cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / (2 * num_actors)))
+    # An actor decodes and writes its clips too (stages.ClipWorker): CPU actors share the machine's cores.
+    cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / num_actors))
     invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
     if invariant:
         threads = BATCH_INVARIANT_THREADS

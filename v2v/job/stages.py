@@ -1,6 +1,7 @@
 """The job's stages as plain callables on batches of rows (dicts of columns). Ray wraps them in pipeline.py.
 
-One clip's path: core.plan.plan_rows (probe + plan) -> decode -> Restyle (actor, holds the model) -> encode.
+One clip's path: core.plan.plan_rows (probe + plan) -> decode -> Restyle (holds the model) -> encode, the last
+three in one restyle actor (ClipWorker).
 Each stage takes the columns it needs and adds its own; a clip that fails carries its `error` onward and
 later stages pass it through untouched. Bad inputs become errors on rows; programmer errors raise.
 """
@@ -12,6 +13,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 import time
 
 import numpy as np
@@ -228,6 +230,26 @@ class Restyle:
                 "error": np.array(errors, object),
                 "scheduler": np.array([self.scheduler_name] * n, object),
                 "model_sha256": np.array([self.model_sha256] * n, object)}
+
+
+class ClipWorker:
+    """What a restyle actor does with a batch of clip rows: decode (CPU) -> restyle (the model) -> encode and write
+    (CPU). Ray runs `CALLS_AT_ONCE` calls of one actor at once, on threads: while one batch is in the model, the
+    other decodes or is written, so the GPU stays busy, a clip is written seconds after it is restyled, and no clip
+    is decoded more than a batch ahead of the model (frames never wait in Ray's object store)."""
+
+    CALLS_AT_ONCE = 2
+
+    def __init__(self, cfg: JobConfig, res: Resources):
+        self.cfg = cfg
+        self.restyle = Restyle(cfg, res)
+        self._model = threading.Lock()  # one batch in the model at a time
+
+    def __call__(self, batch: dict) -> dict:
+        batch = decode(batch, self.cfg.resize)
+        with self._model:
+            batch = self.restyle(batch)
+        return encode(batch, self.cfg)
 
 
 def encode(batch: dict, cfg: JobConfig) -> dict:
