@@ -106,8 +106,8 @@ _PART_SWITCHES = {"temporal": "temporal_layers", "frameattn": "frame_attention",
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 
-def _variant_cfg(variant: str) -> tuple[str, "SpeedSettings"]:
-    """'bfloat16+compile+vae' -> ('bfloat16', SpeedSettings with exactly those switches on, every other off).
+def _variant_cfg(variant: str):
+    """'bfloat16+compile+vae' -> ('bfloat16', a SpeedSettings with exactly those switches on, every other off).
 
     `compile` alone compiles the UNet only (torch.compile, kernels cached); `+vae` also the VAE (the job's default
     when compiling); `pre` stores torch.compile's compiled functions (the job's default when compiling) and implies
