@@ -27,13 +27,6 @@ def tiny(cache_dir):
     return load_components("tiny", cache_dir=cache_dir)
 
 
-@pytest.fixture(scope="session")
-def s3_network(s3_endpoint):
-    """The network between the jobs and the S3-compatible server, where a test injects faults (an outage of some
-    paths: connections reset, or 503s). Cleared after each use."""
-    yield s3_endpoint.network
-
-
 @pytest.fixture(autouse=True)
 def _no_lasting_s3_faults(request):
     yield
@@ -41,16 +34,19 @@ def _no_lasting_s3_faults(request):
         request.getfixturevalue("s3_network").clear()
 
 
-class _Endpoint(str):
-    network = None
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_network):
+    """The S3-compatible server's URL, as the jobs reach it (AWS_ENDPOINT_URL)."""
+    return s3_network.url
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
+def s3_network():
     """A real S3-compatible server (moto in server mode) on localhost, reached through a proxy where tests can
     inject faults (tests.helpers.FaultyNetwork), credentials in the standard AWS environment variables. Started
     before the Ray cluster so that Ray's workers inherit them. The AWS client's own retries are off
-    (AWS_MAX_ATTEMPTS=1): what rides out a fault here is v2v's own retrying."""
+    (AWS_MAX_ATTEMPTS=1): what rides out a fault here is v2v's own retrying. Tests inject faults through the
+    returned tests.helpers.FaultyNetwork (cleared after each test)."""
     import subprocess
     import sys
     import time
@@ -72,9 +68,7 @@ def s3_endpoint():
     os.environ.update(AWS_ENDPOINT_URL=network.url, AWS_ACCESS_KEY_ID="v2v-test-key-id",
                       AWS_SECRET_ACCESS_KEY="v2v-test-secret-do-not-log", AWS_DEFAULT_REGION="us-east-1",
                       AWS_MAX_ATTEMPTS="1")
-    endpoint = _Endpoint(network.url)
-    endpoint.network = network
-    yield endpoint
+    yield network
     network.close()
     proc.terminate()
     proc.wait(timeout=10)
