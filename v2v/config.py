@@ -238,8 +238,7 @@ class SpeedSettings:
             d[name.strip()] = words[value.strip().lower()]
         if d.get("cudnn_benchmark", False) is None:
             d["cudnn_benchmark"] = True
-        merged = {**{k: v for k, v in dataclasses.asdict(base or cls()).items()}, **d}
-        return cls.from_dict(merged)
+        return cls.from_dict({**dataclasses.asdict(base or cls()), **d})
 
 
 def _is_a(value, t: type) -> bool:

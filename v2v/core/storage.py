@@ -82,7 +82,7 @@ def file_version(uri: str) -> str | None:
     try:
         return info_version(fs.info(path))
     except Exception as e:  # the store's own exception types too: a version unknown now only costs a re-render
-        if isinstance(e, ValueError) or is_transient(e) or isinstance(e, OSError):
+        if isinstance(e, (OSError, ValueError)) or is_transient(e):
             return None
         raise
 

@@ -67,17 +67,16 @@ def resources(cfg: JobConfig, cluster: dict, reachable: dict | None = None) -> R
             raise ConfigError(f"num_gpus_per_actor {cfg.num_gpus_per_actor} needs device cuda (--device cuda)")
         gpus_per_actor = 0.0
         initial_actors, max_actors = 1, cfg.num_actors or 1
-    num_actors = max_actors
     # The driver may have no GPU to ask: it assumes native bf16, and an actor on an older card falls back
     # (stages.Restyle).
     dtype = cfg.dtype if cfg.dtype != "auto" else auto_dtype(device)
     # An actor decodes and writes its clips too (stages.ClipWorker): CPU actors share the machine's cores.
-    cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / num_actors))
+    cpus_per_actor = 1.0 if device == "cuda" else max(0.5, min(2.0, cpus / max_actors))
     invariant = cfg.batch_invariant if cfg.batch_invariant is not None else device == "cpu"
     if invariant:
         threads = BATCH_INVARIANT_THREADS
     else:
-        threads = max(1, int(cpus // max(1, num_actors))) if device == "cpu" else 4
+        threads = max(1, int(cpus // max_actors)) if device == "cpu" else 4
     return Resources(initial_actors, max_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype,
                      threads, invariant, cfg.speed.resolved(device))
 
