@@ -48,6 +48,20 @@ def small_unet(**config):
     return unet
 
 
+def progress_rows(out, columns: list[str] | None = None):
+    """The rows a running job has written to out/_progress so far, as one DataFrame (empty: none yet). A part
+    vanishing under the reader (the run ended and merged its progress into the index) is skipped."""
+    import pandas as pd
+
+    parts = []
+    for f in out.glob("_progress/*/part-*.parquet"):
+        try:
+            parts.append(pd.read_parquet(f, columns=columns))
+        except (FileNotFoundError, OSError):
+            pass
+    return pd.concat(parts) if parts else pd.DataFrame(columns=columns or ["worker", "status"])
+
+
 def frame_index(frame: np.ndarray) -> int:
     """Read back the index (mod 64) that jobs.demo.pattern_frame stamped into a frame; robust to mild lossy coding."""
     return int(round(float(frame[4:12, 4:12].mean()) / 4)) % 64

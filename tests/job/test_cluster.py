@@ -12,7 +12,7 @@ import pytest
 from ray.cluster_utils import Cluster
 
 from jobs.demo import make_video
-from tests.helpers import REPO
+from tests.helpers import REPO, progress_rows
 
 pytestmark = pytest.mark.slow
 
@@ -56,13 +56,7 @@ def test_a_node_that_joins_gets_an_actor_and_one_that_leaves_loses_no_clip(clust
                 "--batch-size", "1")
 
     def progress() -> pd.DataFrame:
-        parts = []
-        for f in out.glob("_progress/*/part-*.parquet"):
-            try:
-                parts.append(pd.read_parquet(f))
-            except FileNotFoundError:  # the run ended and merged its progress into the index
-                pass
-        return pd.concat(parts) if parts else pd.DataFrame(columns=["worker"])
+        return progress_rows(out)
 
     def wait(until, what: str, limit: float = 240):
         deadline = time.time() + limit

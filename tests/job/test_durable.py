@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 from ray.cluster_utils import Cluster
 
 from jobs.demo import make_video
-from tests.helpers import REPO
+from tests.helpers import REPO, progress_rows
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +24,7 @@ BOUND = 2 * 4 + 40
 def _counts(out) -> tuple[int, int]:
     """(clip files written, rows in _progress) now."""
     files = len(list(out.glob("clips/*/*.mkv")))
-    rows = 0
-    for f in out.glob("_progress/*/part-*.parquet"):
-        try:
-            rows += (pd.read_parquet(f, columns=["status"]).status == "ok").sum()
-        except (FileNotFoundError, OSError):  # being written, or merged at the end
-            pass
-    return files, rows
+    return files, int((progress_rows(out, ["status"]).status == "ok").sum())
 
 
 def test_a_large_manifest_is_written_as_it_is_restyled_and_a_kill_loses_at_most_the_bound(cache_dir, tmp_path):
