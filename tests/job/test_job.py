@@ -290,7 +290,7 @@ def test_driver_killed_at_five_moments_then_finished(baseline, ray_cluster, inpu
         assert sha256_file(str(out / r.output)) == r.output_sha256
 
 
-def test_actor_killed_mid_batch_is_restarted(baseline, ray_cluster, inputs, tmp_path):
+def test_clips_of_an_actor_killed_mid_batch_are_restyled_again(baseline, ray_cluster, inputs, tmp_path):
     import threading
 
     from ray.util.state import list_actors
@@ -313,12 +313,30 @@ def test_actor_killed_mid_batch_is_restarted(baseline, ray_cluster, inputs, tmp_
 
     t = threading.Thread(target=killer)
     t.start()
-    s = run_job(_cfg(inputs, out, "mixed", batch_size=1), **QUIET)
+    lines = []
+    s = run_job(_cfg(inputs, out, "mixed", batch_size=1), log=lines.append)
     t.join()
     assert killed, "the restyle actor was never seen alive"
+    # The clips it had in flight were not retried on it (restarted, it might never fit again): a second pass did.
+    assert any("came back from no actor" in line and "pass 2 of 3" in line for line in lines), lines
     assert s.ok == 8 and _outputs(out) == _outputs(baseline[0])
     df = pd.read_parquet(out / "index")
     assert len(df) == 9 and not df.duplicated(["id", "clip_index"]).any()
+
+
+def test_an_error_the_stages_did_not_expect_stops_the_job_naming_it(ray_cluster, inputs, tmp_path):
+    """Blocks that fail are taken for a stopped actor's and redone; a programmer error must not be: it stops the
+    job with its traceback."""
+    import ray
+
+    from v2v.job.pipeline import _render
+    from v2v.job.resources import reachable_resources, resources
+
+    cfg = _cfg(inputs, tmp_path / "out")
+    res = resources(cfg, ray.cluster_resources(), reachable_resources())
+    row = {"id": "v0", "clip_index": 0, "video": str(inputs / "v0.mp4"), "start_frame": "zero"}  # not a frame number
+    with pytest.raises(RuntimeError, match=r"(?s)a restyle actor failed:.*Traceback.*Error"):
+        _render(cfg, res, [row], "run-x", time.time(), QUIET["log"])
 
 
 def test_unwritable_output_gives_failed_rows_and_a_clear_summary(ray_cluster, inputs, tmp_path):

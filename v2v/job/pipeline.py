@@ -6,10 +6,12 @@ This module is the only library code that touches Ray; `ray.init` itself happens
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import platform
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -28,6 +30,9 @@ logger = logging.getLogger("v2v")
 
 FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed run loses at most
 LOG_EVERY_S = 10.0
+# Clips in flight on an actor that stopped (its node left, its process died) come back from no actor; the job
+# restyles them again with the actors it has, up to this many passes in all, before recording them as lost.
+RENDER_PASSES = 3
 
 
 @dataclass
@@ -194,6 +199,16 @@ class RestyleActor(ClipWorker):
 
         self.restyle.worker += f"/node-{ray.get_runtime_context().get_node_id()[:12]}"  # which node of a cluster
 
+    def __call__(self, batch: dict) -> dict:
+        # Ray Data ignores a failed block here (its max_errored_blocks is unlimited in _render, so that the clips of
+        # an actor that stopped are restyled again): an exception the stages did not turn into failed rows is a
+        # programmer error, which must stop the job. It travels as a block of one `fatal` column that the driver
+        # raises.
+        try:
+            return super().__call__(batch)
+        except Exception:  # noqa: BLE001 - raised again in the driver
+            return {"fatal": [traceback.format_exc()]}
+
 
 def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, lease=None) -> Summary:
     import ray
@@ -248,10 +263,21 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     idx.write_progress(cfg.output, run_id, new_rows, [])
 
     # 3. Decode -> restyle -> encode, streaming, a batch at a time in the restyle actors (stages.ClipWorker), whose
-    # pool grows as GPU nodes join (and loses only the clips in flight on a node that leaves: Ray retries them).
-    if todo:
+    # pool grows as GPU nodes join. The clips in flight on a node that leaves come back from no actor: they are
+    # restyled again in a further pass, by the actors still up.
+    finished, model_sha = [], None
+    for attempt in range(1, RENDER_PASSES + 1):
+        done = {(r["id"], r["clip_index"]) for r in finished}
+        again = [r for r in todo if (r["id"], r["clip_index"]) not in done]
+        if not again:
+            break
+        if attempt > 1:
+            log(f"v2v: {len(again)} clip(s) came back from no actor (an actor stopped or its node left); restyling "
+                f"them again (pass {attempt} of {RENDER_PASSES})")
         wait_for_a_gpu(cfg, res, log)
-    finished, model_sha = _render(cfg, res, todo, run_id, t_start, log) if todo else ([], None)
+        rows, sha = _render(cfg, res, again, run_id, t_start, log, done_before=len(finished))
+        finished += rows
+        model_sha = model_sha or sha
 
     # 4. The index: one row per planned clip, newest attempt wins; pass-through columns joined back.
     rows_by_key = {(r["id"], r["clip_index"]): r for r in carried + new_rows + finished}
@@ -259,7 +285,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in lost:  # every planned clip ends with a row: one that no stage returned is a failure, named so
         rows_by_key[(r["id"], r["clip_index"])] = {**r, "status": "failed", "run_id": run_id,
                                                    "finished_at": time.time(), "model": cfg.model,
-                                                   "error": "lost: no stage returned this clip; rerun to retry it"}
+                                                   "error": f"lost: its actor stopped in each of {RENDER_PASSES} passes; rerun "
+                                                            "to retry it"}
     final_rows = [rows_by_key[k] for k in planned_keys]
     extras = {name: dict(zip(manifest["id"].to_pylist(), manifest[name].to_pylist())) for name in extra_cols}
     for r in final_rows:
@@ -305,10 +332,29 @@ class Interrupted(BaseException):
         self.signum, self.saved = signum, saved
 
 
-def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_start: float, log):
+class _StoppedActorLine(logging.Filter):
+    """Ray Data logs each block of an actor that stopped as an error with its traceback, then goes on without it
+    (max_errored_blocks): the job restyles those clips again, so one warning line says so instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ray.exceptions import RayActorError
+
+        if record.exc_info and isinstance(record.exc_info[1], RayActorError):
+            record.msg = (f"v2v: a restyle actor stopped ({type(record.exc_info[1]).__name__}); the clip(s) it had "
+                          "in flight are restyled again after this pass")
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_start: float, log,
+            done_before: int = 0):
     """Decode -> restyle -> encode the `todo` clip rows in the restyle actors; every written clip's row reaches
     _progress/ within FLUSH_EVERY_S, and the rows finished before an interrupt or an error are flushed before it
-    propagates.
+    propagates. A clip in flight on an actor that stops (its node preempted, its process killed) is not waited for:
+    its block fails, Ray Data goes on without it, and it is missing from the rows returned. (With Ray Data's
+    defaults the block would be retried on that actor only, once it restarts: on a cluster that gets no node back
+    the job would wait forever.)
     Returns (finished rows, the model's sha256 as the actors saw it)."""
     import ray.data
 
@@ -318,8 +364,15 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
     pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors,
                                       max_concurrent_calls_per_actor=ClipWorker.CALLS_AT_ONCE,
                                       enable_true_multi_threading=True)
+    # An actor that stops is restarted where it fits (a GPU failure exits the actor on purpose: stages.Restyle),
+    # but what it had in flight is not retried on it.
     ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res), batch_size=cfg.batch_size, compute=pool,
-                        num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, **memory)
+                        num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, max_restarts=-1,
+                        max_task_retries=0, **memory)
+    ds.context.max_errored_blocks = -1  # a failed block is a stopped actor's: RestyleActor returns any other error
+    ray_data_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    if not any(isinstance(f, _StoppedActorLine) for f in ray_data_log.filters):
+        ray_data_log.addFilter(_StoppedActorLine())
     finished: list[dict] = []
     pending: list[dict] = []
     model_sha = None
@@ -334,6 +387,8 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
     last_flush = last_log = time.time()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if "fatal" in batch.column_names:
+                raise RuntimeError(f"a restyle actor failed:\n{batch.column('fatal')[0].as_py()}")
             rows = batch.to_pylist()
             now = time.time()
             for r in rows:
@@ -343,11 +398,11 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
             if now - last_flush >= FLUSH_EVERY_S:
                 flush()
                 last_flush = now
-            done_n = len(finished) + len(pending)
-            if now - last_log >= LOG_EVERY_S or done_n == len(todo):
+            done_n = done_before + len(finished) + len(pending)
+            if now - last_log >= LOG_EVERY_S or done_n == done_before + len(todo):
                 last_log = now
                 rate = 60 * done_n / max(1e-9, now - t_start)
-                log(f"v2v: {done_n}/{len(todo)} clips rendered ({rate:.1f} clips/min)")
+                log(f"v2v: {done_n}/{done_before + len(todo)} clips rendered ({rate:.1f} clips/min)")
     except BaseException as e:  # interrupted, or a stage failed the dataset: keep what is finished
         flush()
         if isinstance(e, (Interrupted, KeyboardInterrupt)):
@@ -355,6 +410,10 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
             raise Interrupted(getattr(e, "signum", 2), saved) from None
         raise
     flush()
+    # This pass's actors stop once nothing refers to them, and the executor's references sit in cycles: collect
+    # them now, or an actor restarting somewhere would hold its GPU until Python's collector ran on its own.
+    del ds
+    gc.collect()
     return finished, model_sha
 
 def _stitch(cfg: JobConfig, rows: list[dict], log) -> dict[str, str]:
