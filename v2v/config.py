@@ -83,6 +83,9 @@ class JobConfig:
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
     retry_failed: bool = False  # also redo clips whose last attempt failed
     dry_run: bool = False  # plan and report the work, load no model
+    # A manifest column v2v does not use whose name is close to one it does ('sede', 'promt') is an error, not a
+    # warning.
+    strict_columns: bool = False
     # A job's lease on its output expires this long after its last heartbeat (every quarter of it): shorter
     # lets a rerun take over sooner after a crash; too short risks taking over from a live but stalled job.
     lease_ttl_s: float = 120.0

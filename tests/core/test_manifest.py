@@ -49,20 +49,49 @@ def test_identical_rows_get_distinct_ids(tmp_path):
     assert a != b and b == a + "-2"
 
 
-def test_every_bad_row_is_listed_at_once(tmp_path):
+@pytest.mark.parametrize("name, first", [("m.parquet", "m.parquet row {}"), ("m.csv", "m.csv line {}"),
+                                         ("m.jsonl", "m.jsonl line {}")])
+def test_every_bad_row_is_listed_at_once_where_its_user_sees_it(tmp_path, name, first):
     path = _write(tmp_path, [
         {"video": "ok.mp4", "prompt": "fine", "seed": 1, "strength": 0.5, "id": "a"},
         {"video": "v.mp4", "prompt": None, "seed": -3, "strength": 1.5, "id": "b"},
         {"video": None, "prompt": "x", "seed": 1, "strength": -0.5, "id": "c"},
         {"video": "v.mp4", "prompt": "y", "seed": 2, "strength": 0.5, "id": "a"},
-    ])
+    ], name)
+    # Parquet rows count from 0, as pandas does; a CSV's header is its line 1, a JSON Lines file's first row is.
+    at = {"m.parquet": lambda i: i, "m.csv": lambda i: i + 2, "m.jsonl": lambda i: i + 1}[name]
+    where = [first.format(at(i)) for i in range(4)]
     with pytest.raises(ManifestError) as e:
         load_manifest(path, CFG)
     msg = str(e.value)
-    for expected in ["row 1 (id 'b'): prompt: missing", "row 1 (id 'b'): seed: -3", "row 1 (id 'b'): strength: 1.5",
-                     "row 2 (id 'c'): video: missing", "row 2 (id 'c'): strength", "rows [0, 3]: duplicate id 'a'"]:
-        assert expected in msg, expected
+    for expected in [f"{where[1]} (id 'b'): prompt: missing", f"{where[1]} (id 'b'): seed: -3",
+                     f"{where[1]} (id 'b'): strength: 1.5 is out of range: strength must be in (0, 1]",
+                     f"{where[2]} (id 'c'): video: missing", f"{where[2]} (id 'c'): strength",
+                     f"{where[0]}, {where[3]}: duplicate id 'a'"]:
+        assert expected in msg, (expected, msg)
     assert "nothing was run" in msg
+
+
+def test_csv_lines_count_values_that_span_lines(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('video,prompt,strength\nv.mp4,"two\nlines",0.5\nw.mp4,p,7.5\n')
+    with pytest.raises(ManifestError, match=r"m.csv line 4: strength: 7.5 is out of range"):
+        load_manifest(str(path), CFG)
+
+
+def test_a_column_named_close_to_a_known_one_is_flagged(tmp_path, caplog):
+    path = _write(tmp_path, [{"video": "v.mp4", "prompt": "p", "sede": 3, "Strenght": 0.2, "style_tag": "x"}])
+    with caplog.at_level("WARNING", logger="v2v"):
+        t = load_manifest(path, CFG)
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("column 'sede' is not used; did you mean 'seed'?" in m for m in warned), warned
+    assert any("column 'Strenght' is not used; did you mean 'strength'?" in m for m in warned), warned
+    assert not any("style_tag" in m for m in warned)  # a column of the user's own, not a near miss
+    assert t["sede"].to_pylist() == [3] and t["seed"].to_pylist() == [None]  # passed through, not used
+    strict = JobConfig(manifest="x", output="y", strict_columns=True)
+    with pytest.raises(ManifestError, match=r"m.parquet: column 'sede' is not used; did you mean 'seed'\? "
+                                            r"\(--strict-columns\)"):
+        load_manifest(path, strict)
 
 
 def test_missing_columns_and_default_prompt(tmp_path):

@@ -6,7 +6,9 @@ table with normalized columns (see NORMALIZED) plus the user's pass-through colu
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import logging
 import math
 import posixpath
 
@@ -33,6 +35,8 @@ NORMALIZED = {
 MAX_PROMPT_CHARS = 10_000  # far past the text encoder's 77 tokens; longer is surely not a prompt
 MAX_ERRORS_SHOWN = 20
 
+logger = logging.getLogger(__name__)
+
 
 class ManifestError(ValueError):
     """The manifest cannot be used; the message lists the offending rows and fields."""
@@ -58,38 +62,69 @@ def _files(uri: str) -> tuple[object, list[str]]:
     return fs, [f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files]
 
 
-def _read_one(fs, uri: str) -> pa.Table:
+def _read_one(fs, uri: str) -> tuple[pa.Table, list[str]]:
+    """The file's rows, and where each is as its user sees it: "m.csv line 5" (the header is line 1),
+    "m.jsonl line 3", "m.parquet row 2" (counted from 0, as pandas does)."""
+    import io
+
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     _, path = url_to_fs(uri)
+    name = posixpath.basename(path)
     kind = FORMATS[posixpath.splitext(path)[1].lower()]
     try:
         with fs.open(path, "rb") as f:
-            if kind == "parquet":
-                return pq.read_table(f)
-            if kind == "csv":
-                # Types are inferred; values are checked below with row numbers either way.
-                return pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
-            return pjson.read_json(f)
+            data = f.read()
+        if kind == "parquet":
+            table = pq.read_table(io.BytesIO(data))
+            return table, [f"{name} row {i}" for i in range(table.num_rows)]
+        if kind == "csv":
+            # Types are inferred; values are checked below with row numbers either way.
+            table = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+            return table, [f"{name} line {n}" for n in _csv_record_lines(data)[:table.num_rows]]
+        table = pjson.read_json(io.BytesIO(data))
+        lines = [n for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+        return table, [f"{name} line {n}" for n in lines[:table.num_rows]]
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"manifest {uri}: cannot be read as {kind} ({e})") from e
 
 
-def read_manifest(uri: str) -> tuple[pa.Table, list[str]]:
-    """All rows of all manifest files, and for each row the folder its relative video paths resolve against."""
+def _csv_record_lines(data: bytes) -> list[int]:
+    """The line each CSV record after the header starts on (a quoted value may span lines)."""
+    import csv
+
+    reader = csv.reader(_text(data))
+    starts, line = [], 1
+    for k, _ in enumerate(reader):
+        if k:
+            starts.append(line)
+        line = reader.line_num + 1
+    return starts
+
+
+def _text(data: bytes):
+    import io
+
+    return io.StringIO(data.decode("utf-8", errors="replace"), newline="")
+
+
+def read_manifest(uri: str) -> tuple[pa.Table, list[str], list[str]]:
+    """All rows of all manifest files; for each row the folder its relative video paths resolve against, and
+    where it is (file and line or row) for messages."""
     fs, files = _files(uri)
-    tables, bases = [], []
+    tables, bases, places = [], [], []
     for f in files:
-        t = _read_one(fs, f)
+        t, where = _read_one(fs, f)
         tables.append(t)
         bases += [posixpath.dirname(f)] * t.num_rows
+        places += where
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ManifestError(f"manifest {uri}: its files disagree on column types ({e})") from e
-    return table, bases
+    return table, bases, places
 
 
 def _resolve_video(video: str, base: str) -> str:
@@ -126,7 +161,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
     """Read, check and normalize the manifest against the job's defaults. Raises ManifestError."""
     from v2v.core.index import INDEX_SCHEMA
 
-    raw, bases = read_manifest(uri)
+    raw, bases, places = read_manifest(uri)
     cols = {name: raw.column(name).to_pylist() for name in raw.column_names}
     n = raw.num_rows
     errors: list[str] = []
@@ -140,6 +175,17 @@ def load_manifest(uri: str, cfg) -> pa.Table:
     if reserved:
         raise ManifestError(f"manifest {uri}: column(s) {reserved} are written by v2v into the index; rename them")
 
+    for name in raw.column_names:
+        close = [] if name in NORMALIZED else difflib.get_close_matches(name.lower(), list(NORMALIZED), n=1,
+                                                                          cutoff=0.75)
+        if close:
+            message = (f"manifest {uri}: column {name!r} is not used; did you mean {close[0]!r}? (it is passed "
+                       "through to the index as it is)")
+            if cfg.strict_columns:
+                raise ManifestError(message.replace(" (it is passed through to the index as it is)",
+                                                    " (--strict-columns)"))
+            logger.warning("v2v: %s", message)
+
     out: dict[str, list] = {k: [] for k in NORMALIZED}
     defaults = {"negative_prompt": cfg.negative_prompt, "strength": cfg.strength,
                 "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
@@ -147,7 +193,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
     row_ids: list[tuple[int, str]] = []  # (row number, id) of every row whose id is known
     for i in range(n):
         row = {k: cols[k][i] for k in cols}
-        where = f"row {i}" + (f" (id {row['id']!r})" if row.get("id") not in (None, "") else "")
+        where = places[i] + (f" (id {row['id']!r})" if row.get("id") not in (None, "") else "")
         bad = []
         video = row.get("video")
         if not isinstance(video, str) or not video.strip():
@@ -169,19 +215,20 @@ def load_manifest(uri: str, cfg) -> pa.Table:
         vals, own = {}, {}  # the values the row runs with; those it gave itself (None where it left them empty)
         for name, conv, ok, want in [
             ("seed", _as_int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
-            ("strength", _as_float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-            ("num_inference_steps", _as_int, lambda v: 1 <= v <= 10_000, "an integer in [1, 10000]"),
-            ("guidance_scale", _as_float, lambda v: math.isfinite(v) and -1e4 < v < 1e4, "a finite number"),
-            ("start_s", _as_float, lambda v: 0 <= v < 1e9, "a number >= 0"),
-            ("end_s", _as_float, lambda v: 0 < v < 1e9, "a number > 0"),
+            ("strength", _as_float, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("num_inference_steps", _as_int, lambda v: 1 <= v <= 10_000, "in [1, 10000]"),
+            ("guidance_scale", _as_float, lambda v: math.isfinite(v) and -1e4 < v < 1e4, "finite, in (-1e4, 1e4)"),
+            ("start_s", _as_float, lambda v: 0 <= v < 1e9, ">= 0"),
+            ("end_s", _as_float, lambda v: 0 < v < 1e9, "> 0"),
         ]:
             try:
                 v = conv(row.get(name))
             except (TypeError, ValueError) as e:
-                bad.append(f"{name}: {row.get(name)!r} is not {want} ({e})")
+                kind = "an integer" if conv is _as_int else "a number"
+                bad.append(f"{name}: {row.get(name)!r} is not {kind} ({e})")
                 continue
             if v is not None and (isinstance(v, float) and math.isnan(v) or not ok(v)):
-                bad.append(f"{name}: {row.get(name)!r} is not {want}")
+                bad.append(f"{name}: {row.get(name)!r} is out of range: {name} must be {want}")
                 continue
             own[name] = v
             vals[name] = defaults.get(name) if v is None else v
@@ -220,7 +267,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
     for folder, hits in by_folder.items():
         if len(hits) > 1:
             same = len({rid for _, rid in hits}) == 1
-            errors.append(f"rows {[i for i, _ in hits]}: duplicate id {hits[0][1]!r}"
+            errors.append(f"{', '.join(places[i] for i, _ in hits)}: duplicate id {hits[0][1]!r}"
                           + ("" if same else f" (ids {[rid for _, rid in hits]} map to the same folder {folder!r})"))
     if errors:
         shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
