@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -81,12 +83,12 @@ def ray_cli() -> list[str]:
 
 
 def start_head(temp_dir: str, num_cpus: int = 4) -> dict:
-    """Start a head node. Token authentication is on (conftest sets the token before Ray is imported, which
+    """Start a head node, its metrics for Prometheus at the returned "metrics" URL. Token authentication is on (conftest sets the token before Ray is imported, which
     is when Ray reads it); this process and its children (drivers, `ray job submit`) share it."""
-    gcs, dash = free_port(), free_port()
+    gcs, dash, metrics = free_port(), free_port(), free_port()
     cmd = ray_cli() + ["start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                        "--include-dashboard=true", f"--num-cpus={num_cpus}", "--num-gpus=0",
-                       f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+                       f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=180)
     dashboard = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 60
@@ -100,7 +102,7 @@ def start_head(temp_dir: str, num_cpus: int = 4) -> dict:
             break
         except OSError:
             time.sleep(0.5)
-    return {"address": f"127.0.0.1:{gcs}", "dashboard": dashboard}
+    return {"address": f"127.0.0.1:{gcs}", "dashboard": dashboard, "metrics": f"http://127.0.0.1:{metrics}/metrics"}
 
 
 def stop() -> None:
@@ -217,3 +219,21 @@ class FaultyNetwork:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+# A real headless browser (Debian's Chromium: `apt-get install chromium`; .ci/run installs it), for the pages v2v
+# writes. The flags keep it off the network, which this machine does not have.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def browser_dom(url: str, wait_ms: int = 5000) -> str:
+    """The page's DOM after it loaded and its scripts ran (chromium --headless --dump-dom)."""
+    assert CHROMIUM, "no Chromium on this machine: apt-get install chromium (.ci/run does)"
+    with tempfile.TemporaryDirectory() as profile:
+        r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                            "--disable-sync", f"--user-data-dir={profile}", "--allow-file-access-from-files",
+                            f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout

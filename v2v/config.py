@@ -48,6 +48,9 @@ class JobConfig:
     preset: str | None = None
     audio: bool = False  # copy the matching segment of the source's audio into each clip
     stitch: bool = False  # also write videos/<id>.<ext> from each video's clips
+    # previews/<id>.jpg (preview_frames source frames above the same restyled) and previews/index.html
+    preview: bool = False
+    preview_frames: int = 4
 
     # Execution. More clips per batch use the GPU better but need more memory.
     # auto: cuda when the cluster has GPUs or its autoscaler can add GPU nodes, else cpu. cuda never falls back to
@@ -108,6 +111,7 @@ class JobConfig:
             ("num_gpus_per_actor", self.num_gpus_per_actor is None or self.num_gpus_per_actor >= 0, ">= 0"),
             ("actor_memory_gib", self.actor_memory_gib is None or self.actor_memory_gib > 0, "> 0"),
             ("vae_chunk", self.vae_chunk >= 1, ">= 1"),
+            ("preview_frames", 1 <= self.preview_frames <= 32, "in [1, 32]"),
             ("max_failures", self.max_failures >= 0, ">= 0"),
             ("lease_ttl_s", self.lease_ttl_s >= 1, ">= 1"),
             ("width", self.width is None or (self.width >= 8 and self.width % 8 == 0), "a multiple of 8"),

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from jobs.demo import make_video, pattern_frame
 from tests.helpers import frame_index
 from v2v.core.plan import PlanError, PlanSettings, plan_clips
-from v2v.core.video import VideoError, decode_clip, probe, read_frames, stitch_frames, write_video
+from v2v.core.video import (VideoError, decode_clip, describe_resize, probe, read_frames, stitch_frames,
+                            write_video)
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +328,13 @@ def test_fuzzed_video_bytes_decode_or_raise_video_error(good_mp4, tmp_path_facto
         assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3)
     except VideoError as e:
         assert str(path) in str(e)
+
+
+@pytest.mark.parametrize("src, policy, says", [
+    ((1920, 1080), "cover", "scaled from 1920x1080 to 576x324, 4 px of height cropped"),
+    ((1080, 1920), "pad", "scaled from 1080x1920 to 180x320, 396 px of width padded"),
+    ((640, 480), "stretch", "stretched from 640x480"),
+    ((576, 320), "cover", "kept as it is"),
+])
+def test_resize_is_described_as_decoding_does_it(src, policy, says):
+    assert describe_resize(*src, 576, 320, policy) == says

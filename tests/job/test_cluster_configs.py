@@ -64,3 +64,17 @@ def test_runtime_env_and_dockerfile():
     for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for path in src.split():
             assert os.path.exists(os.path.join(repo, path)), path
+
+
+def test_grafana_dashboard_plots_every_metric_the_actors_report():
+    import json
+
+    from v2v.job import metrics
+
+    with open(os.path.join(CLUSTER, "grafana-dashboard.json")) as f:
+        dash = json.load(f)
+    queries = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    reported = re.findall(r"^    (v2v_\w+)\{", metrics.__doc__, re.M)
+    assert len(reported) == 5
+    for name in reported:  # Prometheus sees them with Ray's prefix; a counter with _total, a histogram's buckets
+        assert re.search(rf"ray_{name}(_total|_bucket)?\b", queries), name

@@ -82,6 +82,7 @@ def test_end_to_end_over_every_manifest_format(baseline):
         assert frames.shape == (r.num_frames, 64, 64, 3)
         assert r.seed == 100 * int(r.tag[1]) + r.clip_index  # row seed + clip index
         assert r.decode_s > 0 and r.restyle_s > 0 and r.encode_s > 0 and len(r.output_sha256) == 64
+        assert r.temporal_flicker > 0 and -1 <= r.source_ssim <= 1 and r.blank in (True, False)
         # per-actor timing: the clip's batch was inside the model for at least its share of the batch's time
         # (1e-5: unix times near 1.8e9 s are float64s with 2.4e-7 s steps)
         assert r.restyle_finished_at - r.restyle_started_at >= r.restyle_s - 1e-5 and r.restyle_s > 0
@@ -116,14 +117,21 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
     path = out / pd.read_parquet(out / "index").set_index(["id", "clip_index"]).loc[victim].output
     path.unlink()  # a lost output is redone; the others are not touched
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "clips").rglob("*.mkv")}
-    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    videos = {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()}
+    s = run_job(_cfg(inputs, out, "mixed", stitch=True), **QUIET)
     assert s.rendered_now == 1 and _outputs(out) == first
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())
     assert len(pd.read_parquet(out / "index")) == 9
+    # only the video with a clip rendered again is stitched again
+    changed = sorted(name for name, m in videos.items() if (out / "videos" / name).stat().st_mtime_ns != m)
+    assert changed == [f"{victim[0]}.mkv"], changed
     s = run_job(_cfg(inputs, out, "mixed", retry_failed=True), **QUIET)
     assert s.rendered_now == 0 and s.failed == 1  # the bad video was tried again, and failed again
     s = run_job(_cfg(inputs, out, "mixed", guidance_scale=9.0), **QUIET)
     assert s.rendered_now == 8  # changed settings are not "done": every clip is rendered again
+    runs = json.loads((out / "job.json").read_text())["runs"]  # the baseline's run, then these three
+    assert [r["rendered_now"] for r in runs] == [8, 1, 0, 8] and len({r["run_id"] for r in runs}) == 4
+    assert all(r["finished_at"] >= r["started_at"] for r in runs) and runs[2]["failed"] == 1
 
 
 def test_a_rerun_renders_again_exactly_the_clips_whose_output_would_differ(ray_cluster, inputs, tmp_path):
@@ -202,6 +210,57 @@ def _wait_mid_run(proc, out) -> None:
         time.sleep(0.05)
 
 
+def test_audio_reaches_the_clips_and_the_stitched_video(ray_cluster, tmp_path):
+    import av
+
+    make_video(str(tmp_path / "v.mp4"), 40, 64, 64, fps=24, audio=True)  # 5 clips of 8 frames: 40/24 s of audio
+    (tmp_path / "m.csv").write_text("video,prompt\nv.mp4,ink\n")
+    out = tmp_path / "out"
+    s = run_job(JobConfig(manifest=str(tmp_path / "m.csv"), output=str(out), steps=2, audio=True, stitch=True),
+                **QUIET)
+    assert s.ok == 5
+
+    def audio_s(path) -> float:
+        with av.open(str(path)) as c:
+            a = c.streams.audio[0]
+            return float(sum(p.duration for p in c.demux(a) if p.size) * a.time_base)
+
+    clips = sorted((out / "clips").rglob("*.mp4"))
+    assert len(clips) == 5 and all(0.25 <= audio_s(c) <= 0.42 for c in clips)  # 8/24 s each, to a packet
+    (video,) = (out / "videos").iterdir()
+    assert 1.55 <= audio_s(video) <= 1.8
+
+
+def test_previews_show_every_video_and_open_in_a_browser(baseline, inputs, tmp_path):
+    from PIL import Image
+
+    from tests.helpers import browser_dom
+
+    out = tmp_path / "out"
+    shutil.copytree(baseline[0], out, symlinks=True)
+    s = run_job(_cfg(inputs, out, "mixed", preview=True, preview_frames=3), **QUIET)
+    assert s.rendered_now == 0 and s.preview == str(out / "previews" / "index.html") and s.preview in s.text()
+    df = pd.read_parquet(out / "index")
+    good = sorted(set(df[df.status == "ok"].id))
+    strips = sorted(p.stem for p in (out / "previews").glob("*.jpg"))
+    assert strips == good and len(good) == 3
+    with Image.open(out / "previews" / f"{good[0]}.jpg") as im:  # 3 source frames above 3 restyled, 64x64 each
+        assert im.size == (3 * 64, 2 * 64)
+    dom = browser_dom((out / "previews" / "index.html").as_uri())
+    assert 'data-broken-images="0"' in dom and '<span class="missing">' not in dom  # every image loaded
+    assert dom.count("<img ") == 3
+    bad = df[df.status == "failed"].iloc[0]
+    assert re.search(rf'<tr class="failed" data-id="{re.escape(bad.id)}".*not a readable video', dom), dom[-3000:]
+    # sorted from the address, as a link to the page can ask: lowest SSIM first
+    dom = browser_dom((out / "previews" / "index.html").as_uri() + "#sort=ssim")
+    order = re.findall(r'<tr class="\w+" data-id="([^"]+)"[^>]*data-ssim="([^"]*)"', dom)
+    ssims = [float(v) for _, v in order if v]
+    assert len(ssims) == 3 and ssims == sorted(ssims)
+    (out / "previews" / f"{good[0]}.jpg").unlink()  # a strip that is gone shows as missing, not as a broken page
+    dom = browser_dom((out / "previews" / "index.html").as_uri())
+    assert 'data-broken-images="1"' in dom and dom.count('<span class="missing">preview missing</span>') == 1
+
+
 def test_killed_run_resumes_to_the_undisturbed_result(baseline, ray_cluster, inputs, tmp_path):
     out = tmp_path / "out"
     proc = _start_driver(inputs, out, ray_cluster)
@@ -237,6 +296,14 @@ def test_dry_run_plans_without_loading_a_model(ray_cluster, inputs, tmp_path):
     s = run_job(_cfg(inputs, tmp_path / "out", dry_run=True), log=lines.append)
     assert s.planned == 9 and "8 to render (60 frames)" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written, no actor started
+    # per video: its clips, their size and what resizing does (80x64 sources, 64x64 clips); then the totals
+    text = "\n".join(lines)
+    assert re.search(r"  [\w-]+: 3 clips \(24 frames, 0.00-1.00 s\) at 64x64; cover: scaled from 80x64 to 80x64, "
+                     r"16 px of width cropped", text), text
+    assert re.search(r"  [\w-]+: cannot be read: .*bad.mp4", text), text
+    assert lines[-1] == ("v2v: dry run: would render 8 clips (60 frames, 16 clip-steps); no GPU time measured for "
+                         "64x64x8 clips; nothing was written")
+    assert s.text() == "v2v: 9 clips planned: 0 done before, 1 failed, 0 skipped (dry run)"
 
 
 def test_ray_job_submit(ray_cluster, inputs, tmp_path):
@@ -249,8 +316,57 @@ def test_ray_job_submit(ray_cluster, inputs, tmp_path):
     assert "3 ok, 1 failed" in r.stdout
     # the actor's own log line (where its start went) reaches the job's output
     assert "INFO v2v.job.stages: restyle actor ready: imports" in r.stdout
+    # and Ray's own lines do not, unless -v: its start-up, each dataset's start/plan/end, the progress bars' notice,
+    # the core worker's note about restarts, the loaders' progress bars
+    job_output = r.stdout.split("Tailing logs until the job exits", 1)[-1]
+    for noise in ["Connecting to existing Ray cluster", "streaming_executor", "Progress bars disabled",
+                  "core_worker.cc", "Loading weights", "RayDeprecationWarning"]:
+        assert noise not in job_output, (noise, job_output)
+    assert re.search(r"v2v: 3/3 clips, 0 failed, [\d.]+ clips/min", job_output)  # the progress line, at its end
     df = pd.read_parquet(out / "index")
     assert sorted(df.status) == ["failed", "ok", "ok", "ok"] and all(df[df.status == "ok"].output.str.endswith(".mp4"))
+
+
+def _scrape(url: str) -> list[tuple[str, dict, float]]:
+    """(name, labels, value) of every v2v sample Ray's metrics endpoint serves."""
+    import urllib.request
+
+    samples = []
+    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+        m = re.match(r"(ray_v2v_\w+)\{(.*)\} (\S+)$", line)
+        if m:
+            samples.append((m[1], dict(re.findall(r'(\w+)="([^"]*)"', m[2])), float(m[3])))
+    return samples
+
+
+def test_metrics_reach_prometheus_with_the_right_counts(baseline, ray_cluster, inputs, tmp_path):
+    """Ray exports the actors' metrics for Prometheus; a scrape of the node's endpoint shows this run's clips."""
+    out = tmp_path / "out"
+    s = run_job(_cfg(inputs, out, "mixed", max_failures=1), **QUIET)
+    run = json.loads((out / "job.json").read_text())["run_id"]
+    deadline, samples = time.time() + 90, []
+    while time.time() < deadline:  # Ray's agent exports what the workers recorded every few seconds
+        samples = [(n, labels, v) for n, labels, v in _scrape(ray_cluster["metrics"]) if labels.get("run") == run]
+        clips = {labels["status"]: v for n, labels, v in samples if n == "ray_v2v_clips_total"}
+        if clips.get("ok") == s.ok:
+            break
+        time.sleep(2)
+    assert clips == {"ok": 8.0}, samples  # the unreadable video never reached an actor
+    counts = {labels["stage"]: v for n, labels, v in samples if n == "ray_v2v_clip_stage_seconds_count"}
+    assert counts == {"decode": 8.0, "restyle": 8.0, "encode": 8.0}
+    busy = [v for n, _, v in samples if n == "ray_v2v_gpu_busy_fraction"]
+    steps = [v for n, _, v in samples if n == "ray_v2v_unet_steps_per_second"]
+    assert busy and all(0 < v <= 1 for v in busy) and steps and all(v > 0 for v in steps)
+    assert any(n == "ray_v2v_restyle_queue_depth" for n, _, _ in samples)
+
+
+def test_verbose_shows_rays_own_lines(ray_cluster, inputs, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jobs.restyle", "--ray-address", ray_cluster["address"], "-v",
+                        "--manifest", str(inputs / "m.jsonl"), "--output", str(tmp_path / "out"), "--steps", "2",
+                        "--max-failures", "1", "--max-clips", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in r.stderr and "Execution plan of Dataset" in r.stderr
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -329,14 +445,14 @@ def test_an_error_the_stages_did_not_expect_stops_the_job_naming_it(ray_cluster,
     job with its traceback."""
     import ray
 
-    from v2v.job.pipeline import _render
+    from v2v.job.pipeline import Progress, _render
     from v2v.job.resources import reachable_resources, resources
 
     cfg = _cfg(inputs, tmp_path / "out")
     res = resources(cfg, ray.cluster_resources(), reachable_resources())
     row = {"id": "v0", "clip_index": 0, "video": str(inputs / "v0.mp4"), "start_frame": "zero"}  # not a frame number
     with pytest.raises(RuntimeError, match=r"(?s)a restyle actor failed:.*Traceback.*Error"):
-        _render(cfg, res, [row], "run-x", time.time(), QUIET["log"])
+        _render(cfg, res, [row], "run-x", Progress(1, QUIET["log"]))
 
 
 def test_unwritable_output_gives_failed_rows_and_a_clear_summary(ray_cluster, inputs, tmp_path):
@@ -377,7 +493,7 @@ def test_a_job_whose_lease_was_taken_leaves_the_index_to_the_new_owner(ray_clust
     newer = {"run_id": "newer-run", "host": "node-7", "pid": 4242, "heartbeat": time.time() + 3600, "ttl_s": 120}
 
     def log(line):  # once clips are rendered, another job takes the output
-        if "clips rendered" in line:
+        if re.match(r"v2v: \d+/\d+ clips, ", line):
             (out / "_lease.json").write_text(json.dumps(newer))
 
     with pytest.raises(LeaseError, match="lost its lease to run newer-run"):

@@ -51,6 +51,11 @@ INDEX_SCHEMA = pa.schema([
     ("decode_s", pa.float64()),
     ("restyle_s", pa.float64()),
     ("encode_s", pa.float64()),
+    # quality signals (v2v.model.quality), null where the clip was not restyled: output motion over the source's,
+    # SSIM of luminance against the source, and whether the output is (near-)constant
+    ("temporal_flicker", pa.float64()),
+    ("source_ssim", pa.float64()),
+    ("blank", pa.bool_()),
     ("restyle_started_at", pa.float64()),  # unix times the clip's batch entered and left the model
     ("restyle_finished_at", pa.float64()),
     ("worker", pa.string()),  # the actor that restyled it: host/pid[/gpuN]

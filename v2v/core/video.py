@@ -146,6 +146,23 @@ def probe(uri: str, count_frames: bool = True) -> Probe:
 RESIZE_POLICIES = ("cover", "pad", "stretch")
 
 
+def describe_resize(src_w: int, src_h: int, width: int, height: int, policy: str) -> str:
+    """What `policy` does to a displayed src_w x src_h frame to make it width x height, in words (as _to_rgb
+    does it)."""
+    if (src_w, src_h) == (width, height):
+        return "kept as it is"
+    if policy == "stretch":
+        return f"stretched from {src_w}x{src_h}"
+    scale = max(width / src_w, height / src_h) if policy == "cover" else min(width / src_w, height / src_h)
+    tw, th = max(1, math.ceil(src_w * scale - 1e-6)), max(1, math.ceil(src_h * scale - 1e-6))
+    if policy == "cover":
+        cut = [f"{n} px of {what}" for n, what in ((tw - width, "width"), (th - height, "height")) if n > 0]
+        return f"scaled from {src_w}x{src_h} to {tw}x{th}" + (f", {' and '.join(cut)} cropped" if cut else "")
+    tw, th = min(tw, width), min(th, height)
+    bars = [f"{n} px of {what}" for n, what in ((width - tw, "width"), (height - th, "height")) if n > 0]
+    return f"scaled from {src_w}x{src_h} to {tw}x{th}" + (f", {' and '.join(bars)} padded" if bars else "")
+
+
 def _to_rgb(frame, width: int, height: int, policy: str, rot: int) -> np.ndarray:
     """One decoded frame -> uint8 (height, width, 3) as displayed. Scales first, so 4K never sits in RGB."""
     sw, sh = frame.width, frame.height  # stored size; displayed size swaps under 90/270 rotation

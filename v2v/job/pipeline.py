@@ -9,9 +9,11 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import platform
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -29,7 +31,7 @@ from v2v.job.stages import ClipWorker
 logger = logging.getLogger("v2v")
 
 FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed run loses at most
-LOG_EVERY_S = 10.0
+LOG_EVERY_S = 30.0  # a progress line this often in logs; on a terminal one live line instead
 # Clips in flight on an actor that stopped (its node left, its process died) come back from no actor; the job
 # restyles them again with the actors it has, up to this many passes in all, before recording them as lost.
 RENDER_PASSES = 3
@@ -48,6 +50,9 @@ class Summary:
     allowed_failures: int = 0
     errors: list[str] = field(default_factory=list)  # a few examples
     stitch_failed: dict[str, str] = field(default_factory=dict)  # id -> why its video could not be stitched
+    dry_run: bool = False
+    outliers: list[str] = field(default_factory=list)  # lines naming the clips whose quality signals stand out
+    preview: str = ""  # the preview page, where --preview wrote one
 
     @property
     def clips_per_minute(self) -> float:
@@ -58,8 +63,11 @@ class Summary:
         return 1 if self.failed > self.allowed_failures else 0
 
     def text(self) -> str:
-        lines = [f"v2v: {self.planned} clips planned: {self.ok} ok, {self.failed} failed, {self.skipped} skipped",
-                 f"     {self.rendered_now} rendered in this run ({self.frames} frames) in {self.wall_s:.1f} s"
+        if self.dry_run:
+            return (f"v2v: {_n(self.planned, 'clip')} planned: {self.ok} done before, {self.failed} failed, "
+                    f"{self.skipped} skipped (dry run)")
+        lines = [f"v2v: {_n(self.planned, 'clip')} planned: {self.ok} ok, {self.failed} failed, {self.skipped} skipped",
+                 f"     {self.rendered_now} rendered in this run ({_n(self.frames, 'frame')}) in {self.wall_s:.1f} s"
                  f" = {self.clips_per_minute:.1f} clips/min",
                  f"     index: {self.index}"]
         if self.failed:
@@ -68,7 +76,144 @@ class Summary:
         if self.stitch_failed:
             lines.append(f"     videos not stitched: {len(self.stitch_failed)}")
             lines += [f"       {rid}: {why}" for rid, why in list(self.stitch_failed.items())[:5]]
+        lines += [f"     {line}" for line in self.outliers]
+        if self.preview:
+            lines.append(f"     previews: {self.preview}")
         return "\n".join(lines)
+
+
+class Progress:
+    """Clips done of the total, failed so far, clips per minute, time left and the restyle actors at work (those
+    that returned clips in the last ACTIVE_S): one line rewritten in place on a terminal (`live`), else a line
+    every LOG_EVERY_S and one at the end."""
+
+    ACTIVE_S = 120.0
+
+    def __init__(self, total: int, log, live: bool = False, clock=time.time):
+        self.total, self.log, self.live, self.clock = total, log, live, clock
+        self.started = clock()
+        self.first_done: tuple[float, int] | None = None  # (when, how many): the rate leaves out the start-up
+        self.last_line = -math.inf
+        self.done = self.failed = 0
+        self.actors: dict[str, float] = {}  # worker -> when it last returned clips
+
+    def add(self, rows: list[dict]) -> None:
+        """Count finished clip rows (ok or failed), and show the line if it is time."""
+        now = self.clock()
+        self.done += len(rows)
+        self.failed += sum(r.get("status") == "failed" for r in rows)
+        for r in rows:
+            if r.get("worker"):
+                self.actors[r["worker"]] = now
+        self.update()
+
+    def line(self) -> str:
+        now, done = self.clock(), self.done
+        rate = 60 * done / max(1e-9, now - self.started)
+        text = f"v2v: {done}/{self.total} clips, {self.failed} failed, {rate:.1f} clips/min"
+        if self.first_done and done > self.first_done[1] and done < self.total:
+            per_clip = (now - self.first_done[0]) / (done - self.first_done[1])
+            text += f", about {_duration((self.total - done) * per_clip)} left"
+        at_work = sum(now - t <= self.ACTIVE_S for t in self.actors.values())
+        if at_work:
+            text += f", {_n(at_work, 'restyle actor')} at work"
+        return text
+
+    def update(self) -> None:
+        now, done = self.clock(), self.done
+        if done and self.first_done is None:
+            self.first_done = (now, done)
+        end = done >= self.total
+        if self.live:
+            if now - self.last_line >= 1 or end:
+                print("\r" + self.line() + "\033[K", end="\n" if end else "", flush=True)
+                self.last_line = now
+        elif now - self.last_line >= LOG_EVERY_S or end:
+            self.log(self.line())
+            self.last_line = now
+
+
+# Seconds per clip-step (one denoising step of one clip) where a benchmark measured the geometry: the job's
+# default variant at batch 4 on one H100, benchmarks/RESULTS.md (2.82 s a clip of 24 steps).
+GPU_S_PER_CLIP_STEP = {(576, 320, 24): ("one H100", 2.82 / 24)}
+DRY_RUN_VIDEOS_SHOWN = 20
+
+
+def _dry_run_report(cfg: JobConfig, rows: list[dict], todo: list[dict], log) -> None:
+    """Per video (the first DRY_RUN_VIDEOS_SHOWN): its clips, their size and what resizing does to its frames;
+    then totals, and the GPU time where a benchmark measured this clip size."""
+    from v2v.core.video import VideoError, describe_resize, probe
+
+    by_id: dict[str, list[dict]] = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    for k, (rid, clips) in enumerate(by_id.items()):
+        if k == DRY_RUN_VIDEOS_SHOWN:
+            log(f"  ... and {_n(len(by_id) - k, 'more video')}")
+            break
+        planned = [c for c in clips if c["status"] == "planned"]
+        failed = [c for c in clips if c["status"] == "failed"]
+        if failed and not planned:
+            log(f"  {rid}: cannot be read: {failed[0]['error']}")
+            continue
+        first = planned[0]
+        try:
+            p = probe(first["video"], count_frames=False)
+            resize = describe_resize(p.width, p.height, first["width"], first["height"], cfg.resize)
+        except (VideoError, OSError) as e:
+            resize = f"source not probed again ({type(e).__name__})"
+        skipped = sum(c["status"] == "skipped" for c in clips)
+        log(f"  {rid}: {_n(len(planned), 'clip')} ({sum(c['num_frames'] for c in planned)} frames, "
+            f"{planned[0]['start_s']:.2f}-{planned[-1]['end_s']:.2f} s) at {first['width']}x{first['height']}; "
+            f"{cfg.resize}: {resize}" + (f"; {skipped} remainder skipped" if skipped else ""))
+    steps = sum(max(1, int(r["strength"] * r["num_inference_steps"])) for r in todo)
+    text = f"v2v: dry run: would render {_n(len(todo), 'clip')} ({sum(r['num_frames'] for r in todo)} frames, " \
+           f"{steps} clip-steps)"
+    shape = (todo[0]["width"], todo[0]["height"], max(r["num_frames"] for r in todo)) if todo else None
+    if shape in GPU_S_PER_CLIP_STEP:
+        card, per_step = GPU_S_PER_CLIP_STEP[shape]
+        text += f"; about {_duration(steps * per_step)} on {card} (benchmarks/RESULTS.md)"
+    elif todo:
+        text += f"; no GPU time measured for {shape[0]}x{shape[1]}x{shape[2]} clips"
+    log(text + "; nothing was written")
+
+
+OUTLIERS_SHOWN = 5
+
+
+def outliers(rows: list[dict], shown: int = OUTLIERS_SHOWN) -> list[str]:
+    """Summary lines naming the ok clips whose quality signals stand out: blank outputs, then the highest flicker
+    and the lowest SSIM against the source (`shown` of each)."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("source_ssim") is not None]
+    if not ok:
+        return []
+
+    def name(r: dict) -> str:
+        return f"{r['id']}/{r['clip_index']}"
+
+    lines = []
+    blanks = [r for r in ok if r.get("blank")]
+    if blanks:
+        lines.append(f"blank outputs ({len(blanks)}): " + ", ".join(name(r) for r in blanks[:shown]))
+    flicker = sorted((r for r in ok if r.get("temporal_flicker") == r.get("temporal_flicker")),
+                     key=lambda r: -r["temporal_flicker"])
+    if flicker:
+        lines.append("highest flicker: " + ", ".join(f"{name(r)} {r['temporal_flicker']:.2f}" for r in flicker[:shown]))
+    lowest = sorted(ok, key=lambda r: r["source_ssim"])
+    lines.append("lowest SSIM to source: " + ", ".join(f"{name(r)} {r['source_ssim']:.2f}" for r in lowest[:shown]))
+    return lines
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
 
 
 def versions() -> dict:
@@ -150,18 +295,28 @@ def _dataset(rows: list[dict], rows_per_block: int = 1):
 
 
 def _write_job_json(cfg: JobConfig, run_id: str, started: float, extra: dict) -> None:
+    """job.json: this run's settings, versions and model, and `runs`: every run's start, end and counts, oldest
+    first (a resume appends; an interrupted run has no end)."""
+    path = join(cfg.output, "job.json")
+    fs, local = url_to_fs(path)
+    runs = []
+    try:
+        runs = json.loads(fs.cat_file(local)).get("runs", [])
+    except (FileNotFoundError, ValueError, AttributeError):  # a first run, or a file that is not ours: start over
+        pass
+    this = {"run_id": run_id, "started_at": started, "finished_at": extra.get("finished_at"),
+            **{k: extra.get("summary", {}).get(k) for k in ("rendered_now", "ok", "failed", "skipped", "wall_s")}}
+    runs = [r for r in runs if isinstance(r, dict) and r.get("run_id") != run_id] + [this]
     meta = {"run_id": run_id, "started_at": started, "settings": cfg.to_dict(), "versions": versions(),
-            "model": {"reference": cfg.model}, **extra}
-    write_bytes_atomic(join(cfg.output, "job.json"), json.dumps(meta, indent=2, default=str).encode())
+            "model": {"reference": cfg.model}, **extra, "runs": runs}
+    write_bytes_atomic(path, json.dumps(meta, indent=2, default=str).encode())
 
 
-def run_job(cfg: JobConfig, log=print) -> Summary:
-    """Run the whole job on the connected Ray cluster. Bad inputs become failed rows; the summary says all.
+def preflight(cfg: JobConfig) -> pa.Table:
+    """Everything that can be refused before Ray starts: the settings, the encoder's options, the model's folder,
+    the output (a folder, not a file) and the manifest. Returns the checked manifest.
 
-    Raises ManifestError / ConfigError / ModelError for unusable input (before anything runs) and LeaseError
-    when another live job is writing the same output.
-    """
-    from v2v.core.lease import Lease
+    Raises ConfigError / ModelError / ManifestError naming what to fix."""
     from v2v.core.video import VideoError, check_encoder
     from v2v.model.loading import check_model
 
@@ -170,16 +325,33 @@ def run_job(cfg: JobConfig, log=print) -> Summary:
         check_encoder(cfg.codec, cfg.crf, cfg.preset)
     except VideoError as e:
         raise ConfigError(f"--crf/--preset: {e}") from None
+    fs, path = url_to_fs(cfg.output)
+    if fs.isfile(path):
+        raise ConfigError(f"--output {cfg.output} is a file; give a folder (it holds clips/, videos/, index/)")
     check_model(cfg.model, cfg.scheduler)  # raises ModelError: a mistyped path fails here, not in every actor
+    return load_manifest(cfg.manifest, cfg)
+
+
+def run_job(cfg: JobConfig, log=print, live: bool = False, manifest: pa.Table | None = None) -> Summary:
+    """Run the whole job on the connected Ray cluster. Bad inputs become failed rows; the summary says all.
+    `manifest`: preflight(cfg)'s result where the caller checked before starting Ray; `live`: progress as one line
+    rewritten in place (a terminal).
+
+    Raises ManifestError / ConfigError / ModelError for unusable input (before anything runs) and LeaseError
+    when another live job is writing the same output.
+    """
+    from v2v.core.lease import Lease
+
+    if manifest is None:
+        manifest = preflight(cfg)
     t_start = time.time()
     run_id = idx.new_run_id()
-    manifest = load_manifest(cfg.manifest, cfg)  # raises ManifestError before anything else happens
     if cfg.dry_run:
-        return _run(cfg, manifest, run_id, t_start, log)
+        return _run(cfg, manifest, run_id, t_start, log, live=live)
     with Lease(cfg.output, run_id, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_ttl_s / 4) as lease:
         if lease.took_over:
             log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose job had stopped")
-        return _run(cfg, manifest, run_id, t_start, log, lease)
+        return _run(cfg, manifest, run_id, t_start, log, lease, live=live)
 
 
 class RestyleActor(ClipWorker):
@@ -188,7 +360,13 @@ class RestyleActor(ClipWorker):
     its root logger) would drop: they go to the worker's stderr, which Ray keeps in the worker's log file and shows
     in the driver's output. A job that configures logging itself (`ray.LoggingConfig`) keeps its own."""
 
-    def __init__(self, cfg: JobConfig, res: Resources):
+    def __init__(self, cfg: JobConfig, res: Resources, run_id: str = ""):
+        # The loaders' progress bars, one per actor start, interleaved in the driver's output, say nothing here.
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         if not logging.getLogger().handlers and not logger.handlers:  # logger: the `v2v` loggers' parent
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -198,6 +376,9 @@ class RestyleActor(ClipWorker):
         import ray
 
         self.restyle.worker += f"/node-{ray.get_runtime_context().get_node_id()[:12]}"  # which node of a cluster
+        from v2v.job.metrics import ActorMetrics
+
+        self.metrics = ActorMetrics(self.restyle.worker, run_id)
 
     def __call__(self, batch: dict) -> dict:
         # Ray Data ignores a failed block here (its max_errored_blocks is unlimited in _render, so that the clips of
@@ -210,7 +391,8 @@ class RestyleActor(ClipWorker):
             return {"fatal": [traceback.format_exc()]}
 
 
-def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, lease=None) -> Summary:
+def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, lease=None,
+         live: bool = False) -> Summary:
     import ray
 
     from v2v.model.loading import model_geometry, model_version
@@ -249,12 +431,14 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
         else:
             todo.append(r)
     total_frames = sum(r["num_frames"] for r in todo)
-    log(f"v2v: {len(manifest)} videos -> {len(planned_keys)} clips planned; {len(carried)} done or failed before, "
-        f"{len(todo)} to render ({total_frames} frames)")
+    log(f"v2v: {_n(len(manifest), 'video')} -> {_n(len(planned_keys), 'clip')} planned; {len(carried)} done or "
+        f"failed before, {len(todo)} to render ({total_frames} frames)")
     if cfg.dry_run:
+        _dry_run_report(cfg, plan_rows_list, todo, log)
         return Summary(planned=len(planned_keys), ok=sum(r["status"] == "ok" for r in carried),
                        skipped=sum(r["status"] == "skipped" for r in new_rows),
-                       failed=sum(r["status"] == "failed" for r in new_rows + carried), index="(dry run)")
+                       failed=sum(r["status"] == "failed" for r in new_rows + carried), index="(dry run)",
+                       dry_run=True)
 
     _write_job_json(cfg, run_id, t_start, {"resources": dataclasses.asdict(res), "planned_clips": len(planned_keys)})
     stamp = {"scheduler": None, "model": cfg.model, "run_id": run_id}
@@ -266,6 +450,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     # pool grows as GPU nodes join. The clips in flight on a node that leaves come back from no actor: they are
     # restyled again in a further pass, by the actors still up.
     finished, model_sha = [], None
+    progress = Progress(len(todo), log, live)
     for attempt in range(1, RENDER_PASSES + 1):
         done = {(r["id"], r["clip_index"]) for r in finished}
         again = [r for r in todo if (r["id"], r["clip_index"]) not in done]
@@ -275,7 +460,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
             log(f"v2v: {len(again)} clip(s) came back from no actor (an actor stopped or its node left); restyling "
                 f"them again (pass {attempt} of {RENDER_PASSES})")
         wait_for_a_gpu(cfg, res, log)
-        rows, sha = _render(cfg, res, again, run_id, t_start, log, done_before=len(finished))
+        rows, sha = _render(cfg, res, again, run_id, progress)
         finished += rows
         model_sha = model_sha or sha
 
@@ -283,10 +468,9 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     rows_by_key = {(r["id"], r["clip_index"]): r for r in carried + new_rows + finished}
     lost = [r for r in todo if (r["id"], r["clip_index"]) not in rows_by_key]
     for r in lost:  # every planned clip ends with a row: one that no stage returned is a failure, named so
-        rows_by_key[(r["id"], r["clip_index"])] = {**r, "status": "failed", "run_id": run_id,
-                                                   "finished_at": time.time(), "model": cfg.model,
-                                                   "error": f"lost: its actor stopped in each of {RENDER_PASSES} passes; rerun "
-                                                            "to retry it"}
+        rows_by_key[(r["id"], r["clip_index"])] = {
+            **r, "status": "failed", "run_id": run_id, "finished_at": time.time(), "model": cfg.model,
+            "error": f"lost: its actor stopped in each of {RENDER_PASSES} passes; rerun to retry it"}
     final_rows = [rows_by_key[k] for k in planned_keys]
     extras = {name: dict(zip(manifest["id"].to_pylist(), manifest[name].to_pylist())) for name in extra_cols}
     for r in final_rows:
@@ -303,15 +487,22 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in final_rows:
         setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
         if r["status"] == "failed" and len(summary.errors) < 20:
-            summary.errors.append(f"{r['id']}/{r['clip_index']}: {r['error']}")
+            # clip_index -1: the row of a video that could not be read or planned at all
+            where = f"{r['id']}/{r['clip_index']}" if r["clip_index"] >= 0 else f"{r['id']} (the whole video)"
+            summary.errors.append(f"{where}: {r['error']}")
     rendered = [r for r in finished if r["status"] == "ok"]
+    summary.outliers = outliers(final_rows)
     summary.rendered_now = len(rendered)
     summary.frames = sum(r["num_frames"] for r in rendered)
 
     # 5. Stitched videos, for ids whose clips are all ok. A video that cannot be stitched is reported, not raised:
     # the index is written by now.
     if cfg.stitch:
-        summary.stitch_failed = _stitch(cfg, final_rows, log)
+        summary.stitch_failed = _stitch(cfg, final_rows, {r["id"] for r in rendered}, log)
+
+    # 6. Previews: a strip per video and a page of them all.
+    if cfg.preview:
+        summary.preview = join(cfg.output, _previews(cfg, final_rows, {r["id"] for r in rendered}, log))
 
     summary.wall_s = time.time() - t_start
     _write_job_json(cfg, run_id, t_start, {"resources": dataclasses.asdict(res), "planned_clips": len(planned_keys),
@@ -334,21 +525,28 @@ class Interrupted(BaseException):
 
 class _StoppedActorLine(logging.Filter):
     """Ray Data logs each block of an actor that stopped as an error with its traceback, then goes on without it
-    (max_errored_blocks): the job restyles those clips again, so one warning line says so instead."""
+    (max_errored_blocks): the job restyles those clips again, so one warning line per actor says so instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         from ray.exceptions import RayActorError
 
         if record.exc_info and isinstance(record.exc_info[1], RayActorError):
-            record.msg = (f"v2v: a restyle actor stopped ({type(record.exc_info[1]).__name__}); the clip(s) it had "
-                          "in flight are restyled again after this pass")
+            e = record.exc_info[1]
+            if e.actor_id is not None and e.actor_id in self.seen:
+                return False
+            self.seen.add(e.actor_id)
+            record.msg = (f"v2v: a restyle actor stopped ({type(e).__name__}); the clips it had in flight or "
+                          "queued are restyled again after this pass")
             record.args, record.exc_info, record.exc_text = (), None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
-def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_start: float, log,
-            done_before: int = 0):
+def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progress: Progress):
     """Decode -> restyle -> encode the `todo` clip rows in the restyle actors; every written clip's row reaches
     _progress/ within FLUSH_EVERY_S, and the rows finished before an interrupt or an error are flushed before it
     propagates. A clip in flight on an actor that stops (its node preempted, its process killed) is not waited for:
@@ -364,11 +562,14 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
     pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors,
                                       max_concurrent_calls_per_actor=ClipWorker.CALLS_AT_ONCE,
                                       enable_true_multi_threading=True)
-    # An actor that stops is restarted where it fits (a GPU failure exits the actor on purpose: stages.Restyle),
-    # but what it had in flight is not retried on it.
-    ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res), batch_size=cfg.batch_size, compute=pool,
-                        num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, max_restarts=-1,
-                        max_task_retries=0, **memory)
+    # An actor that stops is not restarted (Ray would keep what it had in flight for it): the pool starts a new one
+    # where one fits, and its clips are redone in the next pass. A GPU failure exits an actor on purpose (stages).
+    with warnings.catch_warnings():  # Ray 2.60 deprecates these as `ray_remote_args` but names no replacement yet
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res, run_id), batch_size=cfg.batch_size,
+                            compute=pool,
+                            num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, max_restarts=0,
+                            max_task_retries=0, **memory)
     ds.context.max_errored_blocks = -1  # a failed block is a stopped actor's: RestyleActor returns any other error
     ray_data_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
     if not any(isinstance(f, _StoppedActorLine) for f in ray_data_log.filters):
@@ -384,7 +585,7 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
             finished.extend(pending)
             pending = []
 
-    last_flush = last_log = time.time()
+    last_flush = time.time()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             if "fatal" in batch.column_names:
@@ -398,11 +599,7 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
             if now - last_flush >= FLUSH_EVERY_S:
                 flush()
                 last_flush = now
-            done_n = done_before + len(finished) + len(pending)
-            if now - last_log >= LOG_EVERY_S or done_n == done_before + len(todo):
-                last_log = now
-                rate = 60 * done_n / max(1e-9, now - t_start)
-                log(f"v2v: {done_n}/{done_before + len(todo)} clips rendered ({rate:.1f} clips/min)")
+            progress.add(rows)
     except BaseException as e:  # interrupted, or a stage failed the dataset: keep what is finished
         flush()
         if isinstance(e, (Interrupted, KeyboardInterrupt)):
@@ -411,13 +608,60 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, t_sta
         raise
     flush()
     # This pass's actors stop once nothing refers to them, and the executor's references sit in cycles: collect
-    # them now, or an actor restarting somewhere would hold its GPU until Python's collector ran on its own.
+    # them now, or one still waiting for a place would hold on to it until Python's collector ran on its own.
     del ds
     gc.collect()
     return finished, model_sha
 
-def _stitch(cfg: JobConfig, rows: list[dict], log) -> dict[str, str]:
-    """Write videos/<id> for every id whose clips are all ok (skipped remainders aside). Returns {id: why} of the
+def _previews(cfg: JobConfig, rows: list[dict], rendered_ids: set[str], log) -> str:
+    """previews/<id>.jpg for every video with an ok clip (again where a clip was rendered in this run), in Ray
+    tasks; then previews/index.html. A strip that cannot be made is left out of the page (and said so), not
+    raised. Returns the page's path relative to the output."""
+    import ray
+    from av import FFmpegError
+
+    from v2v.core.preview import preview_path, write_page, write_strip
+    from v2v.core.video import VideoError
+
+    by_id: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            by_id.setdefault(r["id"], []).append(r)
+    present = _present(cfg.output, "previews")
+
+    @ray.remote(num_cpus=cfg.cpus_per_task)
+    def strip_one(rid: str, clips: list[dict]) -> tuple[str, str | None, str | None]:
+        try:
+            return rid, write_strip(cfg.output, rid, clips, cfg.preview_frames, cfg.resize), None
+        except (OSError, VideoError, ValueError, FFmpegError) as e:
+            return rid, None, f"{type(e).__name__}: {e}"
+
+    todo = [rid for rid in by_id if rid in rendered_ids or preview_path(rid) not in present]
+    strips = {rid: preview_path(rid) for rid in by_id if rid not in todo}
+    failed = {}
+    for rid, rel, why in ray.get([strip_one.remote(rid, by_id[rid]) for rid in todo]):
+        if rel:
+            strips[rid] = rel
+        else:
+            failed[rid] = why
+    page = write_page(cfg.output, rows, strips, f"v2v: {cfg.manifest}")
+    log(f"v2v: previews of {_n(len(strips), 'video')} in {join(cfg.output, page)}"
+        + (f"; {len(failed)} could not be made ({next(iter(failed.items()))})" if failed else ""))
+    return page
+
+
+def _present(output: str, folder: str) -> set[str]:
+    """Relative paths of the files under output/folder (one listing)."""
+    fs, root = url_to_fs(output)
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/{folder}"):
+        return set()
+    return {p[len(root) + 1:] for p in fs.find(f"{root}/{folder}")}
+
+
+def _stitch(cfg: JobConfig, rows: list[dict], rendered_ids: set[str], log) -> dict[str, str]:
+    """Write videos/<id> for every id whose clips are all ok (skipped remainders aside) and that has a clip
+    rendered in this run or no video yet: a resume that changed nothing stitches nothing. Returns {id: why} of the
     videos that could not be stitched (a clip file unreadable, the store refusing the write)."""
     import ray
     from av import FFmpegError
@@ -433,17 +677,26 @@ def _stitch(cfg: JobConfig, rows: list[dict], log) -> dict[str, str]:
     def stitch_one(rid: str, clips: list[dict]) -> tuple[str, str | None]:
         try:
             parts = [(c["start_frame"], read_frames(join(cfg.output, c["output"]))) for c in clips]
-            write_video(stitch_frames(parts), join(cfg.output, video_path(rid, cfg.codec)), clips[0]["fps"],
-                        cfg.codec, cfg.crf, cfg.preset)
+            frames = stitch_frames(parts)
+            first = min(clips, key=lambda c: c["start_frame"])
+            # With --audio, the source's audio from the first clip's start, for as long as the stitched video runs
+            # (clips that leave gaps between them, --clip-stride > --clip-frames, play shorter than their span).
+            span = (float(first["start_s"]), float(first["start_s"]) + len(frames) / float(first["fps"]))
+            write_video(frames, join(cfg.output, video_path(rid, cfg.codec)), first["fps"], cfg.codec, cfg.crf,
+                        cfg.preset, audio_from=first["video"] if cfg.audio else None, audio_span=span)
         except (OSError, VideoError, ValueError, FFmpegError) as e:
             return rid, f"{type(e).__name__}: {e}"
         return rid, None
 
-    refs = [stitch_one.remote(rid, [c for c in clips if c["status"] == "ok"])
-            for rid, clips in by_id.items() if all(c["status"] in ("ok", "skipped") for c in clips)
-            and any(c["status"] == "ok" for c in clips)]
+    complete = [rid for rid, clips in by_id.items() if all(c["status"] in ("ok", "skipped") for c in clips)
+                and any(c["status"] == "ok" for c in clips)]
+    present = _present(cfg.output, "videos")
+    todo = [rid for rid in complete if rid in rendered_ids or video_path(rid, cfg.codec) not in present]
+    refs = [stitch_one.remote(rid, [c for c in by_id[rid] if c["status"] == "ok"]) for rid in todo]
     done = ray.get(refs)
     failed = {rid: why for rid, why in done if why is not None}
-    log(f"v2v: stitched {len(done) - len(failed)} video(s) into {join(cfg.output, 'videos')}"
+    unchanged = len(complete) - len(todo)
+    log(f"v2v: stitched {_n(len(done) - len(failed), 'video')} into {join(cfg.output, 'videos')}"
+        + (f"; {unchanged} unchanged" if unchanged else "")
         + (f"; {len(failed)} could not be stitched" if failed else ""))
     return failed

@@ -59,8 +59,9 @@ def _column(arrays: list[np.ndarray]):
     return out
 
 
-# A restyle actor's exit code after a CUDA error that is not out-of-memory (Ray restarts it), and how often a clip
-# set may take an actor down before its clips are failed rows instead.
+# A restyle actor's exit code after a CUDA error that is not out-of-memory (the pool starts another), and how often
+# a clip set may take an actor down before its clips are failed rows instead.
+QUALITY_COLUMNS = ("temporal_flicker", "source_ssim", "blank")  # v2v.model.quality.signals, per restyled clip
 EXIT_DEVICE_FAILURE = 70
 DEVICE_FAILURE_TRIES = 3
 _DEVICE_FAILURES = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
@@ -128,7 +129,8 @@ class Restyle:
 
     def _restart_or_give_up(self, clips: list[str], e: Exception) -> None:
         """A CUDA error that is not out-of-memory (an illegal address, an ECC error, a lost device) leaves the
-        process's GPU state unusable: exit, so that Ray starts the actor afresh and retries the batch. Each exit is
+        process's GPU state unusable: exit, so that the pool starts a fresh actor and the job redoes the batch in its
+        next pass (pipeline.RENDER_PASSES). Each exit is
         counted on the node per clip set; one that failed DEVICE_FAILURE_TRIES times returns instead, and its clips
         become failed rows (a clip that breaks every GPU must not restart actors forever)."""
         from v2v.model.loading import default_cache_dir
@@ -141,8 +143,8 @@ class Restyle:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(tries + 1))
-        logger.error("restyle: the GPU failed (%s: %s); exiting so that Ray restarts this actor and retries "
-                     "clips %s", type(e).__name__, e, clips)
+        logger.error("restyle: the GPU failed (%s: %s); exiting so that a fresh actor takes over; clips %s are "
+                     "redone", type(e).__name__, e, clips)
         logging.shutdown()
         os._exit(EXIT_DEVICE_FAILURE)
 
@@ -161,6 +163,7 @@ class Restyle:
     def __call__(self, batch: dict) -> dict:
         import torch
 
+        from v2v.model.quality import signals
         from v2v.model.sampler import ClipSettings, SamplerInputError, restyle, to_uint8_checked
         from v2v.speed.fixed_shapes import unpadded
 
@@ -170,6 +173,7 @@ class Restyle:
         frames_out: list[np.ndarray] = list(frames_in)
         secs = np.zeros(n)
         started, ended = np.full(n, np.nan), np.full(n, np.nan)  # unix times of the clip's batch
+        quality = [{} for _ in range(n)]
         todo = [i for i in range(n) if errors[i] is None]
         by_shape: dict[tuple, list[int]] = {}
         for i in todo:
@@ -223,10 +227,13 @@ class Restyle:
                                      "weights or this clip's prompt embedding hold them")
                         continue
                     frames_out[i] = out[j]
+                    # on the frames' device, beside them: the source once more (13 MB for 576x320x24), no decode
+                    quality[i] = signals(frames[j], video[j].to(frames.device))
                     secs[i] = elapsed / len(g)
                     started[i], ended[i] = wall0, wall0 + elapsed
         return {**batch, "frames": _column(frames_out), "restyle_s": secs, "restyle_started_at": started,
                 "restyle_finished_at": ended, "worker": np.array([self.worker] * n, object),
+                **{k: np.array([q.get(k) for q in quality], object) for k in QUALITY_COLUMNS},
                 "error": np.array(errors, object),
                 "scheduler": np.array([self.scheduler_name] * n, object),
                 "model_sha256": np.array([self.model_sha256] * n, object)}
@@ -244,12 +251,25 @@ class ClipWorker:
         self.cfg = cfg
         self.restyle = Restyle(cfg, res)
         self._model = threading.Lock()  # one batch in the model at a time
+        self.metrics = None  # a job.metrics.ActorMetrics where the worker runs as a Ray actor
 
     def __call__(self, batch: dict) -> dict:
         batch = decode(batch, self.cfg.resize)
+        m = self.metrics
+        if m:
+            m.waiting_for_model(+1)
         with self._model:
+            if m:
+                m.waiting_for_model(-1)
+            t0 = time.perf_counter()
             batch = self.restyle(batch)
-        return encode(batch, self.cfg)
+            model_s = time.perf_counter() - t0
+        out = encode(batch, self.cfg)
+        if m:
+            steps = sum(int(float(out["strength"][i]) * int(out["num_inference_steps"][i]))
+                        for i in range(len(out["id"])) if out["status"][i] == "ok")
+            m.batch(out, model_s, steps)
+        return out
 
 
 def encode(batch: dict, cfg: JobConfig) -> dict:
