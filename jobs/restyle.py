@@ -36,6 +36,10 @@ HELP = {
     "eta": "DDIM eta (noise in each step); other schedulers ignore it",
     "scheduler": "ddim, dpm, euler, euler_a, pndm, lms, unipc or heun (default: the model's own)",
     "clip_skip": "skip the last N CLIP layers for the prompt (default: none skipped)",
+    "lora": "LoRA files for rows without a `lora` column value, as JSON: '[{\"uri\": \"s3://b/ink.safetensors\", "
+            "\"scale\": 0.8}]' (default: none)",
+    "embeddings": "textual-inversion files for rows without an `embeddings` value, as JSON: "
+                  "'[{\"uri\": \"ink.safetensors\", \"token\": \"<ink>\"}]' (default: none)",
     "clip_frames": "frames per clip (default: the model's native count)",
     "clip_stride": "frames between clip starts (default: clip-frames; smaller overlaps)",
     "min_frames": "shortest trailing clip kept (default: half a clip); shorter remainders are 'skipped'",
@@ -77,7 +81,7 @@ HELP = {
 
 METAVARS = {"manifest": "URI", "output": "URI", "model": "URI", "shared_compile_cache": "URI", "scheduler": "NAME",
             "dtype": "TYPE", "resize": "MODE", "codec": "CODEC", "preset": "NAME", "device": "DEVICE",
-            "gpu_wait_s": "S", "lease_ttl_s": "S", "actor_memory_gib": "GIB"}
+            "gpu_wait_s": "S", "lease_ttl_s": "S", "actor_memory_gib": "GIB", "lora": "JSON", "embeddings": "JSON"}
 
 # --help shows the settings in these groups, in this order.
 GROUPS = {
@@ -85,7 +89,7 @@ GROUPS = {
         "manifest", "output", "dry_run", "strict_columns"],
     "model and sampling (a manifest row's own value wins)": [
         "model", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "seed", "eta", "scheduler",
-        "clip_skip", "dtype", "allow_pickle"],
+        "clip_skip", "lora", "embeddings", "dtype", "allow_pickle"],
     "clips": ["clip_frames", "clip_stride", "min_frames", "fps", "width", "height", "resize", "max_clips"],
     "encoding": ["codec", "crf", "preset", "audio", "stitch", "preview", "preview_frames"],
     "cluster": ["device", "gpu_wait_s", "batch_size", "num_actors", "num_gpus_per_actor", "cpus_per_task",

@@ -31,6 +31,10 @@ class JobConfig:
     eta: float = 0.0
     scheduler: str | None = None  # None: the model folder's own
     clip_skip: int | None = None
+    # Adapters for rows that give none: LoRA files [{"uri": ..., "scale": ...}] and textual-inversion embeddings
+    # [{"uri": ..., "token": ...}] (safetensors), as a list or its JSON text.
+    lora: str | list | None = None
+    embeddings: str | list | None = None
 
     # Planning and decoding (None = the model's native value).
     clip_frames: int | None = None

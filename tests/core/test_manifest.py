@@ -1,6 +1,7 @@
 """Manifest checks: every problem found before any model loads, named by row and field; hostile input."""
 
 import dataclasses
+import json
 import math
 
 import pandas as pd
@@ -162,3 +163,28 @@ def test_million_row_manifest_plans_in_bounded_memory(tmp_path):
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert t.num_rows == n and len(set(t["id"].to_pylist()[:1000])) == 1000
     assert grown_mib < 2048, f"checking 1M rows grew the process by {grown_mib:.0f} MiB"
+
+
+def test_adapter_columns_are_checked_and_resolved(tmp_path):
+    lora = [{"uri": "styles/ink.safetensors", "scale": 0.8}]
+    rows = [{"video": "v.mp4", "prompt": "a <ink> fox", "lora": json.dumps(lora),
+             "embeddings": '[{"uri": "s3://b/ink.safetensors", "token": "<ink>"}]'},
+            {"video": "v.mp4", "prompt": "plain", "lora": None, "embeddings": None}]
+    t = load_manifest(_write(tmp_path, rows, "m.csv"), CFG).to_pylist()
+    assert json.loads(t[0]["lora"]) == [{"uri": str(tmp_path / "styles/ink.safetensors"), "scale": 0.8}]
+    assert json.loads(t[0]["embeddings"]) == [{"uri": "s3://b/ink.safetensors", "token": "<ink>"}]
+    assert t[1]["lora"] == "" and t[1]["embeddings"] == ""
+    # the job's flags fill rows that give none
+    job = JobConfig(manifest="x", output="y", lora='[{"uri": "/a.safetensors"}]')
+    t = load_manifest(_write(tmp_path, rows[1:], "m.csv"), job).to_pylist()
+    assert json.loads(t[0]["lora"]) == [{"uri": "/a.safetensors", "scale": 1.0}]
+    bad = [{"video": "v.mp4", "prompt": "p", "lora": "{not json"},
+           {"video": "v.mp4", "prompt": "p", "lora": '[{"uri": "a.safetensors", "scale": "high"}]'},
+           {"video": "v.mp4", "prompt": "p", "lora": '[{"path": "a.safetensors"}]'},
+           {"video": "v.mp4", "prompt": "a fox", "embeddings": '[{"uri": "e.safetensors", "token": "<ink>"}]'}]
+    with pytest.raises(ManifestError) as e:
+        load_manifest(_write(tmp_path, bad, "m.jsonl"), CFG)
+    for expected in ["m.jsonl line 1: lora: not JSON", 'm.jsonl line 2: lora: "scale" must be a finite number',
+                     'm.jsonl line 3: lora: each item needs a "uri" string',
+                     "m.jsonl line 4: embeddings: token '<ink>' is not in the prompt"]:
+        assert expected in str(e.value), (expected, str(e.value))

@@ -108,11 +108,29 @@ def test_summary_counts_read_as_words():
 def test_the_summary_names_the_clips_that_stand_out():
     from v2v.job.pipeline import outliers
 
-    rows = [{"id": f"v{i}", "clip_index": 0, "status": "ok", "temporal_flicker": 1 + i / 10, "source_ssim": 0.9 - i / 10,
-             "blank": i == 3} for i in range(7)]
+    rows = [{"id": f"v{i}", "clip_index": 0, "status": "ok", "temporal_flicker": 1 + i / 10,
+             "source_ssim": 0.9 - i / 10, "blank": i == 3} for i in range(7)]
     rows.append({"id": "bad", "clip_index": -1, "status": "failed", "temporal_flicker": None, "source_ssim": None})
     assert outliers(rows, shown=2) == ["blank outputs (1): v3/0", "highest flicker: v6/0 1.60, v5/0 1.50",
                                        "lowest SSIM to source: v6/0 0.30, v5/0 0.40"]
     assert outliers(rows[-1:]) == []  # nothing restyled: nothing to name
-    s = Summary(planned=8, ok=7, failed=1, index="i", outliers=outliers(rows, shown=2), preview="out/previews/index.html")
+    s = Summary(planned=8, ok=7, failed=1, index="i", outliers=outliers(rows, shown=2),
+                preview="out/previews/index.html")
     assert "     highest flicker: v6/0 1.60, v5/0 1.50" in s.text() and s.text().endswith("out/previews/index.html")
+
+
+def test_dry_run_estimates_gpu_time_where_a_benchmark_measured_the_clip_size(tmp_path):
+    from v2v.config import JobConfig
+    from v2v.job.pipeline import _dry_run_report
+
+    make_video(str(tmp_path / "v.mp4"), 8, 1024, 576)
+    rows = [{"id": "v", "clip_index": k, "video": str(tmp_path / "v.mp4"), "status": "planned", "num_frames": 24,
+             "start_s": k, "end_s": k + 1, "width": 576, "height": 320, "strength": 0.6, "num_inference_steps": 40}
+            for k in range(100)]
+    lines: list[str] = []
+    _dry_run_report(JobConfig(manifest="m", output="o"), rows, rows, lines.append)
+    assert lines[0] == ("  v: 100 clips (2400 frames, 0.00-100.00 s) at 576x320; cover: scaled from 1024x576 to "
+                        "576x324, 4 px of height cropped")
+    # 100 clips x 24 steps at 2.56 s a clip of 24 steps on one H200: 256 s
+    assert lines[-1] == ("v2v: dry run: would render 100 clips (2400 frames, 2400 clip-steps); about 4 min on one "
+                         "H200 (benchmarks/RESULTS.md); nothing was written")

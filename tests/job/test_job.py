@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -208,6 +209,53 @@ def _wait_mid_run(proc, out) -> None:
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("_progress/*/part-*"))) < 2:
         time.sleep(0.05)
+
+
+def test_adapters_per_row_are_applied_recorded_and_keyed(ray_cluster, tmp_path, cache_dir):
+    """Rows with a LoRA, an embedding, a broken LoRA, a missing one and none: each restyled with its own (the
+    broken and missing ones failed rows naming the file), recorded with sha256 in the index; a rerun with one
+    row's scale changed renders only that row's clips again."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.model.test_adapters import make_lora
+    from v2v.model.loading import load_components
+
+    c = load_components("tiny", cache_dir=cache_dir)
+    make_lora(tmp_path / "style.safetensors", c)
+    hidden = c.text_encoder.get_input_embeddings().weight.shape[1]
+    save_file({"<ink>": torch.randn(2, hidden, generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "ink.safetensors"))
+    save_file({"unet.nope.lora_A.weight": torch.zeros(2, 4), "unet.nope.lora_B.weight": torch.zeros(4, 2)},
+              str(tmp_path / "broken.safetensors"))
+    make_video(str(tmp_path / "v.mp4"), 16, 64, 64)
+    lora = '"[{""uri"": ""style.safetensors"", ""scale"": {}}]"'
+    rows = ["id,video,prompt,lora,embeddings",
+            'plain,v.mp4,a fox,,',
+            f'styled,v.mp4,a fox,{lora.format(0.8)},',
+            'inked,v.mp4,a <ink> fox,,"[{""uri"": ""ink.safetensors"", ""token"": ""<ink>""}]"',
+            'broken,v.mp4,a fox,"[{""uri"": ""broken.safetensors""}]",',
+            'missing,v.mp4,a fox,"[{""uri"": ""nowhere.safetensors""}]",']
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    cfg = JobConfig(manifest=str(tmp_path / "m.csv"), output=str(out), steps=4, codec="ffv1", max_failures=4)
+    s = run_job(cfg, **QUIET)
+    df = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    assert s.ok == 6 and s.failed == 4
+    assert (df.loc["broken"].error.str.contains("broken.safetensors: unet.nope: the model has no such module")).all()
+    assert (df.loc["missing"].error.str.contains("nowhere.safetensors: not found")).all()
+    ran = json.loads(df.loc[("styled", 0)].adapters)
+    assert ran["lora"][0]["scale"] == 0.8
+    assert ran["lora"][0]["sha256"] == sha256_file(str(tmp_path / "style.safetensors"))
+    assert json.loads(df.loc[("inked", 0)].adapters)["embeddings"][0]["token"] == "<ink>"
+    assert df.loc[("plain", 0)].adapters == ""
+    frames = {rid: read_frames(str(out / df.loc[(rid, 0)].output)) for rid in ("plain", "styled", "inked")}
+    assert not np.array_equal(frames["plain"], frames["styled"])
+    assert not np.array_equal(frames["plain"], frames["inked"])
+
+    (tmp_path / "m.csv").write_text("\n".join(rows[:2] + [f'styled,v.mp4,a fox,{lora.format(0.5)},'] + rows[3:4]))
+    s = run_job(cfg, **QUIET)
+    assert s.rendered_now == 2  # the two clips of the row whose LoRA scale changed; the others were done
 
 
 def test_audio_reaches_the_clips_and_the_stitched_video(ray_cluster, tmp_path):

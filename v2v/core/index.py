@@ -38,6 +38,10 @@ INDEX_SCHEMA = pa.schema([
     ("strength", pa.float64()),
     ("num_inference_steps", pa.int64()),
     ("guidance_scale", pa.float64()),
+    # the clip's adapters as the manifest gave them (JSON lists, "" for none), and as they ran: each file's sha256
+    ("lora", pa.string()),
+    ("embeddings", pa.string()),
+    ("adapters", pa.string()),
     ("scheduler", pa.string()),
     ("model", pa.string()),
     ("model_sha256", pa.string()),  # sha256 over the model folder's files: exactly which weights ran
@@ -81,10 +85,13 @@ WORK_FIELDS = ("video", "start_frame", "num_frames", "fps", "width", "height", "
 
 def work_key(clip: dict, job: dict) -> str:
     """A hash of everything that changes a clip's output bytes: the clip row's WORK_FIELDS, its source video's
-    version (size and etag or mtime), and the job's `job` (model and its version, resolved dtype, scheduler, eta,
-    clip_skip, resize, codec, crf, preset, audio). Speed switches and the batch size are not in it: they change
+    version (size and etag or mtime), its adapters and their files' versions, and the job's `job` (model and its
+    version, resolved dtype, scheduler, eta, clip_skip, resize, codec, crf, preset, audio). Speed switches and the batch size are not in it: they change
     nothing beyond float rounding."""
     key = {**{k: clip.get(k) for k in WORK_FIELDS}, "video_version": clip.get("video_version"), **job}
+    if clip.get("lora") or clip.get("embeddings"):  # only then: a clip without adapters keeps the key it had
+        key.update(lora=clip.get("lora"), embeddings=clip.get("embeddings"),
+                   adapter_versions=clip.get("adapter_versions"))
     return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:32]
 
 

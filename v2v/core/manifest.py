@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import logging
 import math
 import posixpath
@@ -31,7 +32,11 @@ NORMALIZED = {
     "guidance_scale": pa.float64(),
     "start_s": pa.float64(),
     "end_s": pa.float64(),
+    # JSON lists ("" for none): [{"uri": ..., "scale": ...}] LoRA files, [{"uri": ..., "token": ...}] embeddings
+    "lora": pa.string(),
+    "embeddings": pa.string(),
 }
+ADAPTER_FIELDS = {"lora": ("scale", float, 1.0), "embeddings": ("token", str, None)}
 MAX_PROMPT_CHARS = 10_000  # far past the text encoder's 77 tokens; longer is surely not a prompt
 MAX_ERRORS_SHOWN = 20
 
@@ -152,6 +157,39 @@ def _as_int(v):
     return int(f)
 
 
+def adapter_list(value, kind: str, base: str) -> str:
+    """A row's `lora` or `embeddings` (a list, or its JSON text as CSV holds it) -> canonical JSON ("" for none),
+    relative URIs resolved against the manifest's folder. Raises ValueError saying what is wrong."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON ({e})") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("not a list of {\"uri\": ...} objects")
+    field_name, kind_type, default = ADAPTER_FIELDS[kind]
+    items = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("uri"), str) or not item["uri"].strip():
+            raise ValueError(f"each item needs a \"uri\" string, got {item!r}")
+        unknown = set(item) - {"uri", field_name}
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)}; an item has \"uri\" and \"{field_name}\"")
+        v = item.get(field_name, default)
+        if kind_type is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"\"scale\" must be a finite number, got {v!r}")
+            v = float(v)
+        elif not isinstance(v, str) or not v.strip() or " " in v:
+            raise ValueError(f"\"token\" must be one word, such as \"<ink>\", got {v!r}")
+        items.append({"uri": _resolve_video(item["uri"].strip(), base), field_name: v})
+    return json.dumps(items, sort_keys=True) if items else ""
+
+
 def _default_id(video: str, content: tuple) -> str:
     stem = safe_name(posixpath.splitext(posixpath.basename(video))[0], 40)
     return f"{stem}-{hashlib.sha256(repr(content).encode()).hexdigest()[:8]}"
@@ -236,6 +274,17 @@ def load_manifest(uri: str, cfg) -> pa.Table:
             bad.append(f"end_s: {vals['end_s']} is not after start_s {vals['start_s']}")
         if "strength" in vals and "num_inference_steps" in vals and int(vals["strength"] * vals["num_inference_steps"]) < 1:
             bad.append("strength x num_inference_steps < 1 leaves no denoising step")
+        adapters = {}
+        for kind in ADAPTER_FIELDS:
+            try:  # the row's own list, else the job's (--lora / --embeddings)
+                own_list = row.get(kind)
+                given = own_list if own_list not in (None, "") else getattr(cfg, kind, None)
+                adapters[kind] = adapter_list(given, kind, bases[i])
+            except ValueError as e:
+                bad.append(f"{kind}: {e}")
+        for item in json.loads(adapters.get("embeddings") or "[]"):
+            if isinstance(prompt, str) and item["token"] not in prompt:
+                bad.append(f"embeddings: token {item['token']!r} is not in the prompt")
         rid = row.get("id")
         if rid is not None and not isinstance(rid, str):
             rid = str(rid)
@@ -261,6 +310,8 @@ def load_manifest(uri: str, cfg) -> pa.Table:
         out["negative_prompt"].append(neg)
         for name in ("seed", "strength", "num_inference_steps", "guidance_scale", "start_s", "end_s"):
             out[name].append(vals.get(name))
+        for kind in ADAPTER_FIELDS:
+            out[kind].append(adapters[kind])
     by_folder: dict[str, list[tuple[int, str]]] = {}
     for i, rid in row_ids:
         by_folder.setdefault(safe_name(rid, 120), []).append((i, rid))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -105,7 +106,7 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
 # Columns that travel with a clip through the stages (pass-through manifest columns stay on the driver).
 CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "fps", "start_s", "end_s", "width",
                 "height", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps",
-                "guidance_scale", "work_key", "status", "error"]
+                "guidance_scale", "lora", "embeddings", "work_key", "status", "error"]
 
 
 
@@ -115,15 +116,20 @@ def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], job_key
     `work_key` (core.index.work_key over the row and `job_key`, the job's settings that change the output)."""
     rows = _plan_rows(row, cfg, geometry)
     version = file_version(row["video"])
+    uris = [a["uri"] for kind in ("lora", "embeddings") for a in json.loads(row.get(kind) or "[]")]
+    adapter_versions = [file_version(u) for u in uris]
+    missing = [u for u, v in zip(uris, adapter_versions) if v is None]
     for r in rows:
-        r["work_key"] = work_key({**r, "video_version": version}, job_key)
+        r["work_key"] = work_key({**r, "video_version": version, "adapter_versions": adapter_versions}, job_key)
+        if missing and r["status"] == "planned":  # found before any GPU time is spent on it
+            r.update(status="failed", error=f"adapter: {missing[0]}: not found or not readable")
     return rows
 
 
 def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
     width, height, frames = cfg.clip_shape(geometry)
-    base = {k: row[k] for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
-                                "guidance_scale")}
+    base = {k: row.get(k) for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
+                                    "guidance_scale", "lora", "embeddings")}
     base.update(width=width, height=height, error=None)
     try:
         p = retrying(lambda: probe(row["video"]), row["video"])

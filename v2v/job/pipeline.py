@@ -134,8 +134,8 @@ class Progress:
 
 
 # Seconds per clip-step (one denoising step of one clip) where a benchmark measured the geometry: the job's
-# default variant at batch 4 on one H100, benchmarks/RESULTS.md (2.82 s a clip of 24 steps).
-GPU_S_PER_CLIP_STEP = {(576, 320, 24): ("one H100", 2.82 / 24)}
+# default variant at batch 4 on one H200, benchmarks/RESULTS.md (2.56 s a clip of 24 steps).
+GPU_S_PER_CLIP_STEP = {(576, 320, 24): ("one H200", 2.56 / 24)}
 DRY_RUN_VIDEOS_SHOWN = 20
 
 

@@ -45,6 +45,12 @@ def decode(batch: dict, resize: str) -> dict:
     return {**batch, "frames": _column(frames), "decode_s": np.array(secs), "error": np.array(errors, object)}
 
 
+def _text(batch: dict, column: str, i: int) -> str:
+    """A string column's value, "" where the batch lacks the column or holds null (NaN after pandas)."""
+    v = batch[column][i] if column in batch else None
+    return v if isinstance(v, str) else ""
+
+
 def _errors(batch: dict) -> list:
     """The batch's error column as str-or-None (Ray hands an all-null string column over as NaN floats)."""
     return [e if isinstance(e, str) else None for e in batch["error"]]
@@ -104,6 +110,9 @@ class Restyle:
         with self._phase("load"):
             self.components = c = load_components(cfg.model, device=res.device, dtype=dtype,
                                                   scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
+        from v2v.model.adapters import Adapters
+
+        self.adapters = Adapters(c)  # per-clip LoRAs and embeddings, merged in and out of these weights
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
         with self._phase("switches"):
@@ -163,6 +172,7 @@ class Restyle:
     def __call__(self, batch: dict) -> dict:
         import torch
 
+        from v2v.model.adapters import AdapterError
         from v2v.model.quality import signals
         from v2v.model.sampler import ClipSettings, SamplerInputError, restyle, to_uint8_checked
         from v2v.speed.fixed_shapes import unpadded
@@ -174,16 +184,29 @@ class Restyle:
         secs = np.zeros(n)
         started, ended = np.full(n, np.nan), np.full(n, np.nan)  # unix times of the clip's batch
         quality = [{} for _ in range(n)]
+        lora = [_text(batch, "lora", i) for i in range(n)]
+        embeddings = [_text(batch, "embeddings", i) for i in range(n)]
+        adapters = [""] * n
         todo = [i for i in range(n) if errors[i] is None]
-        by_shape: dict[tuple, list[int]] = {}
+        by_shape: dict[tuple, list[int]] = {}  # clips of one shape and one set of LoRAs share forwards
         for i in todo:
-            by_shape.setdefault(frames_in[i].shape, []).append(i)
+            by_shape.setdefault((frames_in[i].shape, lora[i]), []).append(i)
         alone: list[list[int]] = []  # groups of one clip split off a batch that ran out of memory
         for idx in by_shape.values():
+            prompts = {}
+            try:  # the group's LoRAs merged into the model; embeddings' tokens rewritten in its prompts
+                self.adapters.use(self.adapters.refs(lora[idx[0]], "")[0])
+                for i in idx:
+                    prompts[i] = self.adapters.prompt(batch["prompt"][i], self.adapters.refs("", embeddings[i])[1])
+                    adapters[i] = self.adapters.describe(lora[i], embeddings[i])
+            except AdapterError as e:
+                for i in idx:
+                    errors[i] = f"adapter: {e}"
+                continue
             groups = [idx]
             while groups:
                 g = groups.pop()
-                clips = [ClipSettings(prompt=batch["prompt"][i], seed=int(batch["seed"][i]),
+                clips = [ClipSettings(prompt=prompts[i], seed=int(batch["seed"][i]),
                                       negative_prompt=batch["negative_prompt"][i] or "",
                                       strength=float(batch["strength"][i]),
                                       num_inference_steps=int(batch["num_inference_steps"][i]),
@@ -234,6 +257,7 @@ class Restyle:
         return {**batch, "frames": _column(frames_out), "restyle_s": secs, "restyle_started_at": started,
                 "restyle_finished_at": ended, "worker": np.array([self.worker] * n, object),
                 **{k: np.array([q.get(k) for q in quality], object) for k in QUALITY_COLUMNS},
+                "adapters": np.array(adapters, object),
                 "error": np.array(errors, object),
                 "scheduler": np.array([self.scheduler_name] * n, object),
                 "model_sha256": np.array([self.model_sha256] * n, object)}
