@@ -229,10 +229,10 @@ def test_adapters_per_row_are_applied_recorded_and_keyed(ray_cluster, tmp_path, 
     save_file({"unet.nope.lora_A.weight": torch.zeros(2, 4), "unet.nope.lora_B.weight": torch.zeros(4, 2)},
               str(tmp_path / "broken.safetensors"))
     make_video(str(tmp_path / "v.mp4"), 16, 64, 64)
-    lora = '"[{""uri"": ""style.safetensors"", ""scale"": {}}]"'
+    lora = '"[{""uri"": ""style.safetensors"", ""scale"": SCALE}]"'
     rows = ["id,video,prompt,lora,embeddings",
             'plain,v.mp4,a fox,,',
-            f'styled,v.mp4,a fox,{lora.format(0.8)},',
+            'styled,v.mp4,a fox,' + lora.replace('SCALE', '0.8') + ',',
             'inked,v.mp4,a <ink> fox,,"[{""uri"": ""ink.safetensors"", ""token"": ""<ink>""}]"',
             'broken,v.mp4,a fox,"[{""uri"": ""broken.safetensors""}]",',
             'missing,v.mp4,a fox,"[{""uri"": ""nowhere.safetensors""}]",']
@@ -253,7 +253,8 @@ def test_adapters_per_row_are_applied_recorded_and_keyed(ray_cluster, tmp_path, 
     assert not np.array_equal(frames["plain"], frames["styled"])
     assert not np.array_equal(frames["plain"], frames["inked"])
 
-    (tmp_path / "m.csv").write_text("\n".join(rows[:2] + [f'styled,v.mp4,a fox,{lora.format(0.5)},'] + rows[3:4]))
+    rescaled = 'styled,v.mp4,a fox,' + lora.replace('SCALE', '0.5') + ','
+    (tmp_path / "m.csv").write_text("\n".join(rows[:2] + [rescaled] + rows[3:4]))
     s = run_job(cfg, **QUIET)
     assert s.rendered_now == 2  # the two clips of the row whose LoRA scale changed; the others were done
 
