@@ -78,7 +78,7 @@ PROMPTS = ["a watercolor painting of a city at dusk", "an ink sketch, high contr
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="demo-out", help="where inputs/, clips/, videos/, index/ go")
+    p.add_argument("--output", default="demo-out", help="where inputs/, clips/, videos/, previews/, index/ go")
     a = p.parse_args(argv)
     inputs = os.path.join(a.output, "inputs")
     os.makedirs(inputs, exist_ok=True)
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     from jobs.restyle import main as restyle
 
     return restyle(["--manifest", os.path.join(inputs, "manifest.csv"), "--output", a.output, "--model", "tiny",
-                    "--steps", "10", "--stitch"])
+                    "--steps", "10", "--stitch", "--preview"])
 
 
 if __name__ == "__main__":

@@ -558,6 +558,7 @@ def test_demo_runs_end_to_end(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "9 clips planned: 9 ok, 0 failed, 0 skipped" in r.stdout
+    assert f"previews: {tmp_path / 'demo' / 'previews' / 'index.html'}" in r.stdout
     assert "does not have any available CPUs" not in r.stdout + r.stderr  # no false "will hang" warning
     assert len(list((tmp_path / "demo" / "videos").iterdir())) == 3
     assert len(pd.read_parquet(tmp_path / "demo" / "index")) == 9
