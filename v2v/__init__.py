@@ -5,7 +5,7 @@ Importing this package starts nothing and downloads nothing. A clip flows throug
     core      manifest -> plan -> video (decode) ... video (encode) -> index; storage and the lease beside them
     model     loading, the embedded tiny model, the sampler (plain tensor functions)
     speed     the optional speed layer, applied once after the model loads (v2v.speed.apply_speed_settings)
-    job       resources, the stages, the Ray Data pipeline (the only Ray code)
+    job       resources, the stages, the Ray Data pipeline (the only Ray code), metrics, what a run reports
 
 `config` is the one typed config. Entry points are in jobs/.
 """

@@ -12,7 +12,7 @@ import pytest
 from jobs.demo import make_video
 from jobs.restyle import GROUPS, build_parser
 from tests.helpers import REPO
-from v2v.job.pipeline import LOG_EVERY_S, Progress, Summary
+from v2v.job.report import LOG_EVERY_S, Progress, Summary
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -106,7 +106,7 @@ def test_summary_counts_read_as_words():
 
 
 def test_the_summary_names_the_clips_that_stand_out():
-    from v2v.job.pipeline import outliers
+    from v2v.job.report import outliers
 
     rows = [{"id": f"v{i}", "clip_index": 0, "status": "ok", "temporal_flicker": 1 + i / 10,
              "source_ssim": 0.9 - i / 10, "blank": i == 3} for i in range(7)]
@@ -121,14 +121,14 @@ def test_the_summary_names_the_clips_that_stand_out():
 
 def test_dry_run_estimates_gpu_time_where_a_benchmark_measured_the_clip_size(tmp_path):
     from v2v.config import JobConfig
-    from v2v.job.pipeline import _dry_run_report
+    from v2v.job.report import dry_run_report
 
     make_video(str(tmp_path / "v.mp4"), 8, 1024, 576)
     rows = [{"id": "v", "clip_index": k, "video": str(tmp_path / "v.mp4"), "status": "planned", "num_frames": 24,
              "start_s": k, "end_s": k + 1, "width": 576, "height": 320, "strength": 0.6, "num_inference_steps": 40}
             for k in range(100)]
     lines: list[str] = []
-    _dry_run_report(JobConfig(manifest="m", output="o"), rows, rows, lines.append)
+    dry_run_report(JobConfig(manifest="m", output="o"), rows, rows, lines.append)
     assert lines[0] == ("  v: 100 clips (2400 frames, 0.00-100.00 s) at 576x320; cover: scaled from 1024x576 to "
                         "576x324, 4 px of height cropped")
     # 100 clips x 24 steps at 2.56 s a clip of 24 steps on one H200: 256 s

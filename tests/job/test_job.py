@@ -494,7 +494,8 @@ def test_an_error_the_stages_did_not_expect_stops_the_job_naming_it(ray_cluster,
     job with its traceback."""
     import ray
 
-    from v2v.job.pipeline import Progress, _render
+    from v2v.job.pipeline import _render
+    from v2v.job.report import Progress
     from v2v.job.resources import reachable_resources, resources
 
     cfg = _cfg(inputs, tmp_path / "out")

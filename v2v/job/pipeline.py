@@ -9,12 +9,10 @@ import dataclasses
 import gc
 import json
 import logging
-import math
 import platform
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -25,195 +23,16 @@ from v2v.core.manifest import NORMALIZED, load_manifest
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
 from v2v.core.storage import join, url_to_fs, write_bytes_atomic
+from v2v.job.report import Progress, Summary, dry_run_report, outliers, plural
 from v2v.job.resources import Resources, reachable_resources, resources, wait_for_a_gpu
 from v2v.job.stages import ClipWorker
 
 logger = logging.getLogger("v2v")
 
 FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed run loses at most
-LOG_EVERY_S = 30.0  # a progress line this often in logs; on a terminal one live line instead
 # Clips in flight on an actor that stopped (its node left, its process died) come back from no actor; the job
 # restyles them again with the actors it has, up to this many passes in all, before recording them as lost.
 RENDER_PASSES = 3
-
-
-@dataclass
-class Summary:
-    planned: int = 0
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    rendered_now: int = 0  # clips rendered in this run (the rest were done before, or failed/skipped)
-    frames: int = 0
-    wall_s: float = 0.0
-    index: str = ""
-    allowed_failures: int = 0
-    errors: list[str] = field(default_factory=list)  # a few examples
-    stitch_failed: dict[str, str] = field(default_factory=dict)  # id -> why its video could not be stitched
-    dry_run: bool = False
-    outliers: list[str] = field(default_factory=list)  # lines naming the clips whose quality signals stand out
-    preview: str = ""  # the preview page, where --preview wrote one
-
-    @property
-    def clips_per_minute(self) -> float:
-        return 60.0 * self.rendered_now / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed > self.allowed_failures else 0
-
-    def text(self) -> str:
-        if self.dry_run:
-            return (f"v2v: {_n(self.planned, 'clip')} planned: {self.ok} done before, {self.failed} failed, "
-                    f"{self.skipped} skipped (dry run)")
-        lines = [f"v2v: {_n(self.planned, 'clip')} planned: {self.ok} ok, {self.failed} failed, {self.skipped} skipped",
-                 f"     {self.rendered_now} rendered in this run ({_n(self.frames, 'frame')}) in {self.wall_s:.1f} s"
-                 f" = {self.clips_per_minute:.1f} clips/min",
-                 f"     index: {self.index}"]
-        if self.failed:
-            lines.append(f"     failures: {self.failed} (allowed {self.allowed_failures})")
-            lines += [f"       {e}" for e in self.errors[:5]]
-        if self.stitch_failed:
-            lines.append(f"     videos not stitched: {len(self.stitch_failed)}")
-            lines += [f"       {rid}: {why}" for rid, why in list(self.stitch_failed.items())[:5]]
-        lines += [f"     {line}" for line in self.outliers]
-        if self.preview:
-            lines.append(f"     previews: {self.preview}")
-        return "\n".join(lines)
-
-
-class Progress:
-    """Clips done of the total, failed so far, clips per minute, time left and the restyle actors at work (those
-    that returned clips in the last ACTIVE_S): one line rewritten in place on a terminal (`live`), else a line
-    every LOG_EVERY_S and one at the end."""
-
-    ACTIVE_S = 120.0
-
-    def __init__(self, total: int, log, live: bool = False, clock=time.time):
-        self.total, self.log, self.live, self.clock = total, log, live, clock
-        self.started = clock()
-        self.first_done: tuple[float, int] | None = None  # (when, how many): the rate leaves out the start-up
-        self.last_line = -math.inf
-        self.done = self.failed = 0
-        self.actors: dict[str, float] = {}  # worker -> when it last returned clips
-
-    def add(self, rows: list[dict]) -> None:
-        """Count finished clip rows (ok or failed), and show the line if it is time."""
-        now = self.clock()
-        self.done += len(rows)
-        self.failed += sum(r.get("status") == "failed" for r in rows)
-        for r in rows:
-            if r.get("worker"):
-                self.actors[r["worker"]] = now
-        self.update()
-
-    def line(self) -> str:
-        now, done = self.clock(), self.done
-        rate = 60 * done / max(1e-9, now - self.started)
-        text = f"v2v: {done}/{self.total} clips, {self.failed} failed, {rate:.1f} clips/min"
-        if self.first_done and done > self.first_done[1] and done < self.total:
-            per_clip = (now - self.first_done[0]) / (done - self.first_done[1])
-            text += f", about {_duration((self.total - done) * per_clip)} left"
-        at_work = sum(now - t <= self.ACTIVE_S for t in self.actors.values())
-        if at_work:
-            text += f", {_n(at_work, 'restyle actor')} at work"
-        return text
-
-    def update(self) -> None:
-        now, done = self.clock(), self.done
-        if done and self.first_done is None:
-            self.first_done = (now, done)
-        end = done >= self.total
-        if self.live:
-            if now - self.last_line >= 1 or end:
-                print("\r" + self.line() + "\033[K", end="\n" if end else "", flush=True)
-                self.last_line = now
-        elif now - self.last_line >= LOG_EVERY_S or end:
-            self.log(self.line())
-            self.last_line = now
-
-
-# Seconds per clip-step (one denoising step of one clip) where a benchmark measured the geometry: the job's
-# default variant at batch 4 on one H200, benchmarks/RESULTS.md (2.56 s a clip of 24 steps).
-GPU_S_PER_CLIP_STEP = {(576, 320, 24): ("one H200", 2.56 / 24)}
-DRY_RUN_VIDEOS_SHOWN = 20
-
-
-def _dry_run_report(cfg: JobConfig, rows: list[dict], todo: list[dict], log) -> None:
-    """Per video (the first DRY_RUN_VIDEOS_SHOWN): its clips, their size and what resizing does to its frames;
-    then totals, and the GPU time where a benchmark measured this clip size."""
-    from v2v.core.video import VideoError, describe_resize, probe
-
-    by_id: dict[str, list[dict]] = {}
-    for r in rows:
-        by_id.setdefault(r["id"], []).append(r)
-    for k, (rid, clips) in enumerate(by_id.items()):
-        if k == DRY_RUN_VIDEOS_SHOWN:
-            log(f"  ... and {_n(len(by_id) - k, 'more video')}")
-            break
-        planned = [c for c in clips if c["status"] == "planned"]
-        failed = [c for c in clips if c["status"] == "failed"]
-        if failed and not planned:
-            log(f"  {rid}: cannot be read: {failed[0]['error']}")
-            continue
-        first = planned[0]
-        try:
-            p = probe(first["video"], count_frames=False)
-            resize = describe_resize(p.width, p.height, first["width"], first["height"], cfg.resize)
-        except (VideoError, OSError) as e:
-            resize = f"source not probed again ({type(e).__name__})"
-        skipped = sum(c["status"] == "skipped" for c in clips)
-        log(f"  {rid}: {_n(len(planned), 'clip')} ({sum(c['num_frames'] for c in planned)} frames, "
-            f"{planned[0]['start_s']:.2f}-{planned[-1]['end_s']:.2f} s) at {first['width']}x{first['height']}; "
-            f"{cfg.resize}: {resize}" + (f"; {skipped} remainder skipped" if skipped else ""))
-    steps = sum(max(1, int(r["strength"] * r["num_inference_steps"])) for r in todo)
-    text = f"v2v: dry run: would render {_n(len(todo), 'clip')} ({sum(r['num_frames'] for r in todo)} frames, " \
-           f"{steps} clip-steps)"
-    shape = (todo[0]["width"], todo[0]["height"], max(r["num_frames"] for r in todo)) if todo else None
-    if shape in GPU_S_PER_CLIP_STEP:
-        card, per_step = GPU_S_PER_CLIP_STEP[shape]
-        text += f"; about {_duration(steps * per_step)} on {card} (benchmarks/RESULTS.md)"
-    elif todo:
-        text += f"; no GPU time measured for {shape[0]}x{shape[1]}x{shape[2]} clips"
-    log(text + "; nothing was written")
-
-
-OUTLIERS_SHOWN = 5
-
-
-def outliers(rows: list[dict], shown: int = OUTLIERS_SHOWN) -> list[str]:
-    """Summary lines naming the ok clips whose quality signals stand out: blank outputs, then the highest flicker
-    and the lowest SSIM against the source (`shown` of each)."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("source_ssim") is not None]
-    if not ok:
-        return []
-
-    def name(r: dict) -> str:
-        return f"{r['id']}/{r['clip_index']}"
-
-    lines = []
-    blanks = [r for r in ok if r.get("blank")]
-    if blanks:
-        lines.append(f"blank outputs ({len(blanks)}): " + ", ".join(name(r) for r in blanks[:shown]))
-    flicker = sorted((r for r in ok if r.get("temporal_flicker") == r.get("temporal_flicker")),
-                     key=lambda r: -r["temporal_flicker"])
-    if flicker:
-        lines.append("highest flicker: " + ", ".join(f"{name(r)} {r['temporal_flicker']:.2f}" for r in flicker[:shown]))
-    lowest = sorted(ok, key=lambda r: r["source_ssim"])
-    lines.append("lowest SSIM to source: " + ", ".join(f"{name(r)} {r['source_ssim']:.2f}" for r in lowest[:shown]))
-    return lines
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'s' * (count != 1)}"
-
-
-def _duration(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def versions() -> dict:
@@ -227,13 +46,13 @@ def versions() -> dict:
             "ray": ray.__version__, "python": platform.python_version()}
 
 
-def _done_outputs(output: str) -> dict[str, int]:
-    """Relative path -> size of every clip file present (one listing, not one request per clip)."""
+def _present(output: str, folder: str) -> dict[str, int]:
+    """Relative path -> size of every file under output/folder (one listing, not one request per file)."""
     fs, root = url_to_fs(output)
     root = root.rstrip("/")
-    if not fs.exists(f"{root}/clips"):
+    if not fs.exists(f"{root}/{folder}"):
         return {}
-    found = fs.find(f"{root}/clips", detail=True)
+    found = fs.find(f"{root}/{folder}", detail=True)
     return {p[len(root) + 1 :]: int(info.get("size") or 0) for p, info in found.items()}
 
 
@@ -415,7 +234,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     if previous is not None:
         for r in previous.to_pylist():
             prev_rows[(r["id"], r["clip_index"])] = r
-    present = _done_outputs(cfg.output) if prev_rows else {}
+    present = _present(cfg.output, "clips") if prev_rows else {}
     plan_rows_list = plan.to_pylist()
     todo, carried, new_rows = [], [], []
     for key, r in zip(planned_keys, plan_rows_list):
@@ -431,10 +250,10 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
         else:
             todo.append(r)
     total_frames = sum(r["num_frames"] for r in todo)
-    log(f"v2v: {_n(len(manifest), 'video')} -> {_n(len(planned_keys), 'clip')} planned; {len(carried)} done or "
+    log(f"v2v: {plural(len(manifest), 'video')} -> {plural(len(planned_keys), 'clip')} planned; {len(carried)} done or "
         f"failed before, {len(todo)} to render ({total_frames} frames)")
     if cfg.dry_run:
-        _dry_run_report(cfg, plan_rows_list, todo, log)
+        dry_run_report(cfg, plan_rows_list, todo, log)
         return Summary(planned=len(planned_keys), ok=sum(r["status"] == "ok" for r in carried),
                        skipped=sum(r["status"] == "skipped" for r in new_rows),
                        failed=sum(r["status"] == "failed" for r in new_rows + carried), index="(dry run)",
@@ -645,18 +464,9 @@ def _previews(cfg: JobConfig, rows: list[dict], rendered_ids: set[str], log) -> 
         else:
             failed[rid] = why
     page = write_page(cfg.output, rows, strips, f"v2v: {cfg.manifest}")
-    log(f"v2v: previews of {_n(len(strips), 'video')} in {join(cfg.output, page)}"
+    log(f"v2v: previews of {plural(len(strips), 'video')} in {join(cfg.output, page)}"
         + (f"; {len(failed)} could not be made ({next(iter(failed.items()))})" if failed else ""))
     return page
-
-
-def _present(output: str, folder: str) -> set[str]:
-    """Relative paths of the files under output/folder (one listing)."""
-    fs, root = url_to_fs(output)
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/{folder}"):
-        return set()
-    return {p[len(root) + 1:] for p in fs.find(f"{root}/{folder}")}
 
 
 def _stitch(cfg: JobConfig, rows: list[dict], rendered_ids: set[str], log) -> dict[str, str]:
@@ -696,7 +506,7 @@ def _stitch(cfg: JobConfig, rows: list[dict], rendered_ids: set[str], log) -> di
     done = ray.get(refs)
     failed = {rid: why for rid, why in done if why is not None}
     unchanged = len(complete) - len(todo)
-    log(f"v2v: stitched {_n(len(done) - len(failed), 'video')} into {join(cfg.output, 'videos')}"
+    log(f"v2v: stitched {plural(len(done) - len(failed), 'video')} into {join(cfg.output, 'videos')}"
         + (f"; {unchanged} unchanged" if unchanged else "")
         + (f"; {len(failed)} could not be stitched" if failed else ""))
     return failed

@@ -65,9 +65,9 @@ def _column(arrays: list[np.ndarray]):
     return out
 
 
+QUALITY_COLUMNS = ("temporal_flicker", "source_ssim", "blank")  # v2v.model.quality.signals, per restyled clip
 # A restyle actor's exit code after a CUDA error that is not out-of-memory (the pool starts another), and how often
 # a clip set may take an actor down before its clips are failed rows instead.
-QUALITY_COLUMNS = ("temporal_flicker", "source_ssim", "blank")  # v2v.model.quality.signals, per restyled clip
 EXIT_DEVICE_FAILURE = 70
 DEVICE_FAILURE_TRIES = 3
 _DEVICE_FAILURES = ("CUDA error", "CUDA driver error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
@@ -139,9 +139,9 @@ class Restyle:
     def _restart_or_give_up(self, clips: list[str], e: Exception) -> None:
         """A CUDA error that is not out-of-memory (an illegal address, an ECC error, a lost device) leaves the
         process's GPU state unusable: exit, so that the pool starts a fresh actor and the job redoes the batch in its
-        next pass (pipeline.RENDER_PASSES). Each exit is
-        counted on the node per clip set; one that failed DEVICE_FAILURE_TRIES times returns instead, and its clips
-        become failed rows (a clip that breaks every GPU must not restart actors forever)."""
+        next pass (pipeline.RENDER_PASSES). Each exit is counted on the node per clip set; one that failed
+        DEVICE_FAILURE_TRIES times returns instead, and its clips become failed rows (a clip that breaks every GPU
+        must not restart actors forever)."""
         from v2v.model.loading import default_cache_dir
 
         key = hashlib.sha256("\n".join(sorted(clips)).encode()).hexdigest()[:24]
