@@ -33,6 +33,11 @@ FLUSH_EVERY_S = 2.0  # finished rows reach _progress/ this often: what a killed 
 # Clips in flight on an actor that stopped (its node left, its process died) come back from no actor; the job
 # restyles them again with the actors it has, up to this many passes in all, before recording them as lost.
 RENDER_PASSES = 3
+# A pass in which no clip comes back for this long is ended, and what it had not returned goes to the next pass
+# with new actors: seen (rarely) on Ray 2.60, an actor running calls on several threads kept its finished calls'
+# results, spinning, and the job waited for them forever. Longer than an actor's slowest start (a first compile
+# of the zeroscope-size UNet: ~6 min on an H100).
+STALL_S = 900.0
 
 
 def versions() -> dict:
@@ -374,6 +379,7 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
     the job would wait forever.)
     Returns (finished rows, the model's sha256 as the actors saw it)."""
     import ray.data
+    from ray.data.exceptions import ExecutionTimeoutError
 
     # One block per batch: a block is one actor call, whose rows come back together once they are written.
     ds = _dataset(todo, rows_per_block=cfg.batch_size)
@@ -390,6 +396,7 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
                             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, max_restarts=0,
                             max_task_retries=0, **memory)
     ds.context.max_errored_blocks = -1  # a failed block is a stopped actor's: RestyleActor returns any other error
+    ds.context.execution_no_progress_timeout_s = STALL_S
     ray_data_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
     if not any(isinstance(f, _StoppedActorLine) for f in ray_data_log.filters):
         ray_data_log.addFilter(_StoppedActorLine())
@@ -419,6 +426,8 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
                 flush()
                 last_flush = now
             progress.add(rows)
+    except ExecutionTimeoutError:  # a stalled pass: what it did not return is restyled in the next one
+        progress.log(f"v2v: no clip came back for {STALL_S:.0f} s; ending this pass and its actors")
     except BaseException as e:  # interrupted, or a stage failed the dataset: keep what is finished
         flush()
         if isinstance(e, (Interrupted, KeyboardInterrupt)):
