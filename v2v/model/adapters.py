@@ -170,7 +170,9 @@ class Adapters:
         return self.paths[uri]
 
     def _sha(self, uri: str) -> str:
-        path = self._local(uri)
+        return self._file_sha(self._local(uri))
+
+    def _file_sha(self, path: str) -> str:
         if path not in self.shas:
             self.shas[path] = sha256_file(path)
         return self.shas[path]
@@ -211,9 +213,7 @@ class Adapters:
         use)."""
         tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
         for ref in embeddings:
-            if ref.path not in self.shas:
-                self.shas[ref.path] = sha256_file(ref.path)
-            sha = self.shas[ref.path]
+            sha = self._file_sha(ref.path)
             if sha not in self.tokens:
                 table = encoder.get_input_embeddings()
                 vectors = load_embedding(ref.path, table.weight.shape[1])
