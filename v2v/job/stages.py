@@ -265,9 +265,10 @@ class Restyle:
 
 class ClipWorker:
     """What a restyle actor does with a batch of clip rows: decode (CPU) -> restyle (the model) -> encode and write
-    (CPU). Ray runs `CALLS_AT_ONCE` calls of one actor at once, on threads: while one batch is in the model, the
-    other decodes or is written, so the GPU stays busy, a clip is written seconds after it is restyled, and no clip
-    is decoded more than a batch ahead of the model (frames never wait in Ray's object store)."""
+    (CPU). Ray Data takes `CALLS_AT_ONCE` calls of one actor at once (their rows in and out move on threads) and
+    runs this one call at a time (calls on several threads at once were seen to stall Ray 2.60's actors): a clip is
+    written seconds after it is restyled, and no clip is decoded more than a batch ahead of the model (frames never
+    wait in Ray's object store). The lock keeps one batch in the model should calls run on several threads."""
 
     CALLS_AT_ONCE = 2
 
