@@ -262,15 +262,24 @@ def guided_latents(unet, latents: torch.Tensor) -> torch.Tensor:
     return latents if takes_pairs(unet) else torch.cat([latents, latents])
 
 
+def clip_timesteps(timesteps: list[torch.Tensor]) -> torch.Tensor:
+    """B clips' current timesteps (0-d tensors of their schedulers' dtype) as one (B,) CPU tensor: the UNet
+    embeds a timestep per latent, so clips at different steps share a forward. Every forward gets its
+    timesteps in this form (one per clip, never one for all), so a compiled UNet sees one input layout."""
+    return torch.stack(list(timesteps))
 
-def _predict_noise(unet, scaled: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
-    """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) -> (2B, ...) uncond/text predictions
-    (or (B, ...) text predictions without guidance)."""
+
+def _predict_noise(unet, scaled: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                   uncond: torch.Tensor | None) -> torch.Tensor:
+    """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) latents at their (B,) timesteps ->
+    (2B, ...) uncond/text predictions (or (B, ...) text predictions without guidance)."""
     if uncond is None:
         return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
     embeddings = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them
-    # the latents twice, or once where the UNet shares the layers before the embeddings enter (`shared_prefix`)
-    return unet(guided_latents(unet, scaled), t, encoder_hidden_states=embeddings, return_dict=False)[0]
+    # the latents (and their timesteps) twice, or once where the UNet shares the layers before the embeddings
+    # enter (`shared_prefix`)
+    return unet(guided_latents(unet, scaled), guided_latents(unet, t), encoder_hidden_states=embeddings,
+                return_dict=False)[0]
 
 
 @torch.no_grad()
@@ -289,11 +298,11 @@ def denoise(unet, scheds: list, timesteps: torch.Tensor, latents: torch.Tensor, 
     for t in timesteps:
         scaled = torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(scheds)])
         if batch_invariant:
-            preds = [_predict_noise(unet, scaled[i : i + 1], t, cond[i : i + 1],
+            preds = [_predict_noise(unet, scaled[i : i + 1], clip_timesteps([t]), cond[i : i + 1],
                                     uncond[i : i + 1] if cfg else None) for i in range(len(scheds))]
             noise_pred = torch.cat([p.chunk(2)[k] for k in range(2) for p in preds]) if cfg else torch.cat(preds)
         else:
-            noise_pred = _predict_noise(unet, scaled, t, cond, uncond)
+            noise_pred = _predict_noise(unet, scaled, clip_timesteps([t] * len(scheds)), cond, uncond)
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + g * (noise_text - noise_uncond)

@@ -143,7 +143,7 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
 
     import torch
 
-    from v2v.model.sampler import guided_latents, schedule
+    from v2v.model.sampler import clip_timesteps, guided_latents, schedule
 
     unet = components.unet
 
@@ -158,9 +158,9 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     x = guided_latents(unet, x.to(unet.device, unet.dtype))
     dim = components.text_encoder.config.hidden_size
     e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
-    # A timestep exactly as the sampler passes it (a 0-d CPU tensor of the scheduler's dtype): another device or
-    # dtype would be another compiled graph.
-    t = schedule(components.scheduler, 10, 1.0)[1][0]
+    # Timesteps exactly as the sampler passes them (one per clip, a CPU tensor of the scheduler's dtype): another
+    # layout, device or dtype would be another compiled graph.
+    t = guided_latents(unet, clip_timesteps([schedule(components.scheduler, 10, 1.0)[1][0]] * (unet_batch // 2)))
     vae = components.vae
     seconds = {}
     with torch.no_grad():

@@ -1,0 +1,142 @@
+"""Step-level continuous batching: clips of different strengths, step counts, guidance, schedulers and lengths share
+forwards, and each clip's result is what it gives alone (bit for bit in batch-invariant mode)."""
+
+import numpy as np
+import pytest
+import torch
+
+from v2v.model.continuous import StepBatcher, run_all
+from v2v.model.loading import make_scheduler
+from v2v.model.sampler import ClipSettings, SamplerInputError, restyle
+
+
+def _frames(b, f=8, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, f, 64, 64, 3), dtype=np.uint8))
+
+
+# strengths 0.4-0.9, 3 to 8 steps each, guidance off and on at different scales: no two clips alike
+MIXED = [ClipSettings("a fox", seed=1, strength=0.6, num_inference_steps=8, guidance_scale=7.0),
+         ClipSettings("ink", seed=2, negative_prompt="blur", strength=0.9, num_inference_steps=5, guidance_scale=12.0),
+         ClipSettings("oil", seed=3, strength=0.5, num_inference_steps=6, guidance_scale=1.0),
+         ClipSettings("", seed=4, strength=0.4, num_inference_steps=10, guidance_scale=15.0),
+         ClipSettings("chalk", seed=5, strength=0.75, num_inference_steps=8, guidance_scale=1.0),
+         ClipSettings("neon", seed=6, strength=0.8, num_inference_steps=5, guidance_scale=3.0)]
+
+
+def _alone(tiny, frames, clip, scheduler=None):
+    return restyle(tiny, frames[None], [clip], scheduler=scheduler, output="latents")
+
+
+FRAMES = _frames(len(MIXED), seed=1)
+
+
+@pytest.fixture(scope="module")
+def alone(tiny):
+    """Each MIXED clip's final latents, restyled alone by the sampler."""
+    return [_alone(tiny, FRAMES[i], c) for i, c in enumerate(MIXED)]
+
+
+@pytest.mark.parametrize("capacity", [2, 6])
+def test_mixed_clips_in_flight_equal_each_clip_alone_bit_for_bit(tiny, alone, capacity):
+    out = run_all(StepBatcher(tiny, capacity, batch_invariant=True), [(i, FRAMES[i], c) for i, c in enumerate(MIXED)])
+    for i in range(len(MIXED)):
+        assert torch.equal(out[i], alone[i]), f"clip {i} differs in flight"
+    assert (out[0] - out[1]).abs().max() > 1e-3  # and the clips really differ
+
+
+def test_batched_forwards_equal_each_clip_alone_to_rounding_and_share_forwards(tiny, alone):
+    batcher = StepBatcher(tiny, 4)
+    out = run_all(batcher, [(i, FRAMES[i], c) for i, c in enumerate(MIXED)])
+    for i in range(len(MIXED)):  # latents of magnitude ~4; batched kernels round differently
+        assert (out[i] - alone[i]).abs().max() <= 1e-4, f"clip {i}"
+    steps = sum(int(c.num_inference_steps * c.strength) for c in MIXED)
+    assert batcher.clip_steps == steps
+    # Two streams (guidance on, off), clips admitted as slots free: fewer forwards than grouping the clips by
+    # (steps, strength, guidance), one forward per step of each group, would run (here every clip its own group).
+    groups = {(c.num_inference_steps, c.strength, c.guidance_scale > 1) for c in MIXED}
+    assert batcher.forwards < sum(int(n * s) for n, s, _ in groups) == steps
+
+
+def test_a_slot_freed_is_taken_by_the_next_clip_at_once(tiny):
+    frames = _frames(3, seed=3)
+    short = ClipSettings("a", seed=1, strength=0.5, num_inference_steps=4)  # 2 steps
+    long = ClipSettings("b", seed=2, strength=1.0, num_inference_steps=6)  # 6 steps
+    batcher = StepBatcher(tiny, 2)
+    batcher.admit("short", frames[0], short)
+    batcher.admit("long", frames[1], long)
+    rounds = 0
+    finished = []
+    queue = [("late", frames[2], short)]
+    while batcher.active:
+        done, failed = batcher.step()
+        rounds += 1
+        assert not failed
+        finished += [(c.key, rounds) for c in done]
+        while queue and batcher.free:
+            batcher.admit(*queue.pop(0))
+    # the late clip ran beside the long one: all three done in the long clip's 6 rounds
+    assert finished == [("short", 2), ("late", 4), ("long", 6)]
+    assert batcher.forwards == 6 and batcher.clip_steps == 10
+
+
+def test_clips_of_another_scheduler_and_another_length_run_beside_each_other(tiny):
+    frames = _frames(2, seed=4)
+    short = _frames(1, f=5, seed=5)[0]
+    euler = make_scheduler(tiny.scheduler, "euler_a")
+    batcher = StepBatcher(tiny, 3, batch_invariant=True)
+    batcher.admit("ddim", frames[0], MIXED[0])
+    batcher.admit("euler", frames[1], MIXED[1], scheduler=euler)
+    batcher.admit("short", short, MIXED[0])
+    out = {}
+    while batcher.active:
+        done, _ = batcher.step()
+        out.update({c.key: c for c in done})
+    assert torch.equal(out["ddim"].latents, _alone(tiny, frames[0], MIXED[0]))
+    assert torch.equal(out["euler"].latents, _alone(tiny, frames[1], MIXED[1], scheduler=euler))
+    assert torch.equal(out["short"].latents, _alone(tiny, short, MIXED[0]))
+    assert out["short"].latents.shape[2] == 5
+    # frames: what the sampler gives for the clip alone
+    assert torch.equal(batcher.finish(out["ddim"]).cpu(), restyle(tiny, frames[:1], [MIXED[0]])[0])
+
+
+def test_bad_clip_is_refused_at_admission_and_others_go_on(tiny):
+    frames = _frames(2, seed=6)
+    bad = ClipSettings("x", seed=1, strength=0.1, num_inference_steps=4)  # leaves no step
+    out = run_all(StepBatcher(tiny, 2), [("bad", frames[0], bad), ("good", frames[1], MIXED[2])])
+    assert isinstance(out["bad"], SamplerInputError) and "leaves no denoising step" in str(out["bad"])
+    assert isinstance(out["good"], torch.Tensor)
+    with pytest.raises(RuntimeError, match="all 1 slots are in use"):
+        b = StepBatcher(tiny, 1)
+        b.admit("a", frames[0], MIXED[2])
+        b.admit("b", frames[1], MIXED[2])
+
+
+def test_a_forward_that_fails_is_retried_clip_by_clip_and_only_the_failing_clip_leaves(tiny, monkeypatch):
+    frames = _frames(3, seed=7)
+    clips = [ClipSettings(p, seed=i, strength=0.5, num_inference_steps=6) for i, p in enumerate(["a", "poison", "c"])]
+    alone = {i: _alone(tiny, frames[i], c) for i, c in enumerate(clips)}
+    batcher = StepBatcher(tiny, 3)
+    poison = None
+    plain = tiny.unet.forward
+    calls = []
+
+    def forward(sample, t, encoder_hidden_states, **kw):
+        calls.append(sample.shape[0])
+        if any(torch.equal(e, poison) for e in encoder_hidden_states):
+            raise RuntimeError("an op this clip's input breaks")
+        return plain(sample, t, encoder_hidden_states=encoder_hidden_states, **kw)
+
+    for i, c in enumerate(clips):
+        batcher.admit(i, frames[i], c)
+    poison = batcher.active[1].cond[0]
+    monkeypatch.setattr(tiny.unet, "forward", forward)
+    out, failed = {}, {}
+    while batcher.active:
+        done, bad = batcher.step()
+        out.update({c.key: c.latents for c in done})
+        failed.update({c.key: e for c, e in bad})
+    assert list(failed) == [1] and "this clip's input breaks" in str(failed[1])
+    assert calls[:4] == [6, 2, 2, 2]  # the batch of 3 guided clips, then each alone
+    assert calls[4:] == [4, 4]  # then the two left, together again (not an out-of-memory: no `alone`)
+    for i in (0, 2):
+        assert (out[i] - alone[i]).abs().max() <= 1e-5
