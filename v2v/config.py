@@ -14,6 +14,29 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names it."""
 
 
+# Scheduler names a user may give (--scheduler, a manifest row's `scheduler`; case-insensitive), mapped to
+# diffusers classes. Class names work too.
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "euler-ancestral": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+
+def scheduler_class_name(name: str) -> str | None:
+    """The diffusers class a scheduler name stands for, or None for a name that is not one of SCHEDULERS'."""
+    cls_name = SCHEDULERS.get(name.lower(), name)
+    return cls_name if cls_name in SCHEDULERS.values() else None
+
+
 @dataclass
 class JobConfig:
     # Where things are.

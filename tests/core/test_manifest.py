@@ -188,3 +188,25 @@ def test_adapter_columns_are_checked_and_resolved(tmp_path):
                      'm.jsonl line 3: lora: each item needs a "uri" string',
                      "m.jsonl line 4: embeddings: token '<ink>' is not in the prompt"]:
         assert expected in str(e.value), (expected, str(e.value))
+
+
+def test_a_rows_scheduler_is_checked_and_named_by_its_class(tmp_path):
+    rows = [{"video": "v.mp4", "prompt": "p", "scheduler": "dpm"},
+            {"video": "v.mp4", "prompt": "q", "scheduler": "EulerAncestralDiscreteScheduler"},
+            {"video": "v.mp4", "prompt": "r", "scheduler": None}]
+    t = load_manifest(_write(tmp_path, rows, "m.csv"), CFG).to_pylist()
+    assert [r["scheduler"] for r in t] == ["DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler", None]
+    bad = [{"video": "v.mp4", "prompt": "p", "scheduler": "dpm"}, {"video": "v.mp4", "prompt": "p", "scheduler": "ddpm"}]
+    with pytest.raises(ManifestError, match=r"m.csv line 3: scheduler: 'ddpm' is unknown; choose one of \["):
+        load_manifest(_write(tmp_path, bad, "m.csv"), CFG)
+
+
+def test_a_rows_own_scheduler_is_in_its_work_key_and_rows_without_keep_theirs():
+    from v2v.core.index import work_key
+
+    clip = {"video": "v.mp4", "start_frame": 0, "num_frames": 8, "prompt": "p", "seed": 1, "strength": 0.6}
+    job = {"model": "tiny", "scheduler": None}
+    plain = work_key(clip, job)
+    assert work_key({**clip, "scheduler": None}, job) == plain == work_key({**clip, "scheduler": ""}, job)
+    dpm = work_key({**clip, "scheduler": "DPMSolverMultistepScheduler"}, job)
+    assert dpm != plain and dpm != work_key({**clip, "scheduler": "DDIMScheduler"}, job)

@@ -85,13 +85,15 @@ WORK_FIELDS = ("video", "start_frame", "num_frames", "fps", "width", "height", "
 
 def work_key(clip: dict, job: dict) -> str:
     """A hash of everything that changes a clip's output bytes: the clip row's WORK_FIELDS, its source video's
-    version (size and etag or mtime), its adapters and their files' versions, and the job's `job` (model and its
-    version, resolved dtype, scheduler, eta, clip_skip, resize, codec, crf, preset, audio). Speed switches and the batch size are not in it: they change
-    nothing beyond float rounding."""
+    version (size and etag or mtime), its adapters and their files' versions, its own scheduler, and the job's `job`
+    (model and its version, resolved dtype, scheduler, eta, clip_skip, resize, codec, crf, preset, audio). Speed
+    switches and the batch size are not in it: they change nothing beyond float rounding."""
     key = {**{k: clip.get(k) for k in WORK_FIELDS}, "video_version": clip.get("video_version"), **job}
     if clip.get("lora") or clip.get("embeddings"):  # only then: a clip without adapters keeps the key it had
         key.update(lora=clip.get("lora"), embeddings=clip.get("embeddings"),
                    adapter_versions=clip.get("adapter_versions"))
+    if clip.get("scheduler"):  # the row's own scheduler (else the job's, in `job`), likewise
+        key.update(row_scheduler=clip["scheduler"])
     return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:32]
 
 

@@ -15,6 +15,7 @@ import posixpath
 
 import pyarrow as pa
 
+from v2v.config import SCHEDULERS, scheduler_class_name
 from v2v.core.storage import safe_name, url_to_fs
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json",
@@ -35,6 +36,7 @@ NORMALIZED = {
     # JSON lists ("" for none): [{"uri": ..., "scale": ...}] LoRA files, [{"uri": ..., "token": ...}] embeddings
     "lora": pa.string(),
     "embeddings": pa.string(),
+    "scheduler": pa.string(),  # a diffusers class name (from any of config.SCHEDULERS' names); null: the job's
 }
 ADAPTER_FIELDS = {"lora": ("scale", float, 1.0), "embeddings": ("token", str, None)}
 MAX_PROMPT_CHARS = 10_000  # far past the text encoder's 77 tokens; longer is surely not a prompt
@@ -285,6 +287,13 @@ def load_manifest(uri: str, cfg) -> pa.Table:
         for item in json.loads(adapters.get("embeddings") or "[]"):
             if isinstance(prompt, str) and item["token"] not in prompt:
                 bad.append(f"embeddings: token {item['token']!r} is not in the prompt")
+        scheduler = row.get("scheduler")
+        if scheduler in ("", None) or isinstance(scheduler, float) and math.isnan(scheduler):
+            scheduler = None
+        elif not isinstance(scheduler, str) or scheduler_class_name(scheduler) is None:
+            bad.append(f"scheduler: {scheduler!r} is unknown; choose one of {sorted(SCHEDULERS)} (empty: the job's)")
+        else:
+            scheduler = scheduler_class_name(scheduler)
         rid = row.get("id")
         if rid is not None and not isinstance(rid, str):
             rid = str(rid)
@@ -312,6 +321,7 @@ def load_manifest(uri: str, cfg) -> pa.Table:
             out[name].append(vals.get(name))
         for kind in ADAPTER_FIELDS:
             out[kind].append(adapters[kind])
+        out["scheduler"].append(scheduler)
     by_folder: dict[str, list[tuple[int, str]]] = {}
     for i, rid in row_ids:
         by_folder.setdefault(safe_name(rid, 120), []).append((i, rid))

@@ -106,7 +106,7 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
 # Columns that travel with a clip through the stages (pass-through manifest columns stay on the driver).
 CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "fps", "start_s", "end_s", "width",
                 "height", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps",
-                "guidance_scale", "lora", "embeddings", "work_key", "status", "error"]
+                "guidance_scale", "lora", "embeddings", "scheduler", "work_key", "status", "error"]
 
 
 
@@ -129,7 +129,7 @@ def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], job_key
 def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
     width, height, frames = cfg.clip_shape(geometry)
     base = {k: row.get(k) for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
-                                    "guidance_scale", "lora", "embeddings")}
+                                    "guidance_scale", "lora", "embeddings", "scheduler")}
     base.update(width=width, height=height, error=None)
     try:
         p = retrying(lambda: probe(row["video"]), row["video"])

@@ -17,25 +17,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from v2v import config
+from v2v.config import SCHEDULERS
+
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
-# Scheduler names a user may give (case-insensitive), mapped to diffusers classes. Class names work too.
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "dpmsolver": "DPMSolverMultistepScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "euler-ancestral": "EulerAncestralDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "heun": "HeunDiscreteScheduler",
-}
-_SCHEDULER_CLASSES = set(SCHEDULERS.values())
 
 # Native clip geometry (width, height, frames) of the zeroscope family; a folder may say otherwise in v2v.json.
 _ZEROSCOPE_NATIVE = (576, 320, 24)
@@ -209,8 +197,8 @@ def _fetch_hub(repo_id: str, cache: Path) -> Path:
 
 
 def scheduler_class_name(name: str) -> str:
-    cls_name = SCHEDULERS.get(name.lower(), name)
-    if cls_name not in _SCHEDULER_CLASSES:
+    cls_name = config.scheduler_class_name(name)
+    if cls_name is None:
         raise ModelError(f"scheduler {name!r} is unknown; choose one of {sorted(SCHEDULERS)}")
     return cls_name
 
