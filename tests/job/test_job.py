@@ -110,6 +110,37 @@ def test_outputs_do_not_depend_on_batch_size_or_actor_count(baseline, inputs, tm
         assert _outputs(tmp_path / name) == ref, name
 
 
+def test_a_manifest_that_mixes_settings_and_schedulers_gives_each_clip_what_it_gives_alone(ray_cluster, inputs,
+                                                                                            tmp_path):
+    """Rows of different strengths, step counts, guidance (off and on), schedulers and clip lengths (v1's last clip
+    is shorter) share each actor's forwards, clips in flight at different steps: every clip comes out bit for bit
+    as at batch size 1, and a row's scheduler is the one its clips ran."""
+    rows = [{"video": "v0.mp4", "prompt": "ink", "seed": 1, "strength": 0.5, "guidance_scale": 1.0, "scheduler": "dpm"},
+            {"video": "v0.mp4", "prompt": "ink", "seed": 1, "strength": 0.5, "guidance_scale": 1.0, "scheduler": ""},
+            {"video": "v1.mp4", "prompt": "oil", "seed": 2, "strength": 0.9, "num_inference_steps": 6,
+             "guidance_scale": 9.0, "scheduler": "euler_a"},
+            {"video": "v2.mp4", "prompt": "chalk", "seed": 3, "strength": 0.75, "guidance_scale": 15.0}]
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("v0", "v1", "v2"):
+        (d / f"{name}.mp4").symlink_to(inputs / f"{name}.mp4")
+    pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
+    outs = {}
+    for batch in (3, 1):
+        run_job(_cfg(d, tmp_path / f"b{batch}", "m.csv", batch_size=batch, max_failures=0), **QUIET)
+        outs[batch] = _outputs(tmp_path / f"b{batch}")
+    assert len(outs[3]) == 10 and outs[3] == outs[1]
+    df = pd.read_parquet(tmp_path / "b3" / "index").sort_values(["video", "strength", "scheduler"])
+    assert df.groupby("video").scheduler.agg(lambda s: sorted(set(s))).to_dict() == {
+        str(d / "v0.mp4"): ["DDIMScheduler", "DPMSolverMultistepScheduler"],
+        str(d / "v1.mp4"): ["EulerAncestralDiscreteScheduler"], str(d / "v2.mp4"): ["DDIMScheduler"]}
+    # the two v0 rows differ only in their scheduler, and so do their clips' bytes
+    v0 = df[df.video == str(d / "v0.mp4")]
+    by_scheduler = v0.groupby("scheduler").output_sha256.agg(lambda s: sorted(s)).to_dict()
+    assert len(by_scheduler) == 2 and set(by_scheduler["DDIMScheduler"]).isdisjoint(
+        by_scheduler["DPMSolverMultistepScheduler"])
+
+
 def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, inputs, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(baseline[0], out, symlinks=True)

@@ -104,3 +104,34 @@ def test_a_broken_gpu_exits_the_actor_and_a_clip_that_keeps_breaking_it_fails(ca
             assert p.returncode == 0, p.stderr[-2000:]
             errors = next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))
             assert errors.count(f"the GPU failed on this clip {DEVICE_FAILURE_TRIES} times") == 2, errors
+
+
+def test_the_actor_writes_a_clip_while_it_restyles_the_next_and_yields_each_row_when_written(cache_dir, tmp_path):
+    """ClipWorker: one clip in flight (batch size 1) over a call of five: clip 0 is written (on the encode thread)
+    before the last clip leaves the model, not after the whole call; each row comes back as its clip is written;
+    a clip the plan failed passes through."""
+    from jobs.demo import make_video
+    from v2v.job.stages import ClipWorker
+
+    make_video(str(tmp_path / "v.mp4"), 32, 64, 64)
+    cfg = JobConfig(manifest="-", output=str(tmp_path / "out"), steps=4, batch_size=1, codec="ffv1")
+    worker = ClipWorker(cfg, resources(cfg, {"CPU": 2}))
+    n = 5
+    batch = {"id": np.array(["v"] * n, object), "clip_index": np.arange(n),
+             "video": np.array([str(tmp_path / "v.mp4")] * n, object),
+             "start_frame": np.array([0, 8, 16, 24, 0]), "num_frames": np.array([8] * n), "fps": np.array([24.0] * n),
+             "start_s": np.arange(n) / 3, "end_s": np.arange(n) / 3 + 1 / 3, "width": np.array([64] * n),
+             "height": np.array([64] * n), "prompt": np.array(["ink"] * n, object),
+             "negative_prompt": np.array([""] * n, object), "seed": np.arange(n), "strength": np.array([0.6] * n),
+             "num_inference_steps": np.array([4] * n), "guidance_scale": np.array([9.0] * n),
+             "error": np.array([None, None, "planned: a failure", None, None], object)}
+    yielded = list(worker(batch))  # one row per clip, yielded as soon as it is written
+    assert [len(b["id"]) for b in yielded] == [1] * n
+    out = {k: np.concatenate([b[k] for b in yielded]) for k in yielded[0]}
+    order = np.argsort(out["clip_index"])
+    out = {k: v[order] for k, v in out.items()}
+    assert list(out["clip_index"]) == list(range(n)) and list(out["status"]) == ["ok", "ok", "failed", "ok", "ok"]
+    assert out["error"][2] == "planned: a failure" and out["output"][2] is None
+    written = os.stat(tmp_path / "out" / out["output"][0]).st_mtime
+    assert written < out["restyle_finished_at"][4], "clip 0 was written only after the last clip left the model"
+    assert all(out["decode_s"][i] > 0 and out["encode_s"][i] > 0 for i in (0, 1, 3, 4))

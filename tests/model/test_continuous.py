@@ -140,3 +140,24 @@ def test_a_forward_that_fails_is_retried_clip_by_clip_and_only_the_failing_clip_
     assert calls[4:] == [4, 4]  # then the two left, together again (not an out-of-memory: no `alone`)
     for i in (0, 2):
         assert (out[i] - alone[i]).abs().max() <= 1e-5
+
+
+def test_a_programmer_error_in_a_forward_raises_and_a_fatal_one_too(tiny, monkeypatch):
+    frames = _frames(1, seed=8)
+    batcher = StepBatcher(tiny, 2, fatal=lambda e: "illegal memory access" in str(e))
+    batcher.admit("a", frames[0], MIXED[2])
+
+    def bug(*a, **k):
+        raise TypeError("forward() got an unexpected keyword argument")
+
+    monkeypatch.setattr(tiny.unet, "forward", bug)
+    with pytest.raises(TypeError):
+        batcher.step()
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(tiny.unet, "forward", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        batcher.step()
+    assert batcher.active and batcher.active[0].done == 0  # nothing changed for the clip

@@ -60,7 +60,7 @@ INDEX_SCHEMA = pa.schema([
     ("temporal_flicker", pa.float64()),
     ("source_ssim", pa.float64()),
     ("blank", pa.bool_()),
-    ("restyle_started_at", pa.float64()),  # unix times the clip's batch entered and left the model
+    ("restyle_started_at", pa.float64()),  # unix times the clip entered and left the model
     ("restyle_finished_at", pa.float64()),
     ("worker", pa.string()),  # the actor that restyled it: host/pid[/gpuN]
     ("run_id", pa.string()),

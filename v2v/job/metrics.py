@@ -3,9 +3,9 @@ Prometheus (`ray start --metrics-export-port`, names prefixed `ray_`). cluster/g
 
     v2v_clips_total{status, run}             clips finished, by status (ok, failed)
     v2v_clip_stage_seconds{stage, run}       seconds per clip in decode, restyle and encode (histogram)
-    v2v_unet_steps_per_second{actor, run}    clip-steps a second in the actor's last batch
-    v2v_gpu_busy_fraction{actor, run}        share of the actor's time since it was ready with a batch in the model
-    v2v_restyle_queue_depth{actor, run}      batches decoded and waiting for the model in the actor
+    v2v_unet_steps_per_second{actor, run}    clip-steps a second in the actor's last call
+    v2v_gpu_busy_fraction{actor, run}        share of the actor's time since it was ready with clips in the model
+    v2v_restyle_queue_depth{actor, run}      clips of the actor's call not yet taken into the model
 
 `run` is the run's id (job.json, the index's run_id): one night's run on a dashboard.
 """
@@ -29,9 +29,9 @@ class ActorMetrics:
         self.stage = Histogram("v2v_clip_stage_seconds", "Seconds per clip in each stage",
                                boundaries=STAGE_BOUNDARIES, tag_keys=("stage", "run"))
         tags = ("actor", "run")
-        self.steps = Gauge("v2v_unet_steps_per_second", "Clip-steps a second in the actor's last batch", tags)
-        self.busy = Gauge("v2v_gpu_busy_fraction", "Share of the actor's time with a batch in the model", tags)
-        self.queue = Gauge("v2v_restyle_queue_depth", "Batches decoded and waiting for the model", tags)
+        self.steps = Gauge("v2v_unet_steps_per_second", "Clip-steps a second in the actor's last call", tags)
+        self.busy = Gauge("v2v_gpu_busy_fraction", "Share of the actor's time with clips in the model", tags)
+        self.queue = Gauge("v2v_restyle_queue_depth", "Clips of the actor's call not yet taken into the model", tags)
         self.ready_at = time.time()
         self.in_model_s = 0.0
         self.waiting = 0
@@ -43,7 +43,7 @@ class ActorMetrics:
             self.queue.set(self.waiting, tags=self.tags)
 
     def batch(self, rows: dict, model_s: float, clip_steps: int) -> None:
-        """Record a finished batch: its rows (status and per-stage seconds), its time in the model and the
+        """Record a finished call: its rows (status and per-stage seconds), its time in the model and the
         clip-steps it ran."""
         with self._lock:
             self.in_model_s += model_s

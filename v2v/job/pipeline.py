@@ -204,15 +204,15 @@ class RestyleActor(ClipWorker):
 
         self.metrics = ActorMetrics(self.restyle.worker, run_id)
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict):
         # Ray Data ignores a failed block here (its max_errored_blocks is unlimited in _render, so that the clips of
         # an actor that stopped are restyled again): an exception the stages did not turn into failed rows is a
         # programmer error, which must stop the job. It travels as a block of one `fatal` column that the driver
         # raises.
         try:
-            return super().__call__(batch)
+            yield from super().__call__(batch)
         except Exception:  # noqa: BLE001 - raised again in the driver
-            return {"fatal": [traceback.format_exc()]}
+            yield {"fatal": [traceback.format_exc()]}
 
 
 def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, lease=None,
@@ -381,8 +381,10 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
     import ray.data
     from ray.data.exceptions import ExecutionTimeoutError
 
-    # One block per batch: a block is one actor call, whose rows come back together once they are written.
-    ds = _dataset(todo, rows_per_block=cfg.batch_size)
+    # One block per actor call, whose rows come back together once they are written: CALL_BATCHES batches, fewer
+    # where the run is too short to give each actor two calls (so that no actor ends the run far behind the others).
+    call = max(cfg.batch_size, min(cfg.batch_size * ClipWorker.CALL_BATCHES, len(todo) // (2 * res.max_actors)))
+    ds = _dataset(todo, rows_per_block=call)
     memory = {"memory": int(cfg.actor_memory_gib * 2**30)} if cfg.actor_memory_gib else {}
     pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors,
                                       max_concurrent_calls_per_actor=ClipWorker.CALLS_AT_ONCE,
@@ -393,11 +395,14 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
     # where one fits, and its clips are redone in the next pass. A GPU failure exits an actor on purpose (stages).
     with warnings.catch_warnings():  # Ray 2.60 deprecates these as `ray_remote_args` but names no replacement yet
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res, run_id), batch_size=cfg.batch_size,
+        ds = ds.map_batches(RestyleActor, fn_constructor_args=(cfg, res, run_id), batch_size=call,
                             compute=pool,
                             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, max_restarts=0,
                             max_task_retries=0, **memory)
     ds.context.max_errored_blocks = -1  # a failed block is a stopped actor's: RestyleActor returns any other error
+    # Each row an actor yields (a clip written) is its own block, sent to the driver at once (a block of this op
+    # otherwise collects a whole call's rows): small rows, and a run killed loses only the clips in flight.
+    ds.context.target_max_block_size = 1
     ds.context.execution_no_progress_timeout_s = STALL_S
     ray_data_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
     if not any(isinstance(f, _StoppedActorLine) for f in ray_data_log.filters):

@@ -8,6 +8,7 @@ later stages pass it through untouched. Bad inputs become errors on rows; progra
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -15,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -26,34 +28,55 @@ from v2v.job.resources import Resources, auto_dtype
 
 logger = logging.getLogger(__name__)
 
-def decode(batch: dict, resize: str) -> dict:
-    """Decode each clip's planned frames: adds `frames` uint8 (F, H, W, 3) and `decode_s`."""
-    frames, secs, errors = [], [], _errors(batch)
-    for i in range(len(batch["id"])):
-        t0 = time.perf_counter()
-        n, h, w = int(batch["num_frames"][i]), int(batch["height"][i]), int(batch["width"][i])
-        arr = np.zeros((0, h, w, 3), np.uint8)
-        if errors[i] is None:
-            times = [(int(batch["start_frame"][i]) + k) / float(batch["fps"][i]) for k in range(n)]
-            video = batch["video"][i]
-            try:
-                arr = retrying(lambda: decode_clip(video, times, w, h, resize), video)
-            except (VideoError, StorageError) as e:
-                errors[i] = f"decode: {e}"
-        frames.append(arr)
-        secs.append(time.perf_counter() - t0)
-    return {**batch, "frames": _column(frames), "decode_s": np.array(secs), "error": np.array(errors, object)}
+def decode(row: dict, resize: str) -> dict:
+    """Decode one clip row's planned frames: adds `frames` uint8 (F, H, W, 3) and `decode_s`; a clip that cannot
+    be decoded gets its `error` (and no frames)."""
+    t0 = time.perf_counter()
+    n, h, w = int(row["num_frames"]), int(row["height"]), int(row["width"])
+    frames = np.zeros((0, h, w, 3), np.uint8)
+    error = row["error"] if isinstance(row.get("error"), str) else None
+    if error is None:
+        times = [(int(row["start_frame"]) + k) / float(row["fps"]) for k in range(n)]
+        video = row["video"]
+        try:
+            frames = retrying(lambda: decode_clip(video, times, w, h, resize), video)
+        except (VideoError, StorageError) as e:
+            error = f"decode: {e}"
+    return {**row, "frames": frames, "decode_s": time.perf_counter() - t0, "error": error}
 
 
-def _text(batch: dict, column: str, i: int) -> str:
-    """A string column's value, "" where the batch lacks the column or holds null (NaN after pandas)."""
-    v = batch[column][i] if column in batch else None
+def _text(row: dict, column: str) -> str:
+    """A row's string value, "" where the row lacks the column or holds null (NaN after pandas)."""
+    v = row.get(column)
     return v if isinstance(v, str) else ""
 
 
 def _errors(batch: dict) -> list:
     """The batch's error column as str-or-None (Ray hands an all-null string column over as NaN floats)."""
     return [e if isinstance(e, str) else None for e in batch["error"]]
+
+
+def _rows(batch: dict) -> list[dict]:
+    """A batch (dict of columns) as one dict per row."""
+    return [{k: v[i] for k, v in batch.items()} for i in range(len(batch["id"]))]
+
+
+def _batch(rows: list[dict], like: dict) -> dict:
+    """Rows back into columns (`like`, the batch they came from, where there are none): `frames` as `_column`,
+    all-number columns as number arrays, any other as an object array (strings, None, bools)."""
+    if not rows:
+        return like
+    out = {}
+    for k in rows[0]:
+        values = [r.get(k) for r in rows]
+        if k == "frames":
+            out[k] = _column(values)
+        elif all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+            out[k] = np.array(values)
+        else:
+            out[k] = np.empty(len(values), object)
+            out[k][:] = values
+    return out
 
 
 def _column(arrays: list[np.ndarray]):
@@ -126,6 +149,7 @@ class Restyle:
             self.model_sha256 = c.sha256
         logger.info("restyle actor ready: %s", self.start_report())
         self.scheduler_name = type(self.components.scheduler).__name__
+        self.schedulers: dict[str, object] = {}  # rows' own, by class name
         # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None
         self.worker = f"{socket.gethostname()}/{os.getpid()}" + (f"/gpu{gpu}" if gpu else "")
@@ -157,6 +181,17 @@ class Restyle:
         logging.shutdown()
         os._exit(EXIT_DEVICE_FAILURE)
 
+    def _scheduler(self, name: str):
+        """The scheduler a row names (a diffusers class name, built from the model's scheduler config so that
+        betas and offsets carry over), or the job's for ""."""
+        from v2v.model.loading import make_scheduler
+
+        if not name:
+            return self.components.scheduler
+        if name not in self.schedulers:
+            self.schedulers[name] = make_scheduler(self.components.scheduler, name)
+        return self.schedulers[name]
+
     def start_report(self) -> str:
         """Where the start went, and what each stored compiled part did (built, fetched, loaded or failed over)."""
         from v2v.speed import stored_status
@@ -170,156 +205,194 @@ class Restyle:
         return report
 
     def __call__(self, batch: dict) -> dict:
+        """Restyle a batch's clips (rows in, rows out in the same order): `stream` over its rows."""
+        rows = _rows(batch)
+        for i, row in enumerate(rows):
+            row["_at"] = i
+        out = sorted(self.stream(rows), key=lambda r: r.pop("_at"))
+        return _batch(out, batch)
+
+    def stream(self, rows: Iterable[dict]) -> Iterator[dict]:
+        """Restyle clip rows as they come, up to `batch_size` clips in flight in a StepBatcher: each row (its
+        columns, its decoded `frames`, its `error`) comes back once its clip is restyled or has failed, with the
+        restyled frames and the restyle columns. Clips of any settings share forwards; clips with another set of
+        LoRAs wait until the ones in flight are done (the LoRAs are merged into the weights)."""
         import torch
 
         from v2v.model.adapters import AdapterError
+        from v2v.model.continuous import StepBatcher
         from v2v.model.quality import signals
-        from v2v.model.sampler import ClipSettings, SamplerInputError, restyle, to_uint8_checked
+        from v2v.model.sampler import ClipSettings, SamplerInputError, to_uint8_checked
         from v2v.speed.fixed_shapes import unpadded
 
-        n = len(batch["id"])
-        errors = _errors(batch)
-        frames_in = list(batch["frames"])
-        frames_out: list[np.ndarray] = list(frames_in)
-        secs = np.zeros(n)
-        started, ended = np.full(n, np.nan), np.full(n, np.nan)  # unix times of the clip's batch
-        quality = [{} for _ in range(n)]
-        lora = [_text(batch, "lora", i) for i in range(n)]
-        embeddings = [_text(batch, "embeddings", i) for i in range(n)]
-        adapters = [""] * n
-        todo = [i for i in range(n) if errors[i] is None]
-        by_shape: dict[tuple, list[int]] = {}  # clips of one shape and one set of LoRAs share forwards
-        for i in todo:
-            by_shape.setdefault((frames_in[i].shape, lora[i]), []).append(i)
-        alone: list[list[int]] = []  # groups of one clip split off a batch that ran out of memory
-        for idx in by_shape.values():
-            prompts = {}
-            try:  # the group's LoRAs merged into the model; embeddings' tokens rewritten in its prompts
-                self.adapters.use(self.adapters.refs(lora[idx[0]], "")[0])
-                for i in idx:
-                    prompts[i] = self.adapters.prompt(batch["prompt"][i], self.adapters.refs("", embeddings[i])[1])
-                    adapters[i] = self.adapters.describe(lora[i], embeddings[i])
-            except AdapterError as e:
-                for i in idx:
-                    errors[i] = f"adapter: {e}"
-                continue
-            groups = [idx]
-            while groups:
-                g = groups.pop()
-                clips = [ClipSettings(prompt=prompts[i], seed=int(batch["seed"][i]),
-                                      negative_prompt=batch["negative_prompt"][i] or "",
-                                      strength=float(batch["strength"][i]),
-                                      num_inference_steps=int(batch["num_inference_steps"][i]),
-                                      guidance_scale=float(batch["guidance_scale"][i]), eta=self.cfg.eta,
-                                      name=f"{batch['id'][i]}/{int(batch['clip_index'][i]):05d}") for i in g]
-                video = torch.from_numpy(np.stack([frames_in[i] for i in g]))
-                t0, wall0 = time.perf_counter(), time.time()
+        batcher = StepBatcher(self.components, self.cfg.batch_size, clip_skip=self.cfg.clip_skip,
+                              vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant, fatal=device_failed,
+                              own_size=unpadded)
+        feed, waiting, exhausted, lora_now = iter(rows), [], False, None
+
+        def done(row: dict, error: str | None = None, **restyled) -> dict:
+            row.update(error=error if error is not None else row.get("error"), worker=self.worker,
+                       scheduler=_text(row, "scheduler") or self.scheduler_name, model_sha256=self.model_sha256,
+                       **restyled)
+            for k, v in (("restyle_s", 0.0), ("restyle_started_at", np.nan), ("restyle_finished_at", np.nan),
+                         ("adapters", "")):
+                row.setdefault(k, v)
+            for k in QUALITY_COLUMNS:
+                row.setdefault(k, None)
+            return row
+
+        def name(row: dict) -> str:
+            return f"{row['id']}/{int(row['clip_index']):05d}"
+
+        while True:
+            while not exhausted and len(waiting) < batcher.capacity:  # rows in until a batch's worth waits
+                row = next(feed, None)
+                if row is None:
+                    exhausted = True
+                elif isinstance(row.get("error"), str):
+                    yield done(row)
+                else:
+                    waiting.append(row)
+            for row in list(waiting):  # into free slots: clips of the LoRAs merged now (any, with none in flight)
+                lora, embeddings = _text(row, "lora"), _text(row, "embeddings")
+                if not batcher.free or (batcher.active and lora != lora_now):
+                    continue
+                waiting.remove(row)
                 try:
-                    # a clip retried alone after its batch ran out of memory runs at its own size, unpadded
-                    with unpadded() if g in alone else contextlib.nullcontext():
-                        frames = restyle(self.components, video, clips, clip_skip=self.cfg.clip_skip,
-                                         vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant,
-                                         output="device_frames")
-                    out, bad = to_uint8_checked(frames)
+                    if lora != lora_now:
+                        lora_now = None  # until merged
+                        self.adapters.use(self.adapters.refs(lora, "")[0])
+                        lora_now = lora
+                    prompt = self.adapters.prompt(row["prompt"], self.adapters.refs("", embeddings)[1])
+                    row["adapters"] = self.adapters.describe(lora, embeddings)
+                except AdapterError as e:
+                    yield done(row, f"adapter: {e}")
+                    continue
+                settings = ClipSettings(prompt=prompt, seed=int(row["seed"]),
+                                        negative_prompt=_text(row, "negative_prompt"), strength=float(row["strength"]),
+                                        num_inference_steps=int(row["num_inference_steps"]),
+                                        guidance_scale=float(row["guidance_scale"]), eta=self.cfg.eta, name=name(row))
+                try:
+                    batcher.admit(row, torch.from_numpy(np.asarray(row["frames"])), settings,
+                                  scheduler=self._scheduler(_text(row, "scheduler")))
                 except torch.cuda.OutOfMemoryError as e:
                     torch.cuda.empty_cache()
-                    if len(g) > 1:  # the batch did not fit: each clip alone, at its own size
-                        alone += [[i] for i in g]
-                        groups += [[i] for i in g]
-                        continue
-                    errors[g[0]] = f"restyle: out of GPU memory even alone ({e})"
-                    continue
+                    yield done(row, f"restyle: out of GPU memory even alone ({e})")
                 except (SamplerInputError, RuntimeError) as e:
-                    if device_failed(e):  # the GPU is broken, not this clip: leave it to a fresh process
-                        self._restart_or_give_up([batch["id"][i] + f"/{int(batch['clip_index'][i])}" for i in g], e)
-                        for i in g:
-                            errors[i] = f"restyle: the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}"
-                        continue
-                    if len(g) > 1:  # isolate the clip that fails; the others still get restyled
-                        groups += [[i] for i in g]
-                        continue
-                    errors[g[0]] = f"restyle: {type(e).__name__}: {e}"
+                    if device_failed(e):
+                        self._restart_or_give_up([name(row)], e)
+                        yield done(row, f"restyle: the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}")
+                    else:
+                        yield done(row, f"restyle: {type(e).__name__}: {e}")
+            if not batcher.active:
+                if exhausted and not waiting:
+                    return
+                continue
+            try:
+                finished, failed = batcher.step()
+            except RuntimeError as e:  # a broken GPU (StepBatcher's `fatal`): the clips in flight are redone elsewhere
+                if not device_failed(e):
+                    raise
+                self._restart_or_give_up([name(c.key) for c in batcher.active], e)
+                for c in batcher.active:
+                    yield done(c.key, f"restyle: the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}")
+                batcher.active = []
+                continue
+            for c, e in failed:
+                oom = isinstance(e, torch.cuda.OutOfMemoryError)
+                yield done(c.key, f"restyle: out of GPU memory even alone ({e})" if oom
+                           else f"restyle: {type(e).__name__}: {e}")
+            for c in finished:
+                row = c.key
+                try:
+                    frames = batcher.finish(c)
+                    out, bad = to_uint8_checked(frames[None])
+                except RuntimeError as e:  # out of memory too
+                    why = f"{type(e).__name__}: {e}"
+                    if device_failed(e):
+                        self._restart_or_give_up([name(row)], e)
+                        why = f"the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}"
+                    yield done(row, f"restyle: {why}")
                     continue
-                elapsed = time.perf_counter() - t0
-                # A clip whose output holds NaN would be written as black frames and pass as ok: its row fails
-                # instead. Clips of one forward do not mix, so its batch-mates stand.
-                for j, i in enumerate(g):
-                    if j in bad:
-                        errors[i] = (f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
-                                     "float16 can overflow where bfloat16 and float32 do not, else the model's "
-                                     "weights or this clip's prompt embedding hold them")
-                        continue
-                    frames_out[i] = out[j]
-                    # on the frames' device, beside them: the source once more (13 MB for 576x320x24), no decode
-                    quality[i] = signals(frames[j], video[j].to(frames.device))
-                    secs[i] = elapsed / len(g)
-                    started[i], ended[i] = wall0, wall0 + elapsed
-        return {**batch, "frames": _column(frames_out), "restyle_s": secs, "restyle_started_at": started,
-                "restyle_finished_at": ended, "worker": np.array([self.worker] * n, object),
-                **{k: np.array([q.get(k) for q in quality], object) for k in QUALITY_COLUMNS},
-                "adapters": np.array(adapters, object),
-                "error": np.array(errors, object),
-                "scheduler": np.array([self.scheduler_name] * n, object),
-                "model_sha256": np.array([self.model_sha256] * n, object)}
+                if bad:  # written, it would be black frames that pass as ok
+                    yield done(row, f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
+                                    "float16 can overflow where bfloat16 and float32 do not, else the model's "
+                                    "weights or this clip's prompt embedding hold them")
+                    continue
+                # on the frames' device, beside them: the source once more (13 MB for 576x320x24), no decode
+                quality = signals(frames, torch.from_numpy(np.asarray(row["frames"])).to(frames.device))
+                yield done(row, frames=out[0], restyle_s=c.model_s, restyle_started_at=c.admitted_at,
+                           restyle_finished_at=time.time(), **quality)
 
 
 class ClipWorker:
-    """What a restyle actor does with a batch of clip rows: decode (CPU) -> restyle (the model) -> encode and write
-    (CPU). Ray Data takes `CALLS_AT_ONCE` calls of one actor at once (their rows in and out move on threads) and
-    runs this one call at a time (calls on several threads at once were seen to stall Ray 2.60's actors): a clip is
-    written seconds after it is restyled, and no clip is decoded more than a batch ahead of the model (frames never
-    wait in Ray's object store). The lock keeps one batch in the model should calls run on several threads."""
+    """What a restyle actor does with a call's clip rows: decode (CPU, one thread, ahead) -> restyle (the model, up
+    to `batch_size` clips in flight) -> encode and write (CPU, one thread, behind). Decoding and encoding overlap
+    the model. A call is a generator: each clip's row is yielded once its clip is written, so that rows reach the
+    driver (and its durable progress) clip by clip, however many clips a call holds. Calls of one actor run one at a
+    time (Ray 2.60's actors were seen to stall with calls on several threads at once); a call holds `batch_size` x
+    CALL_BATCHES rows, so that slots freed by clips that finish early are taken by the call's next clips."""
 
-    CALLS_AT_ONCE = 2
+    CALLS_AT_ONCE = 1
+    CALL_BATCHES = 4  # rows per call, in batches
 
     def __init__(self, cfg: JobConfig, res: Resources):
         self.cfg = cfg
         self.restyle = Restyle(cfg, res)
-        self._model = threading.Lock()  # one batch in the model at a time
         self.metrics = None  # a job.metrics.ActorMetrics where the worker runs as a Ray actor
+        self._one_call = threading.Lock()  # should calls ever come on several threads: one at a time in the model
 
-    def __call__(self, batch: dict) -> dict:
-        batch = decode(batch, self.cfg.resize)
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        rows, done = _rows(batch), []
         m = self.metrics
-        if m:
-            m.waiting_for_model(+1)
-        with self._model:
+        with self._one_call, ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(1, "v2v-encode") as enc:
+            decoded = [dec.submit(decode, row, self.cfg.resize) for row in rows]
             if m:
-                m.waiting_for_model(-1)
+                m.waiting_for_model(len(rows))
+
+            def feed():
+                for f in decoded:
+                    row = f.result()
+                    if m:
+                        m.waiting_for_model(-1)
+                    yield row
+
             t0 = time.perf_counter()
-            batch = self.restyle(batch)
-            model_s = time.perf_counter() - t0
-        out = encode(batch, self.cfg)
+            written = collections.deque()
+            for row in self.restyle.stream(feed()):
+                written.append(enc.submit(encode, row, self.cfg))
+                while written and written[0].done():
+                    done.append(written.popleft().result())
+                    yield _batch(done[-1:], batch)
+            model_s = time.perf_counter() - t0  # the stream's time: the model's, less any wait for decoding
+            while written:
+                done.append(written.popleft().result())
+                yield _batch(done[-1:], batch)
         if m:
+            out = _batch(done, batch)
             steps = sum(int(float(out["strength"][i]) * int(out["num_inference_steps"][i]))
                         for i in range(len(out["id"])) if out["status"][i] == "ok")
             m.batch(out, model_s, steps)
+
+
+def encode(row: dict, cfg: JobConfig) -> dict:
+    """Write one restyled clip to clips/<id>/<clip>.<ext> atomically; drops its frames."""
+    out = {k: v for k, v in row.items() if k != "frames"}
+    out.update(output=None, output_sha256=None, output_bytes=None, encode_s=0.0, status="failed")
+    if isinstance(row.get("error"), str):
         return out
-
-
-def encode(batch: dict, cfg: JobConfig) -> dict:
-    """Write each restyled clip to clips/<id>/<clip>.<ext> atomically; drops the frames."""
-    n = len(batch["id"])
-    errors = _errors(batch)
-    outputs, shas, sizes, secs, status = [None] * n, [None] * n, [None] * n, np.zeros(n), ["failed"] * n
-    for i in range(n):
-        if errors[i] is not None:
-            continue
-        rel = clip_path(batch["id"][i], int(batch["clip_index"][i]), cfg.codec)
-        t0 = time.perf_counter()
-        try:
-            span = (float(batch["start_s"][i]), float(batch["end_s"][i]))
-            target = join(cfg.output, rel)
-            sha, size = retrying(lambda: write_video(batch["frames"][i], target, float(batch["fps"][i]), cfg.codec,
-                                                     cfg.crf, cfg.preset, audio_span=span,
-                                                     audio_from=batch["video"][i] if cfg.audio else None), target)
-        except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store, encoder
-            errors[i] = f"encode: {type(e).__name__}: {e}"
-            continue
-        outputs[i], shas[i], sizes[i], status[i] = rel, sha, size, "ok"
-        secs[i] = time.perf_counter() - t0
-    out = {k: v for k, v in batch.items() if k != "frames"}
-    out.update(output=np.array(outputs, object), output_sha256=np.array(shas, object),
-               output_bytes=np.array(sizes, object), encode_s=secs, error=np.array(errors, object),
-               status=np.array(status, object))
+    rel = clip_path(row["id"], int(row["clip_index"]), cfg.codec)
+    t0 = time.perf_counter()
+    try:
+        span = (float(row["start_s"]), float(row["end_s"]))
+        target = join(cfg.output, rel)
+        sha, size = retrying(lambda: write_video(row["frames"], target, float(row["fps"]), cfg.codec, cfg.crf,
+                                                 cfg.preset, audio_span=span,
+                                                 audio_from=row["video"] if cfg.audio else None), target)
+    except (OSError, VideoError, ValueError) as e:  # full disk, read-only target, unwritable store, encoder
+        out["error"] = f"encode: {type(e).__name__}: {e}"
+        return out
+    out.update(output=rel, output_sha256=sha, output_bytes=size, encode_s=time.perf_counter() - t0, status="ok")
     return out

@@ -70,8 +70,8 @@ class InFlight:
 class StepBatcher:
     """Up to `capacity` clips in flight on one model (`components`, as model.loading loads them).
 
-    fatal(e): errors that no retry can help (a broken GPU); they propagate. Any other error of a forward, and
-    out-of-memory, is retried clip by clip, inside `own_size()` (the speed layer's `unpadded`: a clip alone at its
+    fatal(e): errors that no retry can help (a broken GPU); they propagate. Any other RuntimeError of a forward
+    (torch's errors, out-of-memory among them) is retried clip by clip, inside `own_size()` (the speed layer's `unpadded`: a clip alone at its
     own size, not padded to a compiled batch); a clip that fails alone leaves as failed, and after an out-of-memory
     every later forward runs clip by clip (`alone`).
     """
@@ -132,7 +132,7 @@ class StepBatcher:
                     self._each_alone(clips, failed)
                 else:
                     self._advance(clips)
-            except Exception as e:  # noqa: BLE001 - fatal ones propagate; nothing has changed for any clip
+            except RuntimeError as e:  # fatal ones propagate; nothing has changed for any clip
                 if self.fatal(e):
                     raise
                 if isinstance(e, torch.cuda.OutOfMemoryError):
@@ -154,7 +154,7 @@ class StepBatcher:
             try:
                 with self.own_size():
                     self._advance([clip])
-            except Exception as e:  # noqa: BLE001
+            except RuntimeError as e:
                 if self.fatal(e):
                     raise
                 if isinstance(e, torch.cuda.OutOfMemoryError):
