@@ -126,26 +126,27 @@ def matmul_tflops(n: int = 8192, dtype=None, repeat: int = 10) -> float:
 def actor_rates(rows: list[dict]) -> dict:
     """Steady clips per hour of a Ray job, from its index rows ('ok' ones with worker and restyle times).
 
-    Per actor: the clips of its batches after the first, over the time from its first batch's end to its last
-    batch's end, so start-up and compile stay out while any wait for input between batches counts. Summed
-    over actors. `busy` is the fraction of that span the actor spent inside the model.
+    Per actor: the clips it finished after its first one, over the time from its first clip's end to its last
+    clip's end, so start-up and compile stay out while any wait for input counts. Summed over actors. `busy` is
+    the fraction of that span with at least one of the actor's clips in the model (clips in flight overlap).
     """
-    batches: dict[str, dict[float, list]] = {}
+    spans: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if r.get("status") == "ok" and r.get("worker"):
-            b = batches.setdefault(r["worker"], {}).setdefault(r["restyle_started_at"], [r["restyle_finished_at"], 0])
-            b[1] += 1
+            spans.setdefault(r["worker"], []).append((r["restyle_started_at"], r["restyle_finished_at"]))
     per_actor = {}
-    for worker, by_start in batches.items():
-        order = sorted(by_start.items())  # [(start, [end, clips])]
-        if len(order) < 2:
+    for worker, clips in spans.items():
+        first_end = min(end for _, end in clips)
+        later = [(max(start, first_end), end) for start, end in clips if end > first_end]
+        if not later:
             continue
-        first_end = order[0][1][0]
-        clips = sum(n for _, (_, n) in order[1:])
-        span = max(end for _, (end, _) in order) - first_end
-        inside = sum(end - start for start, (end, _) in order[1:])
-        if span > 0:
-            per_actor[worker] = {"clips_per_hour": 3600 * clips / span, "busy": inside / span, "batches": len(order)}
+        span = max(end for _, end in later) - first_end
+        inside, reach = 0.0, first_end  # the union of the later clips' spans, in start order
+        for start, end in sorted(later):
+            if end > reach:
+                inside += end - max(start, reach)
+                reach = end
+        per_actor[worker] = {"clips_per_hour": 3600 * len(later) / span, "busy": inside / span, "clips": len(clips)}
     return {"clips_per_hour": sum(v["clips_per_hour"] for v in per_actor.values()) if per_actor else float("nan"),
             "actors": per_actor}
 

@@ -69,6 +69,12 @@ def _args(argv=None):
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
     p.add_argument("--attention", action="store_true",
                    help="time each attention shape of a UNet step under every SDPA backend (fastest variant's dtype)")
+    p.add_argument("--manifest-mix", default="",
+                   help="comma list of uniform|mixed: clips kept in flight by the continuous batcher, in this "
+                        "process and in the Ray job (mixed: strengths 0.4-0.8, guidance 1-15, two schedulers, "
+                        "every fourth clip shorter); '' runs the job's manifest uniform and skips the batcher rows")
+    p.add_argument("--mix-clips", type=int, default=16, help="clips per --manifest-mix batcher row")
+    p.add_argument("--mix-batch", type=int, default=None, help="batch size for --manifest-mix (default: fastest)")
     p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
     p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
     p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
@@ -245,6 +251,8 @@ def main(argv=None) -> int:
         b.info["best_sampler"] = best
         if a.attention:
             attention(b, best)
+        for mix in [m for m in a.manifest_mix.split(",") if m]:
+            continuous(b, best, mix)
         if a.startup:
             startup(b, work, best)
         if a.e2e_clips:
@@ -422,6 +430,99 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_
     return b.record(**r)
 
 
+MIXES = ("uniform", "mixed")
+
+
+def mixed_settings(b: Bench, mix: str, n: int) -> list[dict]:
+    """n clips' settings for a manifest `mix`: uniform (the run's --strength, --steps, --guidance-scale), or mixed
+    (strengths 0.4-0.8, guidance scales 1-15 with guidance off at 1, DDIM and DPM-Solver++ alternating, every fourth
+    clip a third shorter, as a video's last clip is)."""
+    if mix not in MIXES:
+        raise ValueError(f"--manifest-mix: {mix!r} is not one of {list(MIXES)}")
+    out = []
+    for i in range(n):
+        c = dict(b.clip, frames=b.frames, scheduler=None)
+        if mix == "mixed":
+            c.update(strength=(0.4, 0.5, 0.6, 0.7, 0.8)[i % 5], guidance_scale=(1.0, 5.0, 9.0, 15.0)[i % 4],
+                     num_inference_steps=max(3, c["num_inference_steps"]),  # strength 0.4 leaves a step
+                     scheduler=("ddim", "dpm")[i % 2], frames=b.frames - b.frames // 3 if i % 4 == 3 else b.frames)
+        out.append(c)
+    return out
+
+
+def continuous(b: Bench, best: dict | None, mix: str) -> None:
+    """--mix-clips clips kept in flight by the continuous batcher (v2v.model.continuous), and the same clips grouped
+    as actors ran them before, at the best variant and batch: clip-steps a second, seconds per clip-step, and the
+    share of forward slots that carried a clip (the rest is padding to the compiled batch)."""
+    import torch
+
+    from v2v.model.continuous import StepBatcher
+    from v2v.model.loading import make_scheduler
+    from v2v.model.sampler import ClipSettings, restyle, to_uint8_checked
+
+    variant, batch = _section_variant(best, b.cuda, None, b.a.mix_batch)
+    c = _load(b.folder, b.a.device, variant, unet_batch=2 * batch)
+    settings = mixed_settings(b, mix, b.a.mix_clips)
+    scheds = {name: make_scheduler(c.scheduler, name) for name in {s["scheduler"] for s in settings}}
+    video = b.video(1)[0]
+
+    def run(items):
+        batcher = StepBatcher(c, batch)
+        queue = list(items)
+        while queue or batcher.active:
+            while queue and batcher.free:
+                i, s = queue.pop(0)
+                batcher.admit(i, video[: s["frames"]], ClipSettings(
+                    f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
+                    guidance_scale=s["guidance_scale"]), scheduler=scheds[s["scheduler"]])
+            done, failed = batcher.step()
+            assert not failed, failed
+            for clip in done:
+                to_uint8_checked(batcher.finish(clip)[None])
+        return batcher
+
+    def grouped(items):
+        """What actors ran before clips were kept in flight: `batch` clips a call, split by frame count and
+        scheduler, then by (steps, strength, guidance on/off) inside `restyle`, each group padded to the batch."""
+        forwards = [0]
+        unet_forward = c.unet.forward
+
+        def counted(*args, **kw):
+            forwards[0] += 1
+            return unet_forward(*args, **kw)
+
+        c.unet.forward = counted
+        try:
+            for k in range(0, len(items), batch):
+                call = items[k : k + batch]
+                for key in sorted({(s["frames"], s["scheduler"] or "") for _, s in call}):
+                    group = [(i, s) for i, s in call if (s["frames"], s["scheduler"] or "") == key]
+                    clips = [ClipSettings(f"style {i}", seed=i, strength=s["strength"],
+                                          num_inference_steps=s["num_inference_steps"],
+                                          guidance_scale=s["guidance_scale"]) for i, s in group]
+                    frames = restyle(c, video[None, : key[0]].expand(len(group), -1, -1, -1, -1), clips,
+                                     scheduler=scheds[key[1] or None], output="device_frames")
+                    to_uint8_checked(frames)
+        finally:
+            c.unet.forward = unet_forward
+        return forwards[0]
+
+    items = list(enumerate(settings))
+    clip_steps = sum(int(s["strength"] * s["num_inference_steps"]) for s in settings)
+    for how in ("grouped", "continuous"):
+        (run if how == "continuous" else grouped)(items[:batch])  # warm-up: compiles where compiled
+        if b.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        forwards = run(items).forwards if how == "continuous" else grouped(items)
+        if b.cuda:
+            torch.cuda.synchronize()
+        s = time.perf_counter() - t0
+        b.record(what=f"{how} batching, {mix}", variant=variant, batch=batch, clips=len(settings),
+                 clip_steps_per_s=clip_steps / s, s_per_clip_step=s / clip_steps,
+                 slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings))
+
+
 def _profile(b: Bench, step, title: str) -> dict:
     """Where one step's time goes, kernel by kernel (the guide for the next speed-up): appends the kernel
     table and the time per kernel kind to --profile; returns the kinds' shares for the row."""
@@ -511,7 +612,14 @@ def startup(b: Bench, work: str, best: dict | None) -> None:
 
 
 def ray_job(b: Bench, work: str, best: dict | None) -> None:
-    """The whole Ray job over generated videos (4 clips each), per GPU count, against the bare sampler."""
+    """The whole Ray job over generated videos (4 clips each), per GPU count and manifest mix, against the bare
+    sampler."""
+    a = b.a
+    for mix in [m for m in a.manifest_mix.split(",") if m] or ["uniform"]:
+        _ray_job(b, work, best, mix)
+
+
+def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
     import pyarrow.parquet as pq
     import ray
 
@@ -521,14 +629,20 @@ def ray_job(b: Bench, work: str, best: dict | None) -> None:
     from v2v.job.pipeline import run_job
 
     a = b.a
-    vids = os.path.join(work, "videos")
+    suffix = "" if mix == "uniform" else f"-{mix}"  # the uniform job's rows and folder keep their names
+    vids = os.path.join(work, f"videos{suffix}")
     os.makedirs(vids, exist_ok=True)
     per_video = 4
+    videos = -(-a.e2e_clips // per_video)
+    # mixed: each row its strength, guidance and scheduler, and every video's last clip a third shorter
+    settings = mixed_settings(b, mix, videos)
     with open(os.path.join(vids, "manifest.csv"), "w") as f:
-        f.write("video,prompt\n")
-        for i in range(-(-a.e2e_clips // per_video)):
-            make_video(os.path.join(vids, f"v{i}.mp4"), b.frames * per_video, b.width, b.height, seed=i)
-            f.write(f"v{i}.mp4,style {i}\n")
+        f.write("video,prompt,strength,num_inference_steps,guidance_scale,scheduler\n")
+        for i, c in enumerate(settings):
+            frames = b.frames * per_video - (b.frames // 3 if mix == "mixed" else 0)
+            make_video(os.path.join(vids, f"v{i}.mp4"), frames, b.width, b.height, seed=i)
+            f.write(f"v{i}.mp4,style {i},{c['strength']},{c['num_inference_steps']},{c['guidance_scale']},"
+                    f"{c['scheduler'] or ''}\n")
     variant, batch = _section_variant(best, b.cuda, a.e2e_variant, a.e2e_batch)
     dtype, speed = _variant_cfg(variant)
     bare = next((r["clips_per_hour"] for r in b.rows if r.get("what") == "v2v sampler"
@@ -546,7 +660,7 @@ def ray_job(b: Bench, work: str, best: dict | None) -> None:
         else:  # a local cluster of exactly `gpus` GPUs
             ray.init(num_gpus=gpus if b.cuda else 0, num_cpus=os.cpu_count(), include_dashboard=False,
                      runtime_env={"env_vars": {"V2V_COMPILE_CACHE": os.path.join(work, "inductor")}})
-        cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e-{gpus}"),
+        cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e{suffix}-{gpus}"),
                         model=b.folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
                         batch_size=batch, dtype=dtype, num_actors=gpus if b.cuda else 1, codec="h264",
                         max_clips=per_video, speed=speed)
@@ -554,11 +668,15 @@ def ray_job(b: Bench, work: str, best: dict | None) -> None:
         s = run_job(cfg, log=lambda m: print(m, flush=True))
         wall = time.perf_counter() - t0
         ray.shutdown()
-        steady = actor_rates(pq.read_table(os.path.join(cfg.output, "index")).to_pylist())
+        index = pq.read_table(os.path.join(cfg.output, "index")).to_pylist()
+        steady = actor_rates(index)
         rate = steady["clips_per_hour"]
         base_rate = base_rate or rate
         busy = [v["busy"] for v in steady["actors"].values()]
-        b.record(what="ray job end to end", variant=variant, batch=batch, gpus=gpus, clips=s.ok, failed=s.failed,
+        ok = [r for r in index if r["status"] == "ok"]
+        steps_per_clip = sum(int(r["strength"] * r["num_inference_steps"]) for r in ok) / max(1, len(ok))
+        b.record(what=f"ray job end to end{suffix.replace('-', ', ')}", variant=variant, batch=batch, gpus=gpus,
+                 clips=s.ok, failed=s.failed, clip_steps_per_s=rate * steps_per_clip / 3600,
                  wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
                  gpu_busy=min(busy) if busy else float("nan"),
                  steady_vs_bare_sampler=(rate / (bare * gpus)) if bare else float("nan"),
@@ -582,6 +700,7 @@ def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
+            "clip_steps_per_s", "s_per_clip_step", "slot_fill",
             "gpu_busy", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]

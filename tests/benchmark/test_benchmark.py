@@ -19,7 +19,8 @@ def test_benchmark_sections_on_cpu(tiny, tmp_path):
     results, out = tmp_path / "RESULTS.md", tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--device", "cpu", "--steps", "2",
                         "--reference", "--quality", "--variants", "float32,bfloat16", "--batch-sizes", "1,2",
-                        "--attention", "--startup", "--work-dir", str(tmp_path / "work"), "--results", str(results),
+                        "--attention", "--startup", "--manifest-mix", "uniform,mixed", "--mix-clips", "6",
+                        "--mix-batch", "2", "--work-dir", str(tmp_path / "work"), "--results", str(results),
                         "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": REPO})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -47,6 +48,13 @@ def test_benchmark_sections_on_cpu(tiny, tmp_path):
     starts = [x for x in rows if x["what"].startswith("actor ready (")]
     assert [x["what"] for x in starts] == ["actor ready (first start)", "actor ready (second start)"]
     assert all(x["seconds"] > 0 and not x["note"].startswith("failed") for x in starts)
+    # Each manifest mix, grouped as before and kept in flight: a uniform one fills every forward slot either way
+    # (6 clips of equal steps at batch 2); a mixed one (step counts, guidance on and off, two schedulers, a shorter
+    # clip) fills more of them in flight than grouped, where each group is padded to the batch.
+    mixes = {x["what"]: x for x in rows if " batching, " in x["what"]}
+    assert len(mixes) == 4 and all(x["clips"] == 6 and x["clip_steps_per_s"] > 0 for x in mixes.values())
+    assert mixes["continuous batching, uniform"]["slot_fill"] == mixes["grouped batching, uniform"]["slot_fill"] == 1
+    assert mixes["continuous batching, mixed"]["slot_fill"] > mixes["grouped batching, mixed"]["slot_fill"]
     # Verdicts: what the run measured is judged; what needs a GPU or the Ray job says so.
     verdicts = {t["target"]: t["verdict"] for t in info["targets"]}
     assert list(verdicts) == [t[0] for t in TARGETS]

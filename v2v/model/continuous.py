@@ -3,10 +3,10 @@
 The idea of an LLM server's continuous batching, applied to denoising. A clip is admitted (its prompt embeddings,
 its VAE posterior sample and noise at its strength, drawn from its own generator in the reference's order), takes
 part in rounds, and leaves after its last step; the next clip takes its slot at once. Each round advances every
-clip in flight by one of its own steps: one UNet forward per stream (clips of one latent shape, guidance all on or
-all off), a timestep per clip, a guidance scale per clip, then each clip's own scheduler step. So clips of
-different strengths, step counts, guidance scales, prompts and schedulers share forwards, and the batch stays full
-until the input runs out.
+clip in flight by one of its own steps: one UNet forward per stream (clips of one latent shape; a clip without
+guidance beside guided ones runs as the pair of itself), a timestep per clip, a guidance scale per clip, then each
+clip's own scheduler step. So clips of different strengths, step counts, guidance scales, prompts and schedulers
+share forwards, and the batch stays full until the input runs out.
 
 Per clip the result is what `sampler.restyle` gives for the clip alone: the same draws in the same order; with
 `batch_invariant` (one forward per clip) the same bits, else equal up to batched kernels' rounding.
@@ -63,8 +63,8 @@ class InFlight:
 
     @property
     def stream(self) -> tuple:
-        """Clips that can share a forward: one latent shape, guidance all on or all off."""
-        return tuple(self.latents.shape[2:]), self.uncond is not None
+        """Clips that can share a forward: those of one latent shape (C, F, h, w)."""
+        return tuple(self.latents.shape[1:])
 
 
 class StepBatcher:
@@ -165,32 +165,38 @@ class StepBatcher:
     def _advance(self, clips: list[InFlight]) -> None:
         """One UNet forward for `clips` (one stream), then each clip's own scheduler step. A forward that raises
         changes no clip."""
-        unet = self.components.unet
         t = [c.timesteps[c.done] for c in clips]
         scaled = torch.cat([c.sched.scale_model_input(c.latents, ti) for c, ti in zip(clips, t)])
-        guided = clips[0].uncond is not None
-        cond = torch.cat([c.cond for c in clips])
-        uncond = torch.cat([c.uncond for c in clips]) if guided else None
         if self.batch_invariant and len(clips) > 1:  # one forward per clip: its bits never depend on the others
-            preds = [_predict_noise(unet, scaled[i : i + 1], clip_timesteps(t[i : i + 1]), cond[i : i + 1],
-                                    uncond[i : i + 1] if guided else None) for i in range(len(clips))]
-            noise = torch.cat([p.chunk(2)[k] for k in range(2) for p in preds]) if guided else torch.cat(preds)
+            eps = [self._noise([c], scaled[i : i + 1], t[i : i + 1])[0] for i, c in enumerate(clips)]
+            self.forwards += len(clips)
         else:
-            noise = _predict_noise(unet, scaled, clip_timesteps(t), cond, uncond)
-        self.forwards += 1 if not (self.batch_invariant and len(clips) > 1) else len(clips)
+            eps = self._noise(clips, scaled, t)
+            self.forwards += 1
         self.clip_steps += len(clips)
-        if guided:
-            g = torch.tensor([c.settings.guidance_scale for c in clips], dtype=torch.float32)
-            g = g.to(noise.device, noise.dtype).view(-1, 1, 1, 1, 1)
-            noise_uncond, noise_text = noise.chunk(2)
-            noise = noise_uncond + g * (noise_text - noise_uncond)
-        for i, (c, ti) in enumerate(zip(clips, t)):
+        for c, ti, e in zip(clips, t, eps):
             # (1, 4, F, h, w) -> (F, 4, h, w): the scheduler sees frames as a batch of images
-            x = c.latents[0].permute(1, 0, 2, 3)
-            eps = noise[i].permute(1, 0, 2, 3)
-            x = c.sched.step(eps, ti, x, **c.step_kwargs).prev_sample
-            c.latents = x.permute(1, 0, 2, 3).unsqueeze(0).contiguous()  # as the sampler stacks them
+            x = c.sched.step(e[0].permute(1, 0, 2, 3), ti, c.latents[0].permute(1, 0, 2, 3), **c.step_kwargs)
+            c.latents = x.prev_sample.permute(1, 0, 2, 3).unsqueeze(0).contiguous()  # as the sampler stacks them
             c.done += 1
+
+    def _noise(self, clips: list[InFlight], scaled: torch.Tensor, t: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each clip's guided noise prediction (1, 4, F, h, w) from one UNet forward over `scaled` (B, 4, F, h, w).
+        Where some clips are guided, a clip without guidance runs as the pair of itself (its text embedding in
+        both halves) and keeps the text half: one forward for all, as the compiled UNet takes pairs."""
+        unet = self.components.unet
+        cond = torch.cat([c.cond for c in clips])
+        guided = [c.uncond is not None for c in clips]
+        if not any(guided):
+            return list(_predict_noise(unet, scaled, clip_timesteps(t), cond, None).split(1))
+        uncond = torch.cat([c.uncond if g else c.cond for c, g in zip(clips, guided)])
+        noise_uncond, noise_text = _predict_noise(unet, scaled, clip_timesteps(t), cond, uncond).chunk(2)
+        out = []
+        for i, (c, g) in enumerate(zip(clips, guided)):
+            u, x = noise_uncond[i : i + 1], noise_text[i : i + 1]
+            scale = torch.tensor(c.settings.guidance_scale, dtype=torch.float32).to(x.device, x.dtype)
+            out.append(u + scale * (x - u) if g else x)
+        return out
 
     @torch.no_grad()
     def finish(self, clip: InFlight) -> torch.Tensor:
