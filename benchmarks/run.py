@@ -456,7 +456,7 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     share of forward slots that carried a clip (the rest is padding to the compiled batch)."""
     import torch
 
-    from v2v.model.continuous import StepBatcher
+    from v2v.model.continuous import StepBatcher, run_all
     from v2v.model.loading import make_scheduler
     from v2v.model.sampler import ClipSettings, restyle, to_uint8_checked
 
@@ -467,18 +467,14 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     video = b.video(1)[0]
 
     def run(items):
+        """As an actor runs them: clips admitted by StepBatcher.admissible among two batches' worth waiting."""
         batcher = StepBatcher(c, batch)
-        queue = list(items)
-        while queue or batcher.active:
-            while queue and batcher.free:
-                i, s = queue.pop(0)
-                batcher.admit(i, video[: s["frames"]], ClipSettings(
-                    f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
-                    guidance_scale=s["guidance_scale"]), scheduler=scheds[s["scheduler"]])
-            done, failed = batcher.step()
-            assert not failed, failed
-            for clip in done:
-                to_uint8_checked(batcher.finish(clip)[None])
+        out = run_all(batcher, [(i, video[: s["frames"]], ClipSettings(
+            f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
+            guidance_scale=s["guidance_scale"]), scheds[s["scheduler"]]) for i, s in items], window=2 * batch,
+            on_done=lambda bt, clip: to_uint8_checked(bt.finish(clip)[None]))
+        failed = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
+        assert not failed, {k: out[k] for k in failed}
         return batcher
 
     def grouped(items):

@@ -163,3 +163,24 @@ def test_a_programmer_error_in_a_forward_raises_and_a_fatal_one_too(tiny, monkey
     with pytest.raises(RuntimeError, match="illegal memory access"):
         batcher.step()
     assert batcher.active and batcher.active[0].done == 0  # nothing changed for the clip
+
+
+def test_a_shorter_clip_waits_for_its_stream_instead_of_costing_a_second_forward_each_round(tiny):
+    frames = _frames(4, seed=9)
+    short = _frames(2, f=5, seed=10)
+    clip = ClipSettings("a", seed=1, strength=0.5, num_inference_steps=8)  # 4 steps each
+    items = [("full0", frames[0], clip), ("short0", short[0], clip), ("full1", frames[1], clip),
+             ("short1", short[1], clip), ("full2", frames[2], clip), ("full3", frames[3], clip)]
+    batcher = StepBatcher(tiny, 2)
+    assert batcher.stream_of(frames[0]) == (4, 8, 8, 8) and batcher.stream_of(short[0]) == (4, 5, 8, 8)
+    # with none in flight, the stream most clips wait in; then only clips of the stream in flight
+    assert batcher.admissible([(1,), (2,), (2,)]) == [1, 2]
+    order = []
+    out = run_all(batcher, items, window=4, on_done=lambda b, c: order.append(c.key))
+    assert set(out) == {k for k, _, _ in items} and all(isinstance(v, torch.Tensor) for v in out.values())
+    # every round one forward of 2 clips: 24 clip-steps in 12 forwards, never a part-filled pair of forwards
+    assert batcher.clip_steps == 24 and batcher.forwards == 12
+    # (of the first four waiting, two of each length: the oldest's stream first, then, on the tie, the shorter)
+    assert order == ["full0", "full1", "short0", "short1", "full2", "full3"]
+    # and each clip is what it gives alone
+    assert (out["short1"] - _alone(tiny, short[1], clip)).abs().max() <= 1e-4

@@ -244,8 +244,11 @@ class Restyle:
         def name(row: dict) -> str:
             return f"{row['id']}/{int(row['clip_index']):05d}"
 
+        def lora(row: dict) -> str:
+            return _text(row, "lora")
+
         while True:
-            while not exhausted and len(waiting) < batcher.capacity:  # rows in until a batch's worth waits
+            while not exhausted and len(waiting) < 2 * batcher.capacity:  # rows in until two batches' worth wait
                 row = next(feed, None)
                 if row is None:
                     exhausted = True
@@ -253,18 +256,21 @@ class Restyle:
                     yield done(row)
                 else:
                     waiting.append(row)
-            for row in list(waiting):  # into free slots: clips of the LoRAs merged now (any, with none in flight)
-                lora, embeddings = _text(row, "lora"), _text(row, "embeddings")
-                if not batcher.free or (batcher.active and lora != lora_now):
-                    continue
-                waiting.remove(row)
+            # Into free slots: clips of the LoRAs merged now (with none in flight, the oldest waiting clip's), and
+            # of the stream in flight (StepBatcher.admissible: a shorter last clip waits for others of its length).
+            merged = lora_now if batcher.active else (lora(waiting[0]) if waiting else None)
+            candidates = [r for r in waiting if lora(r) == merged]
+            streams = [batcher.stream_of(torch.from_numpy(np.asarray(r["frames"]))) for r in candidates]
+            for row in [candidates[i] for i in batcher.admissible(streams)]:
+                waiting = [r for r in waiting if r is not row]
+                embeddings = _text(row, "embeddings")
                 try:
-                    if lora != lora_now:
+                    if lora(row) != lora_now:
                         lora_now = None  # until merged
-                        self.adapters.use(self.adapters.refs(lora, "")[0])
-                        lora_now = lora
+                        self.adapters.use(self.adapters.refs(lora(row), "")[0])
+                        lora_now = lora(row)
                     prompt = self.adapters.prompt(row["prompt"], self.adapters.refs("", embeddings)[1])
-                    row["adapters"] = self.adapters.describe(lora, embeddings)
+                    row["adapters"] = self.adapters.describe(lora(row), embeddings)
                 except AdapterError as e:
                     yield done(row, f"adapter: {e}")
                     continue

@@ -71,9 +71,9 @@ class StepBatcher:
     """Up to `capacity` clips in flight on one model (`components`, as model.loading loads them).
 
     fatal(e): errors that no retry can help (a broken GPU); they propagate. Any other RuntimeError of a forward
-    (torch's errors, out-of-memory among them) is retried clip by clip, inside `own_size()` (the speed layer's `unpadded`: a clip alone at its
-    own size, not padded to a compiled batch); a clip that fails alone leaves as failed, and after an out-of-memory
-    every later forward runs clip by clip (`alone`).
+    (torch's errors, out-of-memory among them) is retried clip by clip, inside `own_size()` (the speed layer's
+    `unpadded`: a clip alone at its own size, not padded to a compiled batch); a clip that fails alone leaves as
+    failed, and after an out-of-memory every later forward runs clip by clip (`alone`).
     """
 
     def __init__(self, components, capacity: int, *, clip_skip: int | None = None, vae_chunk: int = 8,
@@ -92,6 +92,27 @@ class StepBatcher:
     @property
     def free(self) -> int:
         return self.capacity - len(self.active)
+
+    def stream_of(self, video: torch.Tensor) -> tuple:
+        """The stream a clip would join: its latent shape (C, F, h, w), from uint8 (F, H, W, 3) frames or float
+        (C, F, h, w) latents."""
+        if video.dtype != torch.uint8:
+            return tuple(video.shape)
+        s = self.components.vae_scale_factor
+        return (self.components.unet.config.in_channels, video.shape[0], video.shape[1] // s, video.shape[2] // s)
+
+    def admissible(self, streams: list[tuple]) -> list[int]:
+        """Which waiting clips (given by their streams, oldest first) to admit now: those of the stream in flight
+        (with none in flight, of the stream most of them wait in, the oldest's on a tie), oldest first, as many as
+        slots are free. A clip of another stream waits until this one drains: taking it in would cost a second
+        forward every round (a video's shorter last clip), where leaving a slot empty costs only that slot."""
+        if not streams or not self.free:
+            return []
+        if self.active:
+            now = max({c.stream for c in self.active}, key=lambda k: sum(c.stream == k for c in self.active))
+        else:
+            now = max(dict.fromkeys(streams), key=streams.count)  # dict: first-seen order breaks ties
+        return [i for i, k in enumerate(streams) if k == now][: self.free]
 
     @torch.no_grad()
     def admit(self, key, video: torch.Tensor, settings: ClipSettings, scheduler=None) -> InFlight:
@@ -209,19 +230,26 @@ class StepBatcher:
         return frames
 
 
-def run_all(batcher: StepBatcher, items: list[tuple[Any, torch.Tensor, ClipSettings]]) -> dict:
-    """Every item (key, video, settings) through `batcher`, admitted in order as slots free: {key: final latents
-    (1, 4, F, h, w)}, or the exception for a clip that failed. What tests and the benchmark drive."""
-    queue, out = list(items), {}
-    while queue or batcher.active:
-        while queue and batcher.free:
-            key, video, settings = queue.pop(0)
+def run_all(batcher: StepBatcher, items: list, window: int | None = None, on_done=None) -> dict:
+    """Every item (key, video, settings[, scheduler]) through `batcher`, admitted as `admissible` says among the
+    oldest `window` waiting (all, by default): {key: final latents (1, 4, F, h, w)}, or the exception for a clip
+    that failed. `on_done(batcher, clip)` sees each finished clip (to decode it, say). What tests and the benchmark
+    drive; the job's actor does the same over its rows."""
+    waiting, out = list(items), {}
+    while waiting or batcher.active:
+        seen = waiting[:window] if window else waiting
+        chosen = batcher.admissible([batcher.stream_of(it[1]) for it in seen])
+        for item in [seen[i] for i in chosen]:
             try:
-                batcher.admit(key, video, settings)
+                batcher.admit(*item)
             except SamplerInputError as e:
-                out[key] = e
+                out[item[0]] = e
+        waiting = [it for j, it in enumerate(waiting) if j not in chosen]  # `seen` is its head
         if batcher.active:
             done, failed = batcher.step()
-            out.update({c.key: c.latents for c in done})
+            for c in done:
+                out[c.key] = c.latents
+                if on_done:
+                    on_done(batcher, c)
             out.update({c.key: e for c, e in failed})
     return out
