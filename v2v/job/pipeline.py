@@ -381,7 +381,7 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
     import ray.data
     from ray.data.exceptions import ExecutionTimeoutError
 
-    # One block per actor call, whose rows come back together once they are written: CALL_BATCHES batches, fewer
+    # One block per actor call (its rows come back one by one, as each clip is written): CALL_BATCHES batches, fewer
     # where the run is too short to give each actor two calls (so that no actor ends the run far behind the others).
     call = max(cfg.batch_size, min(cfg.batch_size * ClipWorker.CALL_BATCHES, len(todo) // (2 * res.max_actors)))
     ds = _dataset(todo, rows_per_block=call)
