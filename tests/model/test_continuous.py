@@ -1,6 +1,8 @@
 """Step-level continuous batching: clips of different strengths, step counts, guidance, schedulers and lengths share
 forwards, and each clip's result is what it gives alone (bit for bit in batch-invariant mode)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,8 @@ def test_a_slot_freed_is_taken_by_the_next_clip_at_once(tiny):
         rounds += 1
         assert not failed
         finished += [(c.key, rounds) for c in done]
+        for c in done:  # its share of the model's time lies inside its time in the model (the index's columns)
+            assert 0 < c.model_s <= time.time() - c.admitted_at
         while queue and batcher.free:
             batcher.admit(*queue.pop(0))
     # the late clip ran beside the long one: all three done in the long clip's 6 rounds

@@ -55,7 +55,7 @@ class InFlight:
     step_kwargs: dict  # its generator (and eta) for schedulers that draw noise
     done: int = 0  # steps taken
     model_s: float = 0.0  # its share of the model's time: admission, its share of each forward it was in, decode
-    admitted_at: float = field(default_factory=time.time)
+    admitted_at: float = field(default_factory=time.time)  # unix time its admission began
 
     @property
     def remaining(self) -> int:
@@ -123,7 +123,7 @@ class StepBatcher:
             raise RuntimeError(f"StepBatcher.admit: all {self.capacity} slots are in use; step until one frees")
         c = self.components
         check_inputs(video[None], [settings], c.vae_scale_factor)
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         name = settings.name or str(key)
         guided = settings.guidance_scale > 1.0
         cond, uncond = encode_prompts(c.tokenizer, c.text_encoder, [settings.prompt],
@@ -134,7 +134,7 @@ class StepBatcher:
         gen = torch.Generator("cpu").manual_seed(settings.seed)
         latents = prepare_latents(c.vae, sched, video, timesteps, gen, dtype, self.vae_chunk)
         clip = InFlight(key, settings, sched, timesteps, latents, cond.to(dtype),
-                        uncond.to(dtype) if guided else None, _step_kwargs(sched, gen, settings.eta))
+                        uncond.to(dtype) if guided else None, _step_kwargs(sched, gen, settings.eta), admitted_at=wall0)
         clip.model_s = time.perf_counter() - t0
         self.active.append(clip)
         return clip
