@@ -51,11 +51,6 @@ def _text(row: dict, column: str) -> str:
     return v if isinstance(v, str) else ""
 
 
-def _errors(batch: dict) -> list:
-    """The batch's error column as str-or-None (Ray hands an all-null string column over as NaN floats)."""
-    return [e if isinstance(e, str) else None for e in batch["error"]]
-
-
 def _rows(batch: dict) -> list[dict]:
     """A batch (dict of columns) as one dict per row."""
     return [{k: v[i] for k, v in batch.items()} for i in range(len(batch["id"]))]
