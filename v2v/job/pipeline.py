@@ -388,8 +388,8 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
     memory = {"memory": int(cfg.actor_memory_gib * 2**30)} if cfg.actor_memory_gib else {}
     pool = ray.data.ActorPoolStrategy(min_size=1, initial_size=res.initial_actors, max_size=res.max_actors,
                                       max_concurrent_calls_per_actor=ClipWorker.CALLS_AT_ONCE,
-                                      # off: with calls running on several threads at once, actors on Ray 2.60
-                                      # were seen (3 full test runs in 5) holding finished calls' results forever
+                                      # one call at a time (CALLS_AT_ONCE is 1): with calls on several threads,
+                                      # actors on Ray 2.60 were seen holding finished calls' results forever
                                       enable_true_multi_threading=False)
     # An actor that stops is not restarted (Ray would keep what it had in flight for it): the pool starts a new one
     # where one fits, and its clips are redone in the next pass. A GPU failure exits an actor on purpose (stages).

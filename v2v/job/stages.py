@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import socket
-import threading
 import time
 from typing import Iterable, Iterator
 
@@ -341,14 +340,13 @@ class ClipWorker:
         self.cfg = cfg
         self.restyle = Restyle(cfg, res)
         self.metrics = None  # a job.metrics.ActorMetrics where the worker runs as a Ray actor
-        self._one_call = threading.Lock()  # should calls ever come on several threads: one at a time in the model
 
     def __call__(self, batch: dict) -> Iterator[dict]:
         from concurrent.futures import ThreadPoolExecutor
 
         rows, done = _rows(batch), []
         m = self.metrics
-        with self._one_call, ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(1, "v2v-encode") as enc:
+        with ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(1, "v2v-encode") as enc:
             decoded = [dec.submit(decode, row, self.cfg.resize) for row in rows]
             if m:
                 m.waiting_for_model(len(rows))
