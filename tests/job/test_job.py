@@ -290,6 +290,32 @@ def test_adapters_per_row_are_applied_recorded_and_keyed(ray_cluster, tmp_path, 
     assert s.rendered_now == 2  # the two clips of the row whose LoRA scale changed; the others were done
 
 
+def test_clips_reach_the_actor_grouped_by_lora_set(ray_cluster, tmp_path, cache_dir):
+    """Rows alternating between two LoRAs and none, as a nightly manifest of styles does: the actor restyles each
+    set's clips as one run (an actor merges a set once and drains its clips in flight at each change of set), and
+    every clip still has its own set."""
+    from tests.model.test_adapters import make_lora
+    from v2v.model.loading import load_components
+
+    c = load_components("tiny", cache_dir=cache_dir)
+    make_lora(tmp_path / "a.safetensors", c, seed=1)
+    make_lora(tmp_path / "b.safetensors", c, seed=2)
+    make_video(str(tmp_path / "v.mp4"), 8, 64, 64)
+    styles = ["a", "b", ""]
+    rows = ["id,video,prompt,lora"] + [
+        f'r{i},v.mp4,a fox,' + (f'"[{{""uri"": ""{styles[i % 3]}.safetensors""}}]"' if styles[i % 3] else "")
+        for i in range(9)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    s = run_job(JobConfig(manifest=str(tmp_path / "m.csv"), output=str(out), steps=2, codec="ffv1", batch_size=2,
+                          num_actors=1), **QUIET)
+    assert s.ok == 9
+    df = pd.read_parquet(out / "index").sort_values("restyle_started_at")
+    ran = [json.loads(a)["lora"][0]["uri"].rsplit("/", 1)[-1][0] if a else "" for a in df.adapters]
+    assert ran == [styles[int(rid[1:]) % 3] for rid in df.id]  # each clip its own set
+    assert sum(x != y for x, y in zip(ran, ran[1:])) == 2, ran  # three runs, one per set
+
+
 def test_audio_reaches_the_clips_and_the_stitched_video(ray_cluster, tmp_path):
     import av
 
