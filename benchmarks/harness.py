@@ -151,6 +151,74 @@ def actor_rates(rows: list[dict]) -> dict:
             "actors": per_actor}
 
 
+def max_unwritten(rows: list[dict]) -> int:
+    """The most clips restyled but not yet written at any moment of a job, from its index rows ('ok' ones: a
+    clip leaves the model at restyle_finished_at and its row is written at finished_at): what a kill at the worst
+    moment would have lost of the model's work, besides one flush of index rows."""
+    events = []
+    for r in rows:
+        if r.get("status") == "ok" and r.get("restyle_finished_at") is not None:
+            events += [(r["restyle_finished_at"], 1), (r["finished_at"], -1)]
+    most = held = 0
+    for _, d in sorted(events, key=lambda e: (e[0], e[1])):  # a write at the same instant first
+        held += d
+        most = max(most, held)
+    return most
+
+
+class GpuUtilization:
+    """NVML's GPU utilization (the share of each sample period in which a kernel ran), sampled by `nvidia-smi -lms`
+    in the background while the context is open; `mean(t0, t1)` over unix times. Empty where nvidia-smi is absent."""
+
+    def __init__(self, period_ms: int = 500):
+        self.period_ms = period_ms
+        self.samples: list[tuple[float, float]] = []
+
+    def __enter__(self):
+        import shutil
+        import subprocess
+        import tempfile
+
+        self.proc = None
+        if shutil.which("nvidia-smi"):
+            self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: an hour of samples would fill a pipe
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu",
+                                          "--format=csv,noheader,nounits", f"-lms={self.period_ms}"],
+                                         stdout=self.log, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.log.seek(0)
+            self.samples = parse_smi_utilization(self.log.read().splitlines())
+            self.log.close()
+
+    def mean(self, t0: float, t1: float) -> float:
+        inside = [u for t, u in self.samples if t0 <= t <= t1]
+        return sum(inside) / len(inside) / 100 if inside else float("nan")
+
+
+def parse_smi_utilization(lines: list[str]) -> list[tuple[float, float]]:
+    """[(unix time, percent)] of `nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits`
+    lines ('2026/12/06 21:59:01.123, 97'; the first GPU's where there are several; the machine's local time)."""
+    import datetime
+
+    out, seen = [], set()
+    for ln in lines:
+        stamp, _, util = ln.partition(",")
+        try:
+            t = datetime.datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            u = float(util)
+        except ValueError:
+            continue
+        if t not in seen:
+            seen.add(t)
+            out.append((t, u))
+    return out
+
+
 # torch.compile's phases worth naming at an actor's start: (label, dynamo_timed key), the keys as
 # torch._dynamo.utils.compilation_time_metrics holds them (seconds per compiled frame). They nest: the backend's time
 # holds the graphs' load, which holds the wait for their kernels' compile (a first start; ~0 on a cached start).

@@ -63,7 +63,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+temporal][+frameattn][+chanstats][+prefix]"
-                        "[+phaseup][+graph][+compile|+pre[+vae]][+nobench] ('' for none)")
+                        "[+phaseup][+graph][+compile|+pre[+vae]][+regions][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -108,7 +108,7 @@ def _card() -> str:
 # a variant's parts -> the speed switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"temporal": "temporal_layers", "frameattn": "frame_attention", "chanstats": "channel_stats",
                   "prefix": "shared_prefix", "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile",
-                  "pre": "precompile", "vae": "compile_vae"}
+                  "pre": "precompile", "vae": "compile_vae", "regions": "compile_regions"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 
@@ -126,7 +126,7 @@ def _variant_cfg(variant: str):
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
     switches = {name: part in parts for part, name in _PART_SWITCHES.items()}
-    switches["compile"] |= switches["precompile"]
+    switches["compile"] |= switches["precompile"] or switches["compile_regions"]
     switches["cudnn_benchmark"] = "nobench" not in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")
@@ -619,7 +619,7 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
     import pyarrow.parquet as pq
     import ray
 
-    from benchmarks.harness import actor_rates
+    from benchmarks.harness import GpuUtilization, actor_rates, max_unwritten
     from jobs.demo import make_video
     from v2v.config import JobConfig
     from v2v.job.pipeline import run_job
@@ -661,11 +661,13 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
                         batch_size=batch, dtype=dtype, num_actors=gpus if b.cuda else 1, codec="h264",
                         max_clips=per_video, speed=speed)
         t0 = time.perf_counter()
-        s = run_job(cfg, log=lambda m: print(m, flush=True))
+        with GpuUtilization() as util:
+            s = run_job(cfg, log=lambda m: print(m, flush=True))
         wall = time.perf_counter() - t0
         ray.shutdown()
         index = pq.read_table(os.path.join(cfg.output, "index")).to_pylist()
         steady = actor_rates(index)
+        ends = sorted(r["restyle_finished_at"] for r in index if r["status"] == "ok")
         rate = steady["clips_per_hour"]
         base_rate = base_rate or rate
         busy = [v["busy"] for v in steady["actors"].values()]
@@ -675,6 +677,9 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
                  clips=s.ok, failed=s.failed, clip_steps_per_s=rate * steps_per_clip / 3600,
                  wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
                  gpu_busy=min(busy) if busy else float("nan"),
+                 # NVML's share of time a kernel ran, from the first clip out of the model to the last
+                 gpu_utilization=util.mean(ends[0], ends[-1]) if len(ends) > 1 else float("nan"),
+                 max_unwritten=max_unwritten(index),
                  steady_vs_bare_sampler=(rate / (bare * gpus)) if bare else float("nan"),
                  scaling_vs_1gpu=rate / base_rate)
 
@@ -697,7 +702,8 @@ def _report(a, info, rows) -> None:
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
             "clip_steps_per_s", "s_per_clip_step", "slot_fill",
-            "gpu_busy", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds", "wall_s", "note"]
+            "gpu_busy", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
+            "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]
     lines = [f"### {info['date']} — {info['card']}", "",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import actor_rates, kernel_kinds, profiler_kernels
+from benchmarks.harness import actor_rates, kernel_kinds, max_unwritten, parse_smi_utilization, profiler_kernels
 
 
 def test_kernel_kinds_sort_profiler_kernel_names():
@@ -157,3 +157,24 @@ def test_actor_rates_count_clips_after_each_actors_first():
     # ends 10, 14, 18, 30: span 20 s from the first end; in the model 10-18 and 20-30: 18 s
     assert b["busy"] == 18 / 20 and b["clips_per_hour"] == 3600 * 3 / 20
 
+
+
+def test_max_unwritten_counts_clips_out_of_the_model_and_not_yet_written():
+    def row(done, written, status="ok"):
+        return {"status": status, "restyle_finished_at": done, "finished_at": written}
+
+    # out of the model at 1, 2, 3 and 10; written at 4, 4, 5 and 11: three held from 3 to 4
+    rows = [row(1, 4), row(2, 4), row(3, 5), row(10, 11), row(None, 6, "failed")]
+    assert max_unwritten(rows) == 3
+    # a clip written the instant the next leaves the model is not held beside it
+    assert max_unwritten([row(1, 2), row(2, 3)]) == 1
+    assert max_unwritten([]) == 0
+
+
+def test_parse_smi_utilization_reads_nvidia_smi_lines():
+    import datetime
+
+    got = parse_smi_utilization(["2026/12/06 21:59:01.500, 97", "2026/12/06 21:59:02.000, 100",
+                                 "2026/12/06 21:59:02.000, 100", "[N/A]", ""])
+    t = datetime.datetime(2026, 12, 6, 21, 59, 1, 500000).timestamp()
+    assert got == [(t, 97.0), (t + 0.5, 100.0)]
