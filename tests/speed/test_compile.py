@@ -56,7 +56,8 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "rep
                               "graphs_after_start": graphs_after_start,
                               "takes_pairs": takes_pairs(actor.components.unet),
                               "graphs_at_end": counters["stats"]["unique_graphs"],
-                              "regions": sum(hasattr(m.forward, "_torchdynamo_orig_callable") for model in (actor.components.unet, actor.components.vae)
+                              "regions": sum(hasattr(m.forward, "_torchdynamo_orig_callable")
+                                             for model in (actor.components.unet, actor.components.vae)
                                              for m in model.modules()),
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
