@@ -75,6 +75,8 @@ def _args(argv=None):
                         "every fourth clip shorter); '' runs the job's manifest uniform and skips the batcher rows")
     p.add_argument("--mix-clips", type=int, default=16, help="clips per --manifest-mix batcher row")
     p.add_argument("--mix-batch", type=int, default=None, help="batch size for --manifest-mix (default: fastest)")
+    p.add_argument("--mix-modes", default="grouped,continuous",
+                   help="--manifest-mix rows: clips in flight (continuous), grouped as actors ran them before, or both")
     p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
     p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
     p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
@@ -505,7 +507,9 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
 
     items = list(enumerate(settings))
     clip_steps = sum(int(s["strength"] * s["num_inference_steps"]) for s in settings)
-    for how in ("grouped", "continuous"):
+    for how in [m for m in b.a.mix_modes.split(",") if m]:
+        if how not in ("grouped", "continuous"):
+            raise ValueError(f"--mix-modes: {how!r} is not grouped or continuous")
         (run if how == "continuous" else grouped)(items[:batch])  # warm-up: compiles where compiled
         if b.cuda:
             torch.cuda.synchronize()
