@@ -150,3 +150,84 @@ def tiny_model_dir(cache_dir: str | Path | None = None) -> Path:
     if (final / "model_index.json").exists():
         return final
     return publish_folder(final, lambda tmp: save_tiny(build_tiny_components(), tmp))
+
+
+# tiny-wan: Wan 2.1's mechanics (flow-matching transformer with RoPE, causal 3-D VAE, UMT5) at toy size.
+TINY_WAN_VERSION = 1
+TINY_WAN_SIZE = 32  # 32x32 frames -> 4x4 latents -> 2x2 patches
+TINY_WAN_FRAMES = 9  # 4k+1: 3 latent frames
+
+_WAN_SCHEDULER_CONFIG = {  # Wan2.1-T2V-1.3B-Diffusers' scheduler settings
+    "num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0,
+}
+
+
+def tiny_t5_tokenizer():
+    """A T5-style fast tokenizer over bytes, built here: <pad> 0, </s> 1 (appended to every text), <unk> 2, then one
+    token per byte, no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{ch: i + 3 for i, ch in enumerate(chars)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)
+
+
+def build_tiny_wan_components() -> dict:
+    """The tiny Wan transformer, VAE, UMT5 text encoder, tokenizer and scheduler with fixed seeds (float32, CPU)."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                               num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
+                                               eos_token_id=1, decoder_start_token_id=0))
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    scheduler = UniPCMultistepScheduler(**_WAN_SCHEDULER_CONFIG)
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": scheduler}
+
+
+def save_tiny_wan(components: dict, folder: str | Path) -> None:
+    """As WanVideoToVideoPipeline.save_pretrained lays a model out, plus v2v.json (its clip geometry)."""
+    import diffusers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("transformer", "vae", "text_encoder"):
+        components[name].save_pretrained(folder / name, safe_serialization=True)
+    components["tokenizer"].save_pretrained(folder / "tokenizer")
+    components["scheduler"].save_pretrained(folder / "scheduler")
+    index = {"_class_name": "WanVideoToVideoPipeline", "_diffusers_version": diffusers.__version__,
+             **{name: [("transformers" if name in ("text_encoder", "tokenizer") else "diffusers"),
+                       type(components[name]).__name__] for name in components}}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "v2v.json").write_text(json.dumps({"width": TINY_WAN_SIZE, "height": TINY_WAN_SIZE,
+                                                 "frames": TINY_WAN_FRAMES}))
+
+
+def tiny_wan_dir(cache_dir: str | Path | None = None) -> Path:
+    """The tiny Wan model's folder, built on first use (safe when processes race to build it)."""
+    from v2v.model.loading import default_cache_dir, publish_folder
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    final = root / f"tiny-wan-v{TINY_WAN_VERSION}"
+    if (final / "model_index.json").exists():
+        return final
+    return publish_folder(final, lambda tmp: save_tiny_wan(build_tiny_wan_components(), tmp))

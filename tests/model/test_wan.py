@@ -1,0 +1,72 @@
+"""Wan 2.1 video-to-video (v2v.model.wan) against diffusers' WanVideoToVideoPipeline, on the tiny Wan model built in
+code (float32, CPU): one clip equals the reference; a clip in a batch equals the clip alone."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from v2v.model.sampler import ClipSettings, SamplerInputError
+from v2v.model.tiny import TINY_WAN_FRAMES, TINY_WAN_SIZE, tiny_wan_dir
+from v2v.model.wan import load_wan_components, restyle
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory):
+    return load_wan_components(tiny_wan_dir(tmp_path_factory.mktemp("cache")))
+
+
+def _video(n, frames=TINY_WAN_FRAMES, size=TINY_WAN_SIZE, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, frames, size, size, 3), dtype=np.uint8))
+
+
+def _reference(wan, video, clip, scheduler):
+    from diffusers import WanVideoToVideoPipeline
+
+    pipe = WanVideoToVideoPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder,
+                                   transformer=wan.transformer, vae=wan.vae, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    frames = [Image.fromarray(f) for f in video.numpy()]
+    out = pipe(video=frames, prompt=clip.prompt, negative_prompt=clip.negative_prompt, height=video.shape[1],
+               width=video.shape[2], num_inference_steps=clip.num_inference_steps, strength=clip.strength,
+               guidance_scale=clip.guidance_scale, generator=torch.Generator().manual_seed(clip.seed),
+               output_type="pt").frames  # (1, F, 3, H, W)
+    return out[0].permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("which", ["unipc", "flow_euler"])
+def test_one_clip_equals_the_reference_pipeline(wan, which):
+    import copy
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = (copy.deepcopy(wan.scheduler) if which == "unipc"
+             else FlowMatchEulerDiscreteScheduler(shift=3.0))
+    clip = ClipSettings("a red fox in ink", seed=3, negative_prompt="blurry", strength=0.7, num_inference_steps=6,
+                        guidance_scale=5.0)
+    video = _video(1)
+    want = _reference(wan, video[0], clip, copy.deepcopy(sched))
+    got = restyle(wan, video, [clip], scheduler=sched)[0]
+    assert got.shape == (TINY_WAN_FRAMES, TINY_WAN_SIZE, TINY_WAN_SIZE, 3)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    # the clip's seed and prompt are what it depends on
+    other = restyle(wan, video, [ClipSettings(**{**clip.__dict__, "seed": 4})], scheduler=sched)[0]
+    assert (other - got).abs().max() > 1e-3
+
+
+def test_a_clip_in_a_batch_of_mixed_settings_equals_the_clip_alone(wan):
+    clips = [ClipSettings("ink", seed=1, strength=0.5, num_inference_steps=8, guidance_scale=5.0),
+             ClipSettings("watercolor", seed=2, strength=0.9, num_inference_steps=4, guidance_scale=1.0),
+             ClipSettings("charcoal", seed=3, strength=0.6, num_inference_steps=5, guidance_scale=9.0,
+                          negative_prompt="noise")]
+    video = _video(3, seed=1)
+    together = restyle(wan, video, clips, output="latents")
+    for i, c in enumerate(clips):
+        alone = restyle(wan, video[i : i + 1], [c], output="latents")
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, says", [((1, 8, 32, 32, 3), r"4k\+1 frames"), ((1, 9, 24, 32, 3), "multiple of 16")])
+def test_geometry_the_model_cannot_take_is_named(wan, shape, says):
+    with pytest.raises(SamplerInputError, match=says):
+        restyle(wan, torch.zeros(shape, dtype=torch.uint8), [ClipSettings("a", seed=0)])

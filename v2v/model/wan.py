@@ -1,0 +1,242 @@
+"""Wan 2.1 video-to-video (Apache-2.0), as plain functions in the order one clip flows through them.
+
+The same computation as diffusers' `WanVideoToVideoPipeline` (0.42.1), one clip at a time or several in one
+transformer forward: each clip's prompt embedded by the UMT5 text encoder and zero-padded to `max_sequence_length`
+tokens; its frames encoded by the causal 3-D VAE (the posterior's mode) and normalized by the VAE's per-channel
+latent statistics; noise from the clip's own generator added at its strength by the flow-matching scheduler; then
+each step one transformer forward (the text and the negative prompt's halves in one batch) and the clip's own
+scheduler step; finally the VAE decode. A clip's draws come from its own generator in the reference's order, so a
+clip in a batch equals the clip alone.
+
+Geometry: the VAE compresses 8x in space and 4x in time (causally: the first frame alone, then 4 frames per latent
+frame), the transformer patches 2x2, so frames are 4k+1 and sides multiples of 16.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from v2v.model.sampler import ClipSettings, SamplerInputError, _step_kwargs, schedule
+
+MAX_SEQUENCE_LENGTH = 512  # the reference's default: every prompt's embeddings padded (with zeros) to this many
+
+
+@dataclass
+class WanComponents:
+    transformer: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler: object
+    reference: str = ""
+    folder: Path | None = None
+    width: int = 832
+    height: int = 480
+    frames: int = 81
+
+    @property
+    def device(self):
+        return self.transformer.device
+
+    @property
+    def dtype(self):
+        return self.transformer.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:  # spatial
+        return 2 ** len(self.vae.temperal_downsample)
+
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return 2 ** sum(self.vae.temperal_downsample)
+
+    @property
+    def patch(self) -> int:
+        return self.transformer.config.patch_size[1]
+
+
+# 1. Checks ---------------------------------------------------------------------------------------------
+
+
+def check_inputs(c: WanComponents, video: torch.Tensor, clips: list[ClipSettings]) -> None:
+    """uint8 (B, F, H, W, 3) frames: F = 4k+1 (the VAE's time compression), H and W multiples of 16."""
+    if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8 or video.ndim != 5 or video.shape[-1] != 3:
+        raise SamplerInputError(f"video must be uint8 (B, F, H, W, 3) frames, got "
+                                f"{getattr(video, 'dtype', type(video).__name__)} {tuple(getattr(video, 'shape', ()))}")
+    if video.shape[0] != len(clips):
+        raise SamplerInputError(f"video holds {video.shape[0]} clips but {len(clips)} clip settings were given")
+    f, h, w = video.shape[1:4]
+    t = c.vae_scale_factor_temporal
+    if (f - 1) % t:
+        raise SamplerInputError(f"a clip of {f} frames: this model takes {t}k+1 frames (e.g. {(f - 1) // t * t + 1})")
+    side = c.vae_scale_factor * c.patch
+    if h % side or w % side:
+        raise SamplerInputError(f"frame size {w}x{h} (WxH) is not a multiple of {side}; resize to "
+                                f"{max(side, round(w / side) * side)}x{max(side, round(h / side) * side)}")
+    for i, s in enumerate(clips):
+        who = s.name or f"clip {i}"
+        if not 0 < s.strength <= 1 or int(s.num_inference_steps * s.strength) < 1:
+            raise SamplerInputError(f"{who}: strength {s.strength} x {s.num_inference_steps} steps leaves no "
+                                    f"denoising step (strength in (0, 1], their product at least 1)")
+        if not math.isfinite(s.guidance_scale):
+            raise SamplerInputError(f"{who}: guidance_scale must be finite, got {s.guidance_scale}")
+
+
+# 2. Text ------------------------------------------------------------------------------------------------
+
+
+def clean_prompt(text: str) -> str:
+    """The reference's prompt_clean: ftfy's fixes, HTML entities undone twice, whitespace collapsed."""
+    import ftfy
+
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text))).strip()).strip()
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str],
+                   max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> torch.Tensor:
+    """(B, max_sequence_length, D) embeddings: each prompt's tokens encoded with its attention mask, its own
+    tokens kept and the rest zeros."""
+    inputs = tokenizer([clean_prompt(p) for p in prompts], padding="max_length", max_length=max_sequence_length,
+                       truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    ids, mask = inputs.input_ids, inputs.attention_mask
+    lens = mask.gt(0).sum(dim=1).long()
+    out = text_encoder(ids.to(text_encoder.device), mask.to(text_encoder.device)).last_hidden_state
+    return torch.stack([torch.cat([u[:n], u.new_zeros(max_sequence_length - n, u.size(1))])
+                        for u, n in zip(out, lens)])
+
+
+# 3. VAE --------------------------------------------------------------------------------------------------
+
+
+def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float32 (1, 3, F, H, W) in [-1, 1], as the reference's video processor makes them."""
+    return (frames.permute(3, 0, 1, 2).to(torch.float32) / 255.0 * 2.0 - 1.0).unsqueeze(0)
+
+
+def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1 / std), each (1, z, 1, 1, 1), as the reference computes them."""
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(like.device, like.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(like.device, like.dtype)
+    return mean, inv_std
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """(1, 3, F, H, W) pixels -> (1, z, (F - 1) / 4 + 1, H / 8, W / 8) float32 normalized latents (the posterior's
+    mode: the reference's `sample_mode="argmax"`)."""
+    x = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode().to(torch.float32)
+    mean, inv_std = _latent_stats(vae, x)
+    return (x - mean) * inv_std
+
+
+def add_noise(sched, latents: torch.Tensor, timestep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The clip's starting point: its latents noised to `timestep` with noise from its own generator."""
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+    t = timestep.reshape(1)
+    if hasattr(sched, "add_noise"):
+        return sched.add_noise(latents, noise, t)
+    return sched.scale_noise(latents, t, noise)
+
+
+@torch.no_grad()
+def decode_frames(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(B, z, f, h, w) latents -> float32 (B, F, H, W, 3) frames in [0, 1]."""
+    x = latents.to(vae.dtype)
+    mean, inv_std = _latent_stats(vae, x)
+    video = vae.decode(x / inv_std + mean, return_dict=False)[0]
+    return (video.to(torch.float32) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
+
+# 4. Denoising --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(transformer, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+            uncond: torch.Tensor | None, scales: list[float]) -> torch.Tensor:
+    """Each clip's guided flow prediction, float32 (B, z, f, h, w), from one transformer forward: latents
+    (B, z, f, h, w), timesteps (B,) (each clip its own), cond (B, L, D); uncond (B, L, D) or None (no clip guided).
+    A clip whose scale is <= 1 keeps its text prediction (its uncond row, if any, is not used)."""
+    dtype = transformer.dtype
+    x = latents.to(dtype)
+    t = timesteps.to(latents.device)
+    if uncond is None:
+        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond.to(dtype),
+                           return_dict=False)[0].float()
+    both = transformer(hidden_states=torch.cat([x, x]), timestep=torch.cat([t, t]),
+                       encoder_hidden_states=torch.cat([cond, uncond]).to(dtype), return_dict=False)[0]
+    text, plain = both.chunk(2)
+    out = []
+    for i, g in enumerate(scales):
+        u, v = plain[i : i + 1], text[i : i + 1]
+        out.append(u + g * (v - u) if g > 1.0 else v)
+    return torch.cat(out).float()
+
+
+@torch.no_grad()
+def restyle(c: WanComponents, video: torch.Tensor, clips: list[ClipSettings], *, scheduler=None,
+            max_sequence_length: int = MAX_SEQUENCE_LENGTH, output: str = "frames") -> torch.Tensor:
+    """Restyle B clips, uint8 (B, F, H, W, 3), each with its own settings; clips of different step counts or
+    strengths run their own schedules side by side (each forward carries every clip still denoising).
+    output "frames": float32 (B, F, H, W, 3) in [0, 1]; "latents": the final latents (B, z, f, h, w)."""
+    check_inputs(c, video, clips)
+    base = scheduler if scheduler is not None else c.scheduler
+    device = c.device
+    guided = [s.guidance_scale > 1.0 for s in clips]
+    cond = encode_prompts(c.tokenizer, c.text_encoder, [s.prompt for s in clips], max_sequence_length)
+    uncond = (encode_prompts(c.tokenizer, c.text_encoder, [s.negative_prompt for s in clips], max_sequence_length)
+              if any(guided) else None)
+    states = []
+    for i, s in enumerate(clips):
+        sched, timesteps = schedule(base, s.num_inference_steps, s.strength)
+        gen = torch.Generator("cpu").manual_seed(s.seed)
+        x = encode_latents(c.vae, frames_to_pixels(video[i]).to(device))
+        states.append([sched, timesteps, add_noise(sched, x, timesteps[0], gen), _step_kwargs(sched, gen, s.eta)])
+    done = [0] * len(clips)
+    while True:
+        live = [i for i, st in enumerate(states) if done[i] < len(st[1])]
+        if not live:
+            break
+        t = torch.stack([states[i][1][done[i]] for i in live])
+        x = torch.cat([states[i][2] for i in live])
+        eps = predict(c.transformer, x, t, cond[live], uncond[live] if uncond is not None else None,
+                      [clips[i].guidance_scale for i in live])
+        for k, i in enumerate(live):
+            sched, timesteps, lat, kw = states[i]
+            states[i][2] = sched.step(eps[k : k + 1], timesteps[done[i]], lat, return_dict=False, **kw)[0]
+            done[i] += 1
+    latents = torch.cat([st[2] for st in states])
+    return latents if output == "latents" else decode_frames(c.vae, latents)
+
+
+def load_wan_components(folder: str | Path, device: str = "cpu", dtype: str = "float32",
+                        scheduler: str | None = None, reference: str = "") -> WanComponents:
+    """A Wan model folder in the diffusers layout (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, or tiny-wan): its transformer and
+    text encoder in `dtype`, its VAE in float32 (the reference keeps the Wan VAE in float32), safetensors only."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from v2v.model.loading import make_scheduler, native_geometry, parse_dtype, scheduler_class
+
+    folder = Path(folder)
+    torch_dtype = parse_dtype(dtype)
+    transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=torch_dtype,
+                                                        use_safetensors=True)
+    vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True)
+    text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=torch_dtype, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    base = scheduler_class(config["_class_name"]).from_pretrained(folder, subfolder="scheduler")
+    for m in (transformer, vae, text_encoder):
+        m.to(device).eval().requires_grad_(False)
+    width, height, frames = native_geometry(folder)
+    return WanComponents(transformer, vae, text_encoder, tokenizer, make_scheduler(base, scheduler),
+                         reference=reference or str(folder), folder=folder, width=width, height=height, frames=frames)
