@@ -63,7 +63,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+temporal][+frameattn][+chanstats][+prefix]"
-                        "[+phaseup][+graph][+compile|+pre[+vae]][+regions][+nobench] ('' for none)")
+                        "[+phaseup][+graph][+compile|+pre[+vae]][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -110,7 +110,7 @@ def _card() -> str:
 # a variant's parts -> the speed switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"temporal": "temporal_layers", "frameattn": "frame_attention", "chanstats": "channel_stats",
                   "prefix": "shared_prefix", "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile",
-                  "pre": "precompile", "vae": "compile_vae", "regions": "compile_regions"}
+                  "pre": "precompile", "vae": "compile_vae"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 
@@ -128,7 +128,7 @@ def _variant_cfg(variant: str):
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
     switches = {name: part in parts for part, name in _PART_SWITCHES.items()}
-    switches["compile"] |= switches["precompile"] or switches["compile_regions"]
+    switches["compile"] |= switches["precompile"]
     switches["cudnn_benchmark"] = "nobench" not in parts
     if switches["compile_vae"] and not switches["compile"]:
         raise ValueError(f"variant {variant!r}: vae needs compile (the VAE is compiled alongside the UNet)")

@@ -211,9 +211,6 @@ class SpeedSettings:
     # compiles for minutes, later starts load what it stored (precompile).
     compile: bool | None = None
     compile_vae: bool | None = None  # with compile: the VAE's encoder and decoder too (one more minute to compile)
-    # With compile: compile the UNet's and the VAE's blocks one by one, each distinct block once, rather than each
-    # model as one graph: a first start on a machine compiles for a fraction of the time (v2v.speed.regions).
-    compile_regions: bool | None = None
     # With compile: save torch.compile's compiled functions in the compile cache, so that later starts load them
     # instead of tracing the model again (v2v.speed.stored).
     precompile: bool | None = None
@@ -244,7 +241,6 @@ class SpeedSettings:
         return dataclasses.replace(
             self, compile=compile_, **follow,
             compile_vae=compile_ and (self.compile_vae if self.compile_vae is not None else True),
-            compile_regions=compile_ and bool(self.compile_regions),
             precompile=compile_ and (self.precompile if self.precompile is not None else True))
 
     @classmethod

@@ -35,8 +35,7 @@ from v2v.model.sampler import ClipSettings, restyle, takes_pairs
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, batch_invariant=False,
-                speed=SpeedSettings(compile=True, precompile=sys.argv[2] == "pre",
-                                    compile_regions=sys.argv[2] == "regions"),
+                speed=SpeedSettings(compile=True, precompile=sys.argv[2] == "pre"),
                 shared_compile_cache=sys.argv[3] or None)
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
@@ -56,9 +55,6 @@ print("RESULT " + json.dumps({"ready_s": ready_s, "start_s": actor.start_s, "rep
                               "graphs_after_start": graphs_after_start,
                               "takes_pairs": takes_pairs(actor.components.unet),
                               "graphs_at_end": counters["stats"]["unique_graphs"],
-                              "regions": sum(hasattr(m.forward, "_torchdynamo_orig_callable")
-                                             for model in (actor.components.unet, actor.components.vae)
-                                             for m in model.modules()),
                               "cache_hits": counters["inductor"]["fxgraph_cache_hit"],
                               "cache_misses": counters["inductor"]["fxgraph_cache_miss"],
                               "temporal": sorted({type(m).__name__ for m in actor.components.unet.modules()
@@ -123,22 +119,6 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     second, again, _, _ = _start_actor(tmp_path, "second", cache)
     assert second["cache_hits"] >= 1 and second["cache_misses"] == 0, second  # no kernel compiled again
     assert second["ready_s"] < first["ready_s"], (first, second)
-    torch.testing.assert_close(again, got, rtol=0, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_regionally_compiled_actor_matches_eager_compiles_each_distinct_block_once(tiny, tmp_path):
-    cache = tmp_path / "inductor"
-    first, got, short, frames = _start_actor(tmp_path, "first", cache, mode="regions")
-    # every block compiled where it sits, the blocks of one shape sharing one graph; all compiled in the
-    # constructor: the 1-clip batch (padded), the 5-frame clip (its blocks run uncompiled) and the unguided batch
-    # compiled nothing more
-    assert first["regions"] > first["graphs_after_start"] > 3, first
-    assert first["graphs_at_end"] == first["graphs_after_start"], first
-    assert first["stored"] == {}, first  # stored parts are whole graphs: none here
-    _assert_matches_eager(tiny, got, short, frames)
-    second, again, _, _ = _start_actor(tmp_path, "second", cache, mode="regions")
-    assert second["cache_hits"] >= first["graphs_after_start"] and second["cache_misses"] == 0, second
     torch.testing.assert_close(again, got, rtol=0, atol=1e-6)
 
 
@@ -223,7 +203,7 @@ def test_every_switch_that_changes_the_model_is_in_its_stored_parts_key(cache_di
     for flag in ("TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
         monkeypatch.setenv(flag, os.environ.get(flag, "1"))
     # how a part is built, stored or called, not what it computes
-    not_in_key = {"compile", "compile_vae", "precompile", "cuda_graphs", "cudnn_benchmark", "compile_regions"}
+    not_in_key = {"compile", "compile_vae", "precompile", "cuda_graphs", "cudnn_benchmark"}
     switches = [f.name for f in dataclasses.fields(SpeedSettings)]
     on = {n: True for n in switches if n not in not_in_key}
     assert len(on) >= 5

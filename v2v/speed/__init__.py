@@ -11,7 +11,6 @@ tried and dropped, are in benchmarks/RESULTS.md (decisions table).
     upsample_phases   the UNet's upsamplers as four 2x2 convolutions, one per output phase (upsample)
     shared_prefix     a guided step's two halves share the layers before the first cross-attention (shared_prefix)
     compile           torch.compile of the UNet (and the VAE: compile_vae) at one fixed shape (fixed_shapes)
-    compile_regions   compile the blocks one by one, each distinct block once, not the whole graph (regions)
     precompile        the compiled parts stored in the compile cache, loaded by later starts (stored, shared_cache)
     cuda_graphs       the compiled UNet's call replayed from a CUDA graph (cuda_graph)
 """
@@ -80,23 +79,12 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
         os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
         os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
         eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
+        unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
         tensors_fn = None  # the UNet as a function of three tensors, where it is stored or graphed (UNetCall)
         vae = components.vae
         parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if s.compile_vae else []
-        eager_parts = [p.forward for p, _ in parts]
-        if s.compile_regions:
-            from v2v.speed.regions import Uncompiled, compile_regions
-
-            # The forwards stay; the blocks inside them are compiled. Calls at other shapes run every block's
-            # original code rather than compiling it again (Uncompiled).
-            for model in (unet, *(p for p, _ in parts)):
-                compile_regions(model)
-            unet_fn, vae_fns = eager, list(eager_parts)
-            eager, eager_parts = Uncompiled(eager), [Uncompiled(f) for f in eager_parts]
-        else:
-            unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
-            vae_fns = [torch.compile(f, fullgraph=False, dynamic=False) for f in eager_parts]
-        precompile = s.precompile and not s.compile_regions  # stored parts are whole graphs
+        vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
+        precompile = s.precompile
         if precompile and not precompile_supported():
             logger.info("torch %s cannot save compiled functions (precompile): torch.compile with its kernel cache "
                         "instead, so later starts trace the model again", torch.__version__)
@@ -132,8 +120,8 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
         if tensors_fn is not None:
             unet_fn = UNetCall(tensors_fn, eager)
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
-        for (part, _), fn, plain in zip(parts, vae_fns, eager_parts):
-            part.forward = PadFrames(fn, vae_chunk, plain)
+        for (part, _), fn in zip(parts, vae_fns):
+            part.forward = PadFrames(fn, vae_chunk, part.forward)
     if shared_cache and not stored:
         logger.warning("shared compile cache %s unused: it holds stored compiled parts, and this actor stores none "
                        "(they need the speed switches compile and precompile)", shared_cache)
