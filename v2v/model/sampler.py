@@ -263,16 +263,21 @@ def guided_latents(unet, latents: torch.Tensor) -> torch.Tensor:
 
 
 def clip_timesteps(timesteps: list[torch.Tensor]) -> torch.Tensor:
-    """B clips' current timesteps (0-d tensors of their schedulers' dtype) as one (B,) CPU tensor: the UNet
+    """B clips' current timesteps (0-d tensors of their schedulers' dtype) as one (B,) tensor: the UNet
     embeds a timestep per latent, so clips at different steps share a forward. Every forward gets its
-    timesteps in this form (one per clip, never one for all), so a compiled UNet sees one input layout."""
+    timesteps in this form (one per clip, never one for all, on the latents' device: `_predict_noise`), so a
+    compiled UNet sees one input layout."""
     return torch.stack(list(timesteps))
 
 
 def _predict_noise(unet, scaled: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                    uncond: torch.Tensor | None) -> torch.Tensor:
     """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) latents at their (B,) timesteps ->
-    (2B, ...) uncond/text predictions (or (B, ...) text predictions without guidance)."""
+    (2B, ...) uncond/text predictions (or (B, ...) text predictions without guidance).
+
+    The timesteps go in on the latents' device: diffusers' UNet moves a 0-d timestep there itself but not a (B,)
+    one, whose embedding would then meet the GPU's weights on the CPU."""
+    t = t.to(scaled.device)
     if uncond is None:
         return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
     embeddings = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them

@@ -158,9 +158,10 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     x = guided_latents(unet, x.to(unet.device, unet.dtype))
     dim = components.text_encoder.config.hidden_size
     e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
-    # Timesteps exactly as the sampler passes them (one per clip, a CPU tensor of the scheduler's dtype): another
-    # layout, device or dtype would be another compiled graph.
+    # Timesteps exactly as the sampler passes them (one per clip, of the scheduler's dtype, on the model's device):
+    # another layout, device or dtype would be another compiled graph.
     t = guided_latents(unet, clip_timesteps([schedule(components.scheduler, 10, 1.0)[1][0]] * (unet_batch // 2)))
+    t = t.to(unet.device)
     vae = components.vae
     seconds = {}
     with torch.no_grad():
