@@ -344,16 +344,18 @@ def _step_inputs(c, batch: int):
     c.frames), as the sampler passes them to the UNet's forward: the latents (B, 4, F, h, w) once where the forward
     takes a guided step's pairs (`shared_prefix`), else twice (2B, ...) for the uncond and text halves; embeddings
     (2B, 77, D), uncond first. Seeded, with values exact in bf16 and fp16 so that every dtype's step starts from the
-    same numbers; the timestep as the sampler passes it (0-d CPU int64, the compiled graph's input)."""
+    same numbers; the timesteps as the sampler passes them (one per clip, int64 on the model's device, the compiled
+    graph's input)."""
     import torch
 
-    from v2v.model.sampler import guided_latents
+    from v2v.model.sampler import clip_timesteps, guided_latents
 
     g = torch.Generator().manual_seed(batch)
     h8, w8 = c.height // c.vae_scale_factor, c.width // c.vae_scale_factor
     x = torch.randn(batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
     e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
-    return guided_latents(c.unet, x.to(c.device, c.dtype)), e.to(c.device, c.dtype), torch.tensor(500)
+    t = guided_latents(c.unet, clip_timesteps([torch.tensor(500)] * batch)).to(c.device)
+    return guided_latents(c.unet, x.to(c.device, c.dtype)), e.to(c.device, c.dtype), t
 
 
 def sampler(b: Bench, ref: dict | None) -> dict | None:
