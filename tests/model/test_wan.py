@@ -70,3 +70,28 @@ def test_a_clip_in_a_batch_of_mixed_settings_equals_the_clip_alone(wan):
 def test_geometry_the_model_cannot_take_is_named(wan, shape, says):
     with pytest.raises(SamplerInputError, match=says):
         restyle(wan, torch.zeros(shape, dtype=torch.uint8), [ClipSettings("a", seed=0)])
+
+
+def test_clips_in_flight_on_wan_equal_each_clip_alone(wan):
+    """The continuous batcher over the Wan backbone: clips of different strengths, step counts, guidance (off
+    beside on) and schedulers, admitted as slots free, each end where the clip alone ends."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from v2v.model.continuous import StepBatcher, run_all
+
+    euler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    clips = [ClipSettings("ink", seed=1, strength=0.5, num_inference_steps=8, guidance_scale=5.0),
+             ClipSettings("watercolor", seed=2, strength=0.9, num_inference_steps=4, guidance_scale=1.0),
+             ClipSettings("charcoal", seed=3, strength=0.6, num_inference_steps=5, guidance_scale=9.0),
+             ClipSettings("pastel", seed=4, strength=0.8, num_inference_steps=5, guidance_scale=3.0)]
+    scheds = [None, euler, None, euler]
+    video = _video(4, seed=2)
+    batcher = StepBatcher(wan, 2)
+    out = run_all(batcher, [(i, video[i], c, s) for i, (c, s) in enumerate(zip(clips, scheds))],
+                  on_done=lambda b, clip: b.finish(clip))
+    assert batcher.forwards < sum(int(c.strength * c.num_inference_steps) for c in clips)  # forwards were shared
+    for i, (c, s) in enumerate(zip(clips, scheds)):
+        alone = restyle(wan, video[i : i + 1], [c], scheduler=s, output="latents")
+        torch.testing.assert_close(out[i], alone, rtol=0, atol=1e-5)
+    frames = batcher.backbone.decode(out[0])
+    torch.testing.assert_close(frames, restyle(wan, video[:1], clips[:1])[0], rtol=0, atol=1e-5)

@@ -27,18 +27,8 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from v2v.model.sampler import (
-    ClipSettings,
-    SamplerInputError,
-    _predict_noise,
-    _step_kwargs,
-    check_inputs,
-    clip_timesteps,
-    decode_frames,
-    encode_prompts,
-    prepare_latents,
-    schedule,
-)
+from v2v.model.backbone import backbone_for
+from v2v.model.sampler import ClipSettings, SamplerInputError, _step_kwargs, schedule
 
 
 @dataclass(eq=False)
@@ -49,9 +39,9 @@ class InFlight:
     settings: ClipSettings
     sched: Any  # its own scheduler instance (state: step index, a multistep solver's history)
     timesteps: torch.Tensor  # (S,) the steps its strength leaves
-    latents: torch.Tensor  # (1, 4, F, h, w)
-    cond: torch.Tensor  # (1, 77, D)
-    uncond: torch.Tensor | None  # (1, 77, D); None: guidance off (scale <= 1)
+    latents: torch.Tensor  # (1, C, f, h, w)
+    cond: torch.Tensor  # (1, L, D) prompt embeddings
+    uncond: torch.Tensor | None  # (1, L, D); None: guidance off (scale <= 1)
     step_kwargs: dict  # its generator (and eta) for schedulers that draw noise
     done: int = 0  # steps taken
     model_s: float = 0.0  # its share of the model's time: admission, its share of each forward it was in, decode
@@ -63,12 +53,13 @@ class InFlight:
 
     @property
     def stream(self) -> tuple:
-        """Clips that can share a forward: those of one latent shape (C, F, h, w)."""
+        """Clips that can share a forward: those of one latent shape (C, f, h, w)."""
         return tuple(self.latents.shape[1:])
 
 
 class StepBatcher:
-    """Up to `capacity` clips in flight on one model (`components`, as model.loading loads them).
+    """Up to `capacity` clips in flight on one model (`components`, as model.loading or model.wan loads them; what
+    is particular to its family is its backbone's, v2v.model.backbone).
 
     fatal(e): errors that no retry can help (a broken GPU); they propagate. Any other RuntimeError of a forward
     (torch's errors, out-of-memory among them) is retried clip by clip, inside `own_size()` (the speed layer's
@@ -82,7 +73,8 @@ class StepBatcher:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.components, self.capacity = components, capacity
-        self.clip_skip, self.vae_chunk, self.batch_invariant, self.fatal = clip_skip, vae_chunk, batch_invariant, fatal
+        self.backbone = backbone_for(components, clip_skip=clip_skip, vae_chunk=vae_chunk)
+        self.batch_invariant, self.fatal = batch_invariant, fatal
         self.own_size = own_size
         self.active: list[InFlight] = []
         self.alone = False
@@ -94,12 +86,9 @@ class StepBatcher:
         return self.capacity - len(self.active)
 
     def stream_of(self, video: torch.Tensor) -> tuple:
-        """The stream a clip would join: its latent shape (C, F, h, w), from uint8 (F, H, W, 3) frames or float
-        (C, F, h, w) latents."""
-        if video.dtype != torch.uint8:
-            return tuple(video.shape)
-        s = self.components.vae_scale_factor
-        return (self.components.unet.config.in_channels, video.shape[0], video.shape[1] // s, video.shape[2] // s)
+        """The stream a clip would join: its latent shape, from uint8 (F, H, W, 3) frames (or, for the UNet3D
+        family, float (C, F, h, w) latents)."""
+        return self.backbone.stream_of(video)
 
     def admissible(self, streams: list[tuple]) -> list[int]:
         """Which waiting clips (given by their streams, oldest first) to admit now: those of the stream in flight
@@ -121,20 +110,14 @@ class StepBatcher:
         sampler cannot run on; the clip is not admitted then."""
         if self.free <= 0:
             raise RuntimeError(f"StepBatcher.admit: all {self.capacity} slots are in use; step until one frees")
-        c = self.components
-        check_inputs(video[None], [settings], c.vae_scale_factor)
+        self.backbone.check(video, settings)
         t0, wall0 = time.perf_counter(), time.time()
-        name = settings.name or str(key)
-        guided = settings.guidance_scale > 1.0
-        cond, uncond = encode_prompts(c.tokenizer, c.text_encoder, [settings.prompt],
-                                      [settings.negative_prompt] if guided else None, self.clip_skip, [name])
-        dtype = c.unet.dtype
-        sched, timesteps = schedule(scheduler if scheduler is not None else c.scheduler,
+        sched, timesteps = schedule(scheduler if scheduler is not None else self.components.scheduler,
                                     settings.num_inference_steps, settings.strength)
         gen = torch.Generator("cpu").manual_seed(settings.seed)
-        latents = prepare_latents(c.vae, sched, video, timesteps, gen, dtype, self.vae_chunk)
-        clip = InFlight(key, settings, sched, timesteps, latents, cond.to(dtype),
-                        uncond.to(dtype) if guided else None, _step_kwargs(sched, gen, settings.eta), admitted_at=wall0)
+        latents, cond, uncond = self.backbone.admit(video, settings, sched, timesteps, gen, settings.name or str(key))
+        clip = InFlight(key, settings, sched, timesteps, latents, cond, uncond, _step_kwargs(sched, gen, settings.eta),
+                        admitted_at=wall0)
         clip.model_s = time.perf_counter() - t0
         self.active.append(clip)
         return clip
@@ -184,40 +167,29 @@ class StepBatcher:
 
     @torch.no_grad()
     def _advance(self, clips: list[InFlight]) -> None:
-        """One UNet forward for `clips` (one stream), then each clip's own scheduler step. A forward that raises
+        """One forward for `clips` (one stream), then each clip's own scheduler step. A forward that raises
         changes no clip."""
         t = [c.timesteps[c.done] for c in clips]
-        scaled = torch.cat([c.sched.scale_model_input(c.latents, ti) for c, ti in zip(clips, t)])
         if self.batch_invariant and len(clips) > 1:  # one forward per clip: its bits never depend on the others
-            eps = [self._noise([c], scaled[i : i + 1], t[i : i + 1])[0] for i, c in enumerate(clips)]
+            eps = [self._predict([c], [ti])[0] for c, ti in zip(clips, t)]
             self.forwards += len(clips)
         else:
-            eps = self._noise(clips, scaled, t)
+            eps = self._predict(clips, t)
             self.forwards += 1
         self.clip_steps += len(clips)
         for c, ti, e in zip(clips, t, eps):
-            # (1, 4, F, h, w) -> (F, 4, h, w): the scheduler sees frames as a batch of images
-            x = c.sched.step(e[0].permute(1, 0, 2, 3), ti, c.latents[0].permute(1, 0, 2, 3), **c.step_kwargs)
-            c.latents = x.prev_sample.permute(1, 0, 2, 3).unsqueeze(0).contiguous()  # as the sampler stacks them
+            c.latents = self.backbone.step(c.sched, e, ti, c.latents, c.step_kwargs)
             c.done += 1
 
-    def _noise(self, clips: list[InFlight], scaled: torch.Tensor, t: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each clip's guided noise prediction (1, 4, F, h, w) from one UNet forward over `scaled` (B, 4, F, h, w).
-        Where some clips are guided, a clip without guidance runs as the pair of itself (its text embedding in
-        both halves) and keeps the text half: one forward for all, as the compiled UNet takes pairs."""
-        unet = self.components.unet
+    def _predict(self, clips: list[InFlight], t: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each clip's guided prediction from one forward. Where some clips are guided, a clip without guidance
+        runs as the pair of itself (its text embedding in both halves) and keeps the text half: one forward for
+        all, as a compiled UNet takes pairs."""
         cond = torch.cat([c.cond for c in clips])
         guided = [c.uncond is not None for c in clips]
-        if not any(guided):
-            return list(_predict_noise(unet, scaled, clip_timesteps(t), cond, None).split(1))
-        uncond = torch.cat([c.uncond if g else c.cond for c, g in zip(clips, guided)])
-        noise_uncond, noise_text = _predict_noise(unet, scaled, clip_timesteps(t), cond, uncond).chunk(2)
-        out = []
-        for i, (c, g) in enumerate(zip(clips, guided)):
-            u, x = noise_uncond[i : i + 1], noise_text[i : i + 1]
-            scale = torch.tensor(c.settings.guidance_scale, dtype=torch.float32).to(x.device, x.dtype)
-            out.append(u + scale * (x - u) if g else x)
-        return out
+        uncond = torch.cat([c.uncond if g else c.cond for c, g in zip(clips, guided)]) if any(guided) else None
+        return self.backbone.predict([c.latents for c in clips], [c.sched for c in clips], t, cond, uncond,
+                                     [c.settings.guidance_scale for c in clips])
 
     @torch.no_grad()
     def finish(self, clip: InFlight) -> torch.Tensor:
@@ -225,7 +197,7 @@ class StepBatcher:
         if clip.remaining:
             raise SamplerInputError(f"{clip.settings.name or clip.key}: {clip.remaining} steps remain")
         t0 = time.perf_counter()
-        frames = decode_frames(self.components.vae, clip.latents, self.vae_chunk)[0]
+        frames = self.backbone.decode(clip.latents)
         clip.model_s += time.perf_counter() - t0
         return frames
 
