@@ -99,6 +99,17 @@ def test_check_model_refuses_what_no_actor_could_load(tiny, tmp_path):
         check_model("tiny", "dpm2")
 
 
+def test_the_job_refuses_a_wan_model_before_it_runs(tmp_path):
+    """Wan runs in the model layer (v2v.model.wan) but not yet in the job: said at the driver, naming the model,
+    rather than as each actor's start failing on a missing unet/."""
+    from v2v.model.loading import check_model
+    from v2v.model.tiny import tiny_wan_dir
+
+    folder = tiny_wan_dir(tmp_path)
+    with pytest.raises(ModelError, match=r"is a Wan model \(WanVideoToVideoPipeline\).*v2v.model.wan"):
+        check_model(str(folder))
+
+
 def test_job_stops_at_a_mistyped_model_before_it_runs(tmp_path):
     """Before: the path passed the driver (planned with the zeroscope geometry) and failed in every actor."""
     from v2v.config import JobConfig

@@ -105,17 +105,19 @@ def check_model(reference: str, scheduler: str | None = None) -> None:
     if scheduler is not None:
         scheduler_class_name(scheduler)
     kind, ref = model_source(reference)
-    if kind == "uri":
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(ref)
-        found = fs.exists(f"{root.rstrip('/')}/model_index.json")
-    elif kind == "folder":
-        found = (Path(ref) / "model_index.json").exists()
-    else:
+    if kind not in ("uri", "folder"):
         return  # tiny, or a hub id: resolved (or found in the cache, offline) where the actors load it
-    if not found:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(ref)
+    index = f"{root.rstrip('/')}/model_index.json"
+    if not fs.exists(index):
         raise ModelError(f"model {reference!r}: no model_index.json there; expected a folder in the diffusers layout")
+    with fs.open(index, "r") as f:
+        pipeline = json.load(f).get("_class_name", "")
+    if pipeline.startswith("Wan"):
+        raise ModelError(f"model {reference!r} is a Wan model ({pipeline}): the job runs the zeroscope / ModelScope "
+                         f"family (UNet3D) only so far; Wan runs through v2v.model.wan in Python")
 
 
 def model_version(reference: str) -> str:
