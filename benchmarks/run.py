@@ -354,7 +354,7 @@ def _step_inputs(c, batch: int):
     h8, w8 = c.height // c.vae_scale_factor, c.width // c.vae_scale_factor
     x = torch.randn(batch, c.unet.config.in_channels, c.frames, h8, w8, generator=g).bfloat16()
     e = torch.randn(2 * batch, 77, c.text_encoder.config.hidden_size, generator=g).bfloat16()
-    t = guided_latents(c.unet, clip_timesteps([torch.tensor(500)] * batch)).to(c.device)
+    t = guided_latents(c.unet, clip_timesteps([torch.tensor(500)] * batch, c.device))
     return guided_latents(c.unet, x.to(c.device, c.dtype)), e.to(c.device, c.dtype), t
 
 

@@ -59,10 +59,10 @@ class ZeroscopeBackbone:
         None where no clip is guided."""
         unet = self.c.unet
         scaled = torch.cat([s.scale_model_input(x, ti) for s, x, ti in zip(scheds, latents, t)])
+        steps = sampler.clip_timesteps(t, scaled.device)
         if uncond is None:
-            return list(sampler._predict_noise(unet, scaled, sampler.clip_timesteps(t), cond, None).split(1))
-        noise_uncond, noise_text = sampler._predict_noise(unet, scaled, sampler.clip_timesteps(t), cond,
-                                                          uncond).chunk(2)
+            return list(sampler._predict_noise(unet, scaled, steps, cond, None).split(1))
+        noise_uncond, noise_text = sampler._predict_noise(unet, scaled, steps, cond, uncond).chunk(2)
         out = []
         for i, g in enumerate(scales):
             u, x = noise_uncond[i : i + 1], noise_text[i : i + 1]

@@ -70,6 +70,11 @@ def check_inputs(video: torch.Tensor, clips: list[ClipSettings], vae_scale_facto
         raise SamplerInputError(f"video must be uint8 frames or float latents, got dtype {video.dtype}")
     if video.shape[1 if video.dtype == torch.uint8 else 2] < 1:
         raise SamplerInputError("a clip needs at least one frame")
+    check_settings(clips)
+
+
+def check_settings(clips: list[ClipSettings]) -> None:
+    """Each clip's settings, whatever the model: strength, steps, guidance, seed and prompts."""
     for i, c in enumerate(clips):
         who = c.name or f"clip {i}"
         if not isinstance(c.strength, (int, float)) or math.isnan(c.strength) or not 0 < c.strength <= 1:
@@ -262,22 +267,19 @@ def guided_latents(unet, latents: torch.Tensor) -> torch.Tensor:
     return latents if takes_pairs(unet) else torch.cat([latents, latents])
 
 
-def clip_timesteps(timesteps: list[torch.Tensor]) -> torch.Tensor:
-    """B clips' current timesteps (0-d tensors of their schedulers' dtype) as one (B,) tensor: the UNet
-    embeds a timestep per latent, so clips at different steps share a forward. Every forward gets its
-    timesteps in this form (one per clip, never one for all, on the latents' device: `_predict_noise`), so a
-    compiled UNet sees one input layout."""
-    return torch.stack(list(timesteps))
+def clip_timesteps(timesteps: list[torch.Tensor], device) -> torch.Tensor:
+    """B clips' current timesteps (0-d tensors of their schedulers' dtype) as one (B,) tensor on `device` (the
+    latents'): the UNet embeds a timestep per latent, so clips at different steps share a forward. Every forward
+    gets its timesteps in this form (one per clip, never one for all), so a compiled UNet sees one input layout.
+    On the device because diffusers' UNet moves a 0-d timestep there itself but not a (B,) one, whose embedding
+    would then meet the GPU's weights on the CPU."""
+    return torch.stack(list(timesteps)).to(device)
 
 
 def _predict_noise(unet, scaled: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                    uncond: torch.Tensor | None) -> torch.Tensor:
     """Guided-noise inputs for B clips in one UNet forward: (B, 4, F, h, w) latents at their (B,) timesteps ->
-    (2B, ...) uncond/text predictions (or (B, ...) text predictions without guidance).
-
-    The timesteps go in on the latents' device: diffusers' UNet moves a 0-d timestep there itself but not a (B,)
-    one, whose embedding would then meet the GPU's weights on the CPU."""
-    t = t.to(scaled.device)
+    (2B, ...) uncond/text predictions (or (B, ...) text predictions without guidance)."""
     if uncond is None:
         return unet(scaled, t, encoder_hidden_states=cond, return_dict=False)[0]
     embeddings = torch.cat([uncond, cond])  # (2B, 77, D): uncond first, as the reference concatenates them
@@ -303,11 +305,12 @@ def denoise(unet, scheds: list, timesteps: torch.Tensor, latents: torch.Tensor, 
     for t in timesteps:
         scaled = torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(scheds)])
         if batch_invariant:
-            preds = [_predict_noise(unet, scaled[i : i + 1], clip_timesteps([t]), cond[i : i + 1],
-                                    uncond[i : i + 1] if cfg else None) for i in range(len(scheds))]
+            one = clip_timesteps([t], latents.device)
+            preds = [_predict_noise(unet, scaled[i : i + 1], one, cond[i : i + 1], uncond[i : i + 1] if cfg else None)
+                     for i in range(len(scheds))]
             noise_pred = torch.cat([p.chunk(2)[k] for k in range(2) for p in preds]) if cfg else torch.cat(preds)
         else:
-            noise_pred = _predict_noise(unet, scaled, clip_timesteps([t] * len(scheds)), cond, uncond)
+            noise_pred = _predict_noise(unet, scaled, clip_timesteps([t] * len(scheds), latents.device), cond, uncond)
         if cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + g * (noise_text - noise_uncond)

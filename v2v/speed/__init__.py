@@ -160,8 +160,8 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
     e = torch.randn(unet_batch, components.tokenizer.model_max_length, dim, generator=g).to(unet.device, unet.dtype)
     # Timesteps exactly as the sampler passes them (one per clip, of the scheduler's dtype, on the model's device):
     # another layout, device or dtype would be another compiled graph.
-    t = guided_latents(unet, clip_timesteps([schedule(components.scheduler, 10, 1.0)[1][0]] * (unet_batch // 2)))
-    t = t.to(unet.device)
+    t = guided_latents(unet, clip_timesteps([schedule(components.scheduler, 10, 1.0)[1][0]] * (unet_batch // 2),
+                                            unet.device))
     vae = components.vae
     seconds = {}
     with torch.no_grad():
