@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from v2v.model.sampler import ClipSettings, SamplerInputError, _step_kwargs, schedule
+from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings
 
 MAX_SEQUENCE_LENGTH = 512  # the reference's default: every prompt's embeddings padded (with zeros) to this many
 
@@ -80,13 +79,7 @@ def check_inputs(c: WanComponents, video: torch.Tensor, clips: list[ClipSettings
     if h % side or w % side:
         raise SamplerInputError(f"frame size {w}x{h} (WxH) is not a multiple of {side}; resize to "
                                 f"{max(side, round(w / side) * side)}x{max(side, round(h / side) * side)}")
-    for i, s in enumerate(clips):
-        who = s.name or f"clip {i}"
-        if not 0 < s.strength <= 1 or int(s.num_inference_steps * s.strength) < 1:
-            raise SamplerInputError(f"{who}: strength {s.strength} x {s.num_inference_steps} steps leaves no "
-                                    f"denoising step (strength in (0, 1], their product at least 1)")
-        if not math.isfinite(s.guidance_scale):
-            raise SamplerInputError(f"{who}: guidance_scale must be finite, got {s.guidance_scale}")
+    check_settings(clips)
 
 
 # 2. Text ------------------------------------------------------------------------------------------------
@@ -181,39 +174,20 @@ def predict(transformer, latents: torch.Tensor, timesteps: torch.Tensor, cond: t
     return torch.cat(out).float()
 
 
-@torch.no_grad()
 def restyle(c: WanComponents, video: torch.Tensor, clips: list[ClipSettings], *, scheduler=None,
-            max_sequence_length: int = MAX_SEQUENCE_LENGTH, output: str = "frames") -> torch.Tensor:
-    """Restyle B clips, uint8 (B, F, H, W, 3), each with its own settings; clips of different step counts or
-    strengths run their own schedules side by side (each forward carries every clip still denoising).
+            output: str = "frames") -> torch.Tensor:
+    """Restyle B clips, uint8 (B, F, H, W, 3), each with its own settings, all in flight at once
+    (v2v.model.continuous over this family's backbone): clips of different step counts or strengths run their own
+    schedules side by side, each forward carrying every clip still denoising.
     output "frames": float32 (B, F, H, W, 3) in [0, 1]; "latents": the final latents (B, z, f, h, w)."""
+    from v2v.model.continuous import StepBatcher, run_all  # (it reaches this module through v2v.model.backbone)
+
     check_inputs(c, video, clips)
-    base = scheduler if scheduler is not None else c.scheduler
-    device = c.device
-    guided = [s.guidance_scale > 1.0 for s in clips]
-    cond = encode_prompts(c.tokenizer, c.text_encoder, [s.prompt for s in clips], max_sequence_length)
-    uncond = (encode_prompts(c.tokenizer, c.text_encoder, [s.negative_prompt for s in clips], max_sequence_length)
-              if any(guided) else None)
-    states = []
-    for i, s in enumerate(clips):
-        sched, timesteps = schedule(base, s.num_inference_steps, s.strength)
-        gen = torch.Generator("cpu").manual_seed(s.seed)
-        x = encode_latents(c.vae, frames_to_pixels(video[i]).to(device))
-        states.append([sched, timesteps, add_noise(sched, x, timesteps[0], gen), _step_kwargs(sched, gen, s.eta)])
-    done = [0] * len(clips)
-    while True:
-        live = [i for i, st in enumerate(states) if done[i] < len(st[1])]
-        if not live:
-            break
-        t = torch.stack([states[i][1][done[i]] for i in live])
-        x = torch.cat([states[i][2] for i in live])
-        eps = predict(c.transformer, x, t, cond[live], uncond[live] if uncond is not None else None,
-                      [clips[i].guidance_scale for i in live])
-        for k, i in enumerate(live):
-            sched, timesteps, lat, kw = states[i]
-            states[i][2] = sched.step(eps[k : k + 1], timesteps[done[i]], lat, return_dict=False, **kw)[0]
-            done[i] += 1
-    latents = torch.cat([st[2] for st in states])
+    out = run_all(StepBatcher(c, len(clips)), [(i, video[i], s, scheduler) for i, s in enumerate(clips)])
+    failed = next((v for v in out.values() if isinstance(v, BaseException)), None)
+    if failed is not None:
+        raise failed
+    latents = torch.cat([out[i] for i in range(len(clips))])
     return latents if output == "latents" else decode_frames(c.vae, latents)
 
 
