@@ -112,24 +112,20 @@ def build_tiny_components() -> dict:
 
 
 def save_components(components: dict, folder: str | Path, pipeline_class: str = "VideoToVideoSDPipeline") -> None:
-    """Write components in the diffusers folder layout (safetensors weights, model_index.json)."""
+    """Write components in the diffusers folder layout (safetensors weights, model_index.json naming each part's
+    library and class)."""
     import diffusers
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("unet", "vae", "text_encoder"):
-        components[name].save_pretrained(folder / name, safe_serialization=True)
-    components["tokenizer"].save_pretrained(folder / "tokenizer")
-    components["scheduler"].save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": pipeline_class,
-        "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", type(components["scheduler"]).__name__],
-        "text_encoder": ["transformers", type(components["text_encoder"]).__name__],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", type(components["unet"]).__name__],
-        "vae": ["diffusers", type(components["vae"]).__name__],
-    }
+    for name, part in components.items():
+        if name in ("tokenizer", "scheduler"):
+            part.save_pretrained(folder / name)
+        else:
+            part.save_pretrained(folder / name, safe_serialization=True)
+    index = {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__,
+             **{name: [type(components[name]).__module__.split(".")[0], type(components[name]).__name__]
+                for name in sorted(components)}}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -143,13 +139,17 @@ def save_tiny(components: dict, folder: str | Path) -> None:
 
 def tiny_model_dir(cache_dir: str | Path | None = None) -> Path:
     """The tiny model's folder, built on first use. Safe when several processes race to build it."""
+    return _built_once(f"tiny-v{TINY_VERSION}", lambda tmp: save_tiny(build_tiny_components(), tmp), cache_dir)
+
+
+def _built_once(name: str, build, cache_dir: str | Path | None) -> Path:
+    """The cache's folder `name`, written by build(tmp folder) on first use (model.loading.publish_folder)."""
     from v2v.model.loading import default_cache_dir, publish_folder
 
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = root / f"tiny-v{TINY_VERSION}"
+    final = (Path(cache_dir) if cache_dir else default_cache_dir()) / name
     if (final / "model_index.json").exists():
         return final
-    return publish_folder(final, lambda tmp: save_tiny(build_tiny_components(), tmp))
+    return publish_folder(final, build)
 
 
 # tiny-wan: Wan 2.1's mechanics (flow-matching transformer with RoPE, causal 3-D VAE, UMT5) at toy size.
@@ -206,28 +206,12 @@ def build_tiny_wan_components() -> dict:
 
 def save_tiny_wan(components: dict, folder: str | Path) -> None:
     """As WanVideoToVideoPipeline.save_pretrained lays a model out, plus v2v.json (its clip geometry)."""
-    import diffusers
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("transformer", "vae", "text_encoder"):
-        components[name].save_pretrained(folder / name, safe_serialization=True)
-    components["tokenizer"].save_pretrained(folder / "tokenizer")
-    components["scheduler"].save_pretrained(folder / "scheduler")
-    index = {"_class_name": "WanVideoToVideoPipeline", "_diffusers_version": diffusers.__version__,
-             **{name: [("transformers" if name in ("text_encoder", "tokenizer") else "diffusers"),
-                       type(components[name]).__name__] for name in components}}
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    (folder / "v2v.json").write_text(json.dumps({"width": TINY_WAN_SIZE, "height": TINY_WAN_SIZE,
-                                                 "frames": TINY_WAN_FRAMES}))
+    save_components(components, folder, "WanVideoToVideoPipeline")
+    (Path(folder) / "v2v.json").write_text(json.dumps({"width": TINY_WAN_SIZE, "height": TINY_WAN_SIZE,
+                                                       "frames": TINY_WAN_FRAMES}))
 
 
 def tiny_wan_dir(cache_dir: str | Path | None = None) -> Path:
     """The tiny Wan model's folder, built on first use (safe when processes race to build it)."""
-    from v2v.model.loading import default_cache_dir, publish_folder
-
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = root / f"tiny-wan-v{TINY_WAN_VERSION}"
-    if (final / "model_index.json").exists():
-        return final
-    return publish_folder(final, lambda tmp: save_tiny_wan(build_tiny_wan_components(), tmp))
+    return _built_once(f"tiny-wan-v{TINY_WAN_VERSION}", lambda tmp: save_tiny_wan(build_tiny_wan_components(), tmp),
+                       cache_dir)
