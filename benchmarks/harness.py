@@ -41,6 +41,38 @@ def random_zeroscope(folder: str, device: str = "cuda") -> None:
     (Path(folder) / "v2v.json").write_text(json.dumps({"width": 576, "height": 320, "frames": 24}))
 
 
+# What a style LoRA for a Stable Diffusion UNet adapts (kohya's and diffusers' training scripts alike): every
+# attention's projections, spatial and temporal, and the text encoder's self-attention.
+LORA_TARGETS = {"unet": (".to_q", ".to_k", ".to_v", ".to_out.0"),
+                "text_encoder": (".q_proj", ".k_proj", ".v_proj", ".out_proj")}
+
+
+def random_lora(path: str, folder: str, rank: int, seed: int = 0) -> int:
+    """Write a LoRA of `rank` with random fp16 weights for the model in `folder` (diffusers' safetensors keys, alpha
+    = rank) over LORA_TARGETS; the model is built on the meta device for its module names and shapes only.
+    Returns the number of adapted layers."""
+    import torch
+    from diffusers import UNet3DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        parts = {"unet": UNet3DConditionModel.from_config(UNet3DConditionModel.load_config(folder, subfolder="unet")),
+                 "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for component, module in parts.items():
+        for name, m in module.named_modules():
+            if isinstance(m, torch.nn.Linear) and name.endswith(LORA_TARGETS[component]):
+                out_f, in_f = m.weight.shape
+                # small enough that the merged weights stay the model's (a speed benchmark: values matter little)
+                tensors[f"{component}.{name}.lora_A.weight"] = (torch.randn(rank, in_f, generator=g) / in_f).half()
+                tensors[f"{component}.{name}.lora_B.weight"] = (torch.randn(out_f, rank, generator=g) / rank).half()
+                tensors[f"{component}.{name}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, path)
+    return len(tensors) // 3
+
+
 def unzero_temporal_layers(module) -> None:
     """diffusers starts each temporal layer's last projection/convolution at zero (an identity layer): give the
     zeroed Conv3d and Linear weights random values, so a probe of random weights times layers that do something."""

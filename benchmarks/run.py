@@ -11,6 +11,7 @@ markdown table (card, versions, command) to --results and writes every number to
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -70,9 +71,11 @@ def _args(argv=None):
     p.add_argument("--attention", action="store_true",
                    help="time each attention shape of a UNet step under every SDPA backend (fastest variant's dtype)")
     p.add_argument("--manifest-mix", default="",
-                   help="comma list of uniform|mixed: clips kept in flight by the continuous batcher, in this "
+                   help="comma list of uniform|mixed|lora: clips kept in flight by the continuous batcher, in this "
                         "process and in the Ray job (mixed: strengths 0.4-0.8, guidance 1-15, two schedulers, "
-                        "every fourth clip shorter); '' runs the job's manifest uniform and skips the batcher rows")
+                        "every fourth clip shorter; lora: uniform settings, each video one of 8 random LoRAs of "
+                        "rank 16 and 64, the Ray job only); '' runs the job's manifest uniform and skips the "
+                        "batcher rows")
     p.add_argument("--mix-clips", type=int, default=16, help="clips per --manifest-mix batcher row")
     p.add_argument("--mix-batch", type=int, default=None, help="batch size for --manifest-mix (default: fastest)")
     p.add_argument("--mix-modes", default="grouped,continuous",
@@ -253,8 +256,9 @@ def main(argv=None) -> int:
         b.info["best_sampler"] = best
         if a.attention:
             attention(b, best)
-        for mix in [m for m in a.manifest_mix.split(",") if m]:
-            continuous(b, best, mix)
+        for mix in [m for m in a.manifest_mix.split(",") if m and m != "lora"]:  # adapters: the job's only
+            if a.mix_modes:
+                continuous(b, best, mix)
         if a.startup:
             startup(b, work, best)
         if a.e2e_clips:
@@ -434,7 +438,8 @@ def _sampler_row(b: Bench, c, variant: str, batch: int, ref: dict | None, final_
     return b.record(**r)
 
 
-MIXES = ("uniform", "mixed")
+MIXES = ("uniform", "mixed", "lora")
+LORA_RANKS = (16, 64, 16, 64, 16, 64, 16, 64)  # the lora mix's 8 styles
 
 
 def mixed_settings(b: Bench, mix: str, n: int) -> list[dict]:
@@ -625,7 +630,7 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
     import pyarrow.parquet as pq
     import ray
 
-    from benchmarks.harness import GpuUtilization, actor_rates, max_unwritten
+    from benchmarks.harness import GpuUtilization, actor_rates, max_unwritten, random_lora
     from jobs.demo import make_video
     from v2v.config import JobConfig
     from v2v.job.pipeline import run_job
@@ -636,15 +641,24 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
     os.makedirs(vids, exist_ok=True)
     per_video = 4
     videos = -(-a.e2e_clips // per_video)
-    # mixed: each row its strength, guidance and scheduler, and every video's last clip a third shorter
+    # mixed: each row its strength, guidance and scheduler, and every video's last clip a third shorter;
+    # lora: video i in style i % 8, a LoRA file (the job groups clips by LoRA set: 8 switches a job per actor)
     settings = mixed_settings(b, mix, videos)
-    with open(os.path.join(vids, "manifest.csv"), "w") as f:
-        f.write("video,prompt,strength,num_inference_steps,guidance_scale,scheduler\n")
+    loras = []
+    if mix == "lora":
+        for k, rank in enumerate(LORA_RANKS):
+            loras.append(os.path.join(vids, f"style{k}-rank{rank}.safetensors"))
+            if not os.path.exists(loras[-1]):
+                random_lora(loras[-1], b.folder, rank, seed=k)
+    with open(os.path.join(vids, "manifest.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "prompt", "strength", "num_inference_steps", "guidance_scale", "scheduler", "lora"])
         for i, c in enumerate(settings):
             frames = b.frames * per_video - (b.frames // 3 if mix == "mixed" else 0)
             make_video(os.path.join(vids, f"v{i}.mp4"), frames, b.width, b.height, seed=i)
-            f.write(f"v{i}.mp4,style {i},{c['strength']},{c['num_inference_steps']},{c['guidance_scale']},"
-                    f"{c['scheduler'] or ''}\n")
+            lora = json.dumps([{"uri": loras[i % len(loras)], "scale": 0.8}]) if loras else ""
+            w.writerow([f"v{i}.mp4", f"style {i}", c["strength"], c["num_inference_steps"], c["guidance_scale"],
+                        c["scheduler"] or "", lora])
     variant, batch = _section_variant(best, b.cuda, a.e2e_variant, a.e2e_batch)
     dtype, speed = _variant_cfg(variant)
     bare = next((r["clips_per_hour"] for r in b.rows if r.get("what") == "v2v sampler"
@@ -679,8 +693,13 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
         busy = [v["busy"] for v in steady["actors"].values()]
         ok = [r for r in index if r["status"] == "ok"]
         steps_per_clip = sum(int(r["strength"] * r["num_inference_steps"]) for r in ok) / max(1, len(ok))
+        clip_steps_per_s = rate * steps_per_clip / 3600
+        uniform = next((r["clip_steps_per_s"] for r in b.rows if r.get("what") == "ray job end to end"
+                        and r.get("gpus") == gpus), None)
         b.record(what=f"ray job end to end{suffix.replace('-', ', ')}", variant=variant, batch=batch, gpus=gpus,
-                 clips=s.ok, failed=s.failed, clip_steps_per_s=rate * steps_per_clip / 3600,
+                 clips=s.ok, failed=s.failed, clip_steps_per_s=clip_steps_per_s,
+                 # a clip-step's cost against the uniform manifest's job in this run (run uniform first)
+                 cost_vs_uniform=uniform / clip_steps_per_s if uniform and mix != "uniform" else float("nan"),
                  wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
                  gpu_busy=min(busy) if busy else float("nan"),
                  # NVML's share of time a kernel ran, from the first clip out of the model to the last
@@ -707,7 +726,7 @@ def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
-            "clip_steps_per_s", "s_per_clip_step", "slot_fill",
+            "clip_steps_per_s", "s_per_clip_step", "slot_fill", "cost_vs_uniform",
             "gpu_busy", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
             "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]

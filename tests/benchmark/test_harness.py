@@ -178,3 +178,19 @@ def test_parse_smi_utilization_reads_nvidia_smi_lines():
                                  "2026/12/06 21:59:02.000, 100", "[N/A]", ""])
     t = datetime.datetime(2026, 12, 6, 21, 59, 1, 500000).timestamp()
     assert got == [(t, 97.0), (t + 0.5, 100.0)]
+
+
+def test_random_lora_adapts_every_attention_projection_and_loads_on_the_model(tiny, tmp_path):
+    from benchmarks.harness import random_lora
+    from v2v.model.adapters import load_lora
+
+    path = str(tmp_path / "style.safetensors")
+    n = random_lora(path, str(tiny.folder), rank=3, seed=1)
+    lora = load_lora(path, tiny)  # names and shapes fit the model (load_lora checks both)
+    assert len(lora.layers) == n
+    assert all(a.shape[0] == 3 and alpha == 3.0 for a, _, alpha in lora.layers.values())
+    projections = {(c, name) for c, part in (("unet", tiny.unet), ("text_encoder", tiny.text_encoder))
+                   for name, m in part.named_modules() if isinstance(m, torch.nn.Linear)
+                   and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "out_proj")}
+    assert projections and projections <= set(lora.layers)
+    assert any(".temp_attentions." in name for _, name in lora.layers)  # the temporal attentions too

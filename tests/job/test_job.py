@@ -623,12 +623,14 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_benchmark_runs_under_ray_job_submit(ray_cluster, tmp_path):
-    """The benchmark entry joins the cluster `ray job submit` names instead of starting its own."""
+    """The benchmark entry joins the cluster `ray job submit` names instead of starting its own; its LoRA manifest
+    (each video a style of its own) runs with the adapters recorded."""
     results = tmp_path / "RESULTS.md"
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", ray_cluster["dashboard"],
            "--working-dir", REPO, "--", sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--device", "cpu",
-           "--steps", "2", "--variants", "float32", "--batch-sizes", "1", "--e2e-clips", "4",
-           "--work-dir", str(tmp_path / "work"), "--results", str(results)]
+           "--steps", "2", "--variants", "float32", "--batch-sizes", "1", "--e2e-clips", "8",
+           "--manifest-mix", "uniform,lora", "--mix-modes", "",
+           "--work-dir", str(tmp_path / "work"), "--results", str(results), "--json", str(tmp_path / "bench.json")]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = results.read_text()
@@ -639,7 +641,13 @@ def test_benchmark_runs_under_ray_job_submit(ray_cluster, tmp_path):
     assert verdict.endswith("| met |") or verdict.endswith("| missed |"), verdict
     out = tmp_path / "work" / "e2e-1"
     df = pd.read_parquet(out / "index")
-    assert len(df) == 4 and (df.status == "ok").all()
+    assert len(df) == 8 and (df.status == "ok").all() and (df.adapters == "").all()
+    lora = pd.read_parquet(tmp_path / "work" / "e2e-lora-1" / "index")
+    assert len(lora) == 8 and (lora.status == "ok").all()
+    styles = {json.loads(a)["lora"][0]["uri"].rsplit("/", 1)[-1] for a in lora.adapters}
+    assert styles == {"style0-rank16.safetensors", "style1-rank64.safetensors"}  # 2 videos, 2 styles
+    rows = {x["what"]: x for x in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert rows["ray job end to end, lora"]["clips"] == 8 and rows["ray job end to end, lora"]["cost_vs_uniform"] > 0
     # it joined the test cluster instead of starting a local Ray of its own
     assert "Started a local Ray instance" not in r.stdout + r.stderr
 
