@@ -28,6 +28,7 @@ SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
     "unipc": "UniPCMultistepScheduler",
     "heun": "HeunDiscreteScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",  # flow-matching models (Wan) only
 }
 
 

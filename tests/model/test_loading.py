@@ -99,15 +99,33 @@ def test_check_model_refuses_what_no_actor_could_load(tiny, tmp_path):
         check_model("tiny", "dpm2")
 
 
-def test_the_job_refuses_a_wan_model_before_it_runs(tmp_path):
-    """Wan runs in the model layer (v2v.model.wan) but not yet in the job: said at the driver, naming the model,
-    rather than as each actor's start failing on a missing unet/."""
-    from v2v.model.loading import check_model
-    from v2v.model.tiny import tiny_wan_dir
+def test_the_model_index_picks_the_family_and_its_schedulers(tmp_path):
+    """`--model` picks the backbone from the folder's model_index.json: a Wan folder loads as WanComponents (with
+    its geometry and the job's parts), and schedulers are checked against the family at the driver."""
+    from v2v.model.loading import WAN, ZEROSCOPE, check_model, make_scheduler, model_geometry
+    from v2v.model.tiny import TINY_WAN_FRAMES, TINY_WAN_SIZE, tiny_wan_dir
+    from v2v.model.wan import WanComponents
 
     folder = tiny_wan_dir(tmp_path)
-    with pytest.raises(ModelError, match=r"is a Wan model \(WanVideoToVideoPipeline\).*v2v.model.wan"):
-        check_model(str(folder))
+    assert check_model(str(folder)) is WAN and check_model("tiny-wan", "flow-euler") is WAN
+    assert check_model("tiny", "unipc") is ZEROSCOPE
+    assert model_geometry(str(folder)) == model_geometry("tiny-wan") == (TINY_WAN_SIZE, TINY_WAN_SIZE, TINY_WAN_FRAMES)
+    (folder / "v2v.json").unlink()  # without it: the family's own, 832x480, 81 frames
+    assert model_geometry(str(folder)) == (832, 480, 81)
+    with pytest.raises(ModelError, match=r"scheduler 'ddim' \(DDIMScheduler\) cannot run a wan model .*'flow-euler'"):
+        check_model(str(folder), "ddim")
+    with pytest.raises(ModelError, match=r"scheduler 'flow-euler' .* cannot run a zeroscope model"):
+        check_model("tiny", "flow-euler")
+    c = load_components(str(folder), scheduler="flow-euler")
+    assert isinstance(c, WanComponents) and c.family is WAN and (c.width, c.height, c.frames) == (832, 480, 81)
+    assert type(c.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and c.scheduler.config.shift == 3.0
+    assert c.sha256 == model_fingerprint(folder) and c.dtype == torch.float32
+    dpm = make_scheduler(c.scheduler, "dpm")  # back to a multistep solver: flow sigmas and the shift carry over
+    assert dpm.config.use_flow_sigmas and dpm.config.flow_shift == 3.0
+    assert dpm.config.prediction_type == "flow_prediction"
+    shutil.rmtree(folder / "transformer")
+    with pytest.raises(ModelError, match=r"missing component\(s\) \['transformer'\]; a wan model needs"):
+        load_components(str(folder))
 
 
 def test_job_stops_at_a_mistyped_model_before_it_runs(tmp_path):

@@ -1,7 +1,8 @@
-"""Styles as adapters: LoRA weights for the UNet and the text encoder, and textual-inversion embeddings, per clip.
+"""Styles as adapters: LoRA weights for the denoiser and the text encoder, and textual-inversion embeddings, per clip.
 
 LoRA files are diffusers' safetensors format: `unet.<module>.lora_A.weight` (rank, in), `unet.<module>.lora_B.weight`
-(out, rank), optionally `unet.<module>.alpha` (a scalar; default: the rank), and the same under `text_encoder.`.
+(out, rank), optionally `unet.<module>.alpha` (a scalar; default: the rank), and the same under `text_encoder.`
+(and `transformer.` for Wan's transformer).
 A LoRA at `scale` changes a Linear's weight W to W + scale * alpha / rank * B @ A; several add up.
 
 Adapters are merged into the loaded model's weights in place, for the clips that use them, and the untouched
@@ -23,7 +24,7 @@ import torch
 
 from v2v.core.storage import sha256_file
 
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "transformer", "text_encoder")  # the UNet3D's, Wan's transformer's, the text encoder's
 LOADED_KEPT = 16  # adapter files kept loaded per actor, least recently used dropped first
 
 
@@ -72,7 +73,7 @@ def load_lora(path: str, components) -> Lora:
     for key, t in tensors.items():
         component, _, rest = key.partition(".")
         if component not in COMPONENTS:
-            raise AdapterError(f"{path}: key {key!r} is for neither the unet nor the text_encoder")
+            raise AdapterError(f"{path}: key {key!r} is for none of {list(COMPONENTS)}")
         for suffix, part in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".alpha", "alpha")):
             if rest.endswith(suffix):
                 parts.setdefault((component, rest[: -len(suffix)]), {})[part] = t
@@ -86,6 +87,9 @@ def load_lora(path: str, components) -> Lora:
         where = f"{path}: {component}.{name}"
         if "A" not in p or "B" not in p:
             raise AdapterError(f"{where}: needs both lora_A and lora_B")
+        if not hasattr(components, component):
+            raise AdapterError(f"{where}: a LoRA for a {component}, and this {components.family.name} model has none "
+                               f"(its denoiser is its {components.family.denoiser})")
         try:
             module = getattr(components, component).get_submodule(name)
         except AttributeError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -16,48 +17,82 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from v2v import config
 from v2v.config import SCHEDULERS
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+@dataclass(frozen=True)
+class Family:
+    """What the job knows of a model family before loading any weights: its parts, clip geometry and schedulers."""
+
+    name: str
+    denoiser: str  # the component that denoises: its folder in the model and its attribute on the components
+    native: tuple[int, int, int]  # (width, height, frames) where the folder has no v2v.json
+    frame_step: int  # clip frame counts are frame_step * k + 1 (1: any count)
+    side: int  # frame sides are multiples of this
+    flow: bool  # flow matching (schedulers: FLOW_SCHEDULERS) or noise prediction (any but FlowMatchEuler)
+    speed_layer: bool  # whether v2v.speed's switches apply (they are written for the UNet3D)
+    text: str  # its text encoder (textual-inversion embeddings are for CLIP only)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (self.denoiser, "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-# Native clip geometry (width, height, frames) of the zeroscope family; a folder may say otherwise in v2v.json.
-_ZEROSCOPE_NATIVE = (576, 320, 24)
+ZEROSCOPE = Family("zeroscope", "unet", (576, 320, 24), 1, 8, flow=False, speed_layer=True, text="CLIP")
+WAN = Family("wan", "transformer", (832, 480, 81), 4, 16, flow=True, speed_layer=False, text="UMT5")
+# Schedulers that can run a flow-matching model (the first two with flow sigmas, from the folder's config).
+FLOW_SCHEDULERS = ("UniPCMultistepScheduler", "DPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+TINY_MODELS = {"tiny": ZEROSCOPE, "tiny-wan": WAN}
+
+
+def family_of_index(index: dict) -> Family:
+    """A model's family from its model_index.json: Wan's pipelines, else the zeroscope / ModelScope UNet3D."""
+    return WAN if str(index.get("_class_name", "")).startswith("Wan") else ZEROSCOPE
 
 
 class ModelError(ValueError):
     """A model reference that cannot be resolved or loaded; the message says which and why."""
 
 
-@dataclass
-class Components:
-    unet: object
-    vae: object
-    text_encoder: object
-    tokenizer: object
-    scheduler: object
-    reference: str  # what the user asked for: "tiny", a folder, a URI or a hub id
-    folder: Path  # the local folder it was loaded from
-    width: int  # native clip geometry, the defaults for planning and decoding
-    height: int
-    frames: int
+@dataclass(kw_only=True)
+class Loaded:
+    """What a family's loaded components carry besides their modules."""
+
+    family: ClassVar[Family]
+    reference: str = ""  # what the user asked for: "tiny", a folder, a URI or a hub id
+    folder: Path | None = None  # the local folder it was loaded from
+    width: int = 0  # native clip geometry, the defaults for planning and decoding
+    height: int = 0
+    frames: int = 0
 
     @property
     def device(self):
-        return self.unet.device
+        return getattr(self, self.family.denoiser).device
 
     @property
     def dtype(self):
-        return self.unet.dtype
+        return getattr(self, self.family.denoiser).dtype
 
     @functools.cached_property
     def sha256(self) -> str:
         """model_fingerprint of the folder: which weights ran (index rows), what compiled packages are for."""
         return model_fingerprint(self.folder)
+
+
+@dataclass
+class Components(Loaded):
+    """The zeroscope / ModelScope family: UNet3D, the SD VAE, CLIP."""
+
+    family: ClassVar[Family] = ZEROSCOPE
+    unet: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler: object
 
     @property
     def vae_scale_factor(self) -> int:
@@ -70,8 +105,8 @@ def default_cache_dir() -> Path:
 
 def model_source(reference: str) -> tuple[str, str]:
     """What a model reference names, read off the string (and whether a local path exists), nothing fetched:
-    ("tiny" | "uri" | "folder" | "hub", the reference without a file:// prefix)."""
-    if reference == "tiny":
+    ("tiny" | "uri" | "folder" | "hub", the reference without a file:// prefix); "tiny" for tiny and tiny-wan."""
+    if reference in TINY_MODELS:
         return "tiny", reference
     ref = reference[len("file://") :] if reference.startswith("file://") else reference
     if "://" in ref:
@@ -80,17 +115,18 @@ def model_source(reference: str) -> tuple[str, str]:
         return "folder", ref
     if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
         return "hub", ref
-    raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', a URI (s3://...) or a hub id (org/name)")
+    raise ModelError(f"model {reference!r}: no such folder, and not 'tiny', 'tiny-wan', a URI (s3://...) or a hub id "
+                     "(org/name)")
 
 
 def resolve_model(reference: str, cache_dir: str | Path | None = None) -> Path:
     """Turn a model reference into a local diffusers folder, fetching it once if it is remote."""
-    from v2v.model.tiny import tiny_model_dir
+    from v2v.model.tiny import tiny_model_dir, tiny_wan_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     kind, ref = model_source(reference)
     if kind == "tiny":
-        return tiny_model_dir(cache)
+        return tiny_wan_dir(cache) if ref == "tiny-wan" else tiny_model_dir(cache)
     if kind == "uri":
         return _fetch_fsspec(ref, cache)
     if kind == "folder":
@@ -98,15 +134,31 @@ def resolve_model(reference: str, cache_dir: str | Path | None = None) -> Path:
     return _fetch_hub(ref, cache)
 
 
-def check_model(reference: str, scheduler: str | None = None) -> None:
+def check_model(reference: str, scheduler: str | None = None) -> Family:
     """What the driver can check of a model before anything runs, reading no weights and downloading nothing:
-    a folder (local or a URI) holds model_index.json, anything else is `tiny` or a hub id (`model_source`), and
-    the scheduler name is known. Without it a mistyped path surfaced as each actor's start failing inside Ray."""
+    a folder (local or a URI) holds model_index.json, anything else is a tiny model or a hub id (`model_source`),
+    and the scheduler fits the model's family. Returns the family. Without it a mistyped path surfaced as each
+    actor's start failing inside Ray."""
+    family = model_family(reference)
     if scheduler is not None:
-        scheduler_class_name(scheduler)
+        check_scheduler(scheduler, family)
+    return family
+
+
+def model_family(reference: str, cache_dir: str | Path | None = None) -> Family:
+    """The family of the model a reference names, from its model_index.json (fetched alone where remote); for a
+    hub id not in the cache, from its name (Wan's repositories are named Wan...)."""
     kind, ref = model_source(reference)
-    if kind not in ("uri", "folder"):
-        return  # tiny, or a hub id: resolved (or found in the cache, offline) where the actors load it
+    if kind == "tiny":
+        return TINY_MODELS[ref]
+    if kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        index = try_to_load_from_cache(ref, "model_index.json", cache_dir=str(cache / "hub"))
+        if isinstance(index, str):
+            return family_of_index(json.loads(Path(index).read_text()))
+        return WAN if re.search(r"(^|/)wan", ref, re.IGNORECASE) else ZEROSCOPE
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(ref)
@@ -114,10 +166,7 @@ def check_model(reference: str, scheduler: str | None = None) -> None:
     if not fs.exists(index):
         raise ModelError(f"model {reference!r}: no model_index.json there; expected a folder in the diffusers layout")
     with fs.open(index, "r") as f:
-        pipeline = json.load(f).get("_class_name", "")
-    if pipeline.startswith("Wan"):
-        raise ModelError(f"model {reference!r} is a Wan model ({pipeline}): the job runs the zeroscope / ModelScope "
-                         f"family (UNet3D) only so far; Wan runs through v2v.model.wan in Python")
+        return family_of_index(json.load(f))
 
 
 def model_version(reference: str) -> str:
@@ -205,6 +254,20 @@ def scheduler_class_name(name: str) -> str:
     return cls_name
 
 
+def check_scheduler(name: str, family: Family) -> str:
+    """The diffusers class a scheduler name stands for, if it can run `family`'s models. Raises ModelError."""
+    cls_name = scheduler_class_name(name)
+    if not _runs(cls_name, family):
+        fits = sorted(k for k, v in SCHEDULERS.items() if _runs(v, family))
+        raise ModelError(f"scheduler {name!r} ({cls_name}) cannot run a {family.name} model "
+                         f"({'flow matching' if family.flow else 'noise prediction'}); choose one of {fits}")
+    return cls_name
+
+
+def _runs(cls_name: str, family: Family) -> bool:
+    return cls_name in FLOW_SCHEDULERS if family.flow else cls_name != "FlowMatchEulerDiscreteScheduler"
+
+
 def scheduler_class(name: str):
     import diffusers
 
@@ -212,21 +275,33 @@ def scheduler_class(name: str):
 
 
 def make_scheduler(base_scheduler, name: str | None):
-    """The folder's scheduler, or the named one built from its config (so betas and offsets carry over)."""
+    """The folder's scheduler, or the named one built from its config (so betas, offsets and a flow model's shift
+    carry over). Raises ModelError for a scheduler that cannot run the folder's kind of model."""
     if name is None:
         return base_scheduler
-    return scheduler_class(name).from_config(base_scheduler.config)
+    cfg = dict(base_scheduler.config)
+    flow = type(base_scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" or bool(cfg.get("use_flow_sigmas"))
+    cls = scheduler_class(check_scheduler(name, WAN if flow else ZEROSCOPE))
+    if flow:  # FlowMatchEuler calls the shift `shift`; the multistep solvers `flow_shift`, with flow sigmas on
+        shift = cfg.get("flow_shift", cfg.get("shift", 1.0))
+        cfg.update(shift=shift, flow_shift=shift, use_flow_sigmas=True, prediction_type="flow_prediction")
+        takes = inspect.signature(cls.__init__).parameters
+        cfg = {k: v for k, v in cfg.items() if k in takes}
+    return cls.from_config(cfg)
 
 
-def _check_folder(folder: Path, allow_pickle: bool) -> None:
+def _check_folder(folder: Path, allow_pickle: bool) -> Family:
+    """The folder's family, once it holds every part of it with weights (safetensors unless pickles are allowed)."""
     index_file = folder / "model_index.json"
     if not index_file.exists():
         raise ModelError(f"model folder {folder}: model_index.json is missing; is this a diffusers model folder?")
     index = json.loads(index_file.read_text())
-    missing = [c for c in COMPONENTS if c not in index or not (folder / c).is_dir()]
+    family = family_of_index(index)
+    missing = [c for c in family.parts if c not in index or not (folder / c).is_dir()]
     if missing:
-        raise ModelError(f"model folder {folder}: missing component(s) {missing}; a video-to-video model needs {list(COMPONENTS)}")
-    for name in ("unet", "vae", "text_encoder"):
+        raise ModelError(f"model folder {folder}: missing component(s) {missing}; a {family.name} model needs "
+                         f"{list(family.parts)}")
+    for name in family.parts[:3]:
         sub = folder / name
         if any(sub.glob("*.safetensors")):
             continue
@@ -238,15 +313,19 @@ def _check_folder(folder: Path, allow_pickle: bool) -> None:
                 f"model folder {folder}: {name}/ has only pickled weights ({pickled[0]}); pickles can run code "
                 "when loaded. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust them"
             )
+    if family is WAN and allow_pickle:
+        raise ModelError(f"model folder {folder}: Wan models load from safetensors only (--allow-pickle is for the "
+                         "zeroscope family)")
+    return family
 
 
 def native_geometry(folder: Path) -> tuple[int, int, int]:
-    """(width, height, frames) a model was trained for: v2v.json in the folder, else by family."""
+    """(width, height, frames) a model was trained for: v2v.json in the folder, else its family's."""
     meta = folder / "v2v.json"
     if meta.exists():
         m = json.loads(meta.read_text())
         return int(m["width"]), int(m["height"]), int(m["frames"])
-    return _ZEROSCOPE_NATIVE
+    return family_of_index(json.loads((folder / "model_index.json").read_text())).native
 
 
 def load_components(
@@ -257,13 +336,17 @@ def load_components(
     allow_pickle: bool = False,
     cache_dir: str | Path | None = None,
 ) -> Components:
-    """Resolve `reference` to a local folder and load its five components on `device` in `dtype`."""
+    """Resolve `reference` to a local folder and load its five components on `device` in `dtype`: Components for
+    the zeroscope family, v2v.model.wan.WanComponents for Wan."""
     from diffusers import AutoencoderKL, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch_dtype = parse_dtype(dtype)
     folder = resolve_model(reference, cache_dir)
-    _check_folder(folder, allow_pickle)
+    if _check_folder(folder, allow_pickle) is WAN:
+        from v2v.model.wan import load_wan_components
+
+        return load_wan_components(folder, device, dtype, scheduler, reference=reference)
     safe = not allow_pickle or None  # None: prefer safetensors, fall back to a pickle
     kw = dict(torch_dtype=torch_dtype, use_safetensors=safe)
     unet = UNet3DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
@@ -334,19 +417,21 @@ def model_fingerprint(folder: Path, cache_dir: str | Path | None = None) -> str:
 
 
 def model_geometry(reference: str) -> tuple[int, int, int]:
-    """(width, height, frames) native to a model, read without loading (or fetching) its weights."""
+    """(width, height, frames) native to a model, read without loading (or fetching) its weights: its v2v.json,
+    else its family's."""
     import fsspec
 
-    from v2v.model.tiny import TINY_FRAMES, TINY_SIZE
+    from v2v.model.tiny import TINY_FRAMES, TINY_SIZE, TINY_WAN_FRAMES, TINY_WAN_SIZE
 
     kind, ref = model_source(reference)
     if kind == "tiny":
-        return TINY_SIZE, TINY_SIZE, TINY_FRAMES
+        return (TINY_WAN_SIZE, TINY_WAN_SIZE, TINY_WAN_FRAMES) if ref == "tiny-wan" else (TINY_SIZE, TINY_SIZE,
+                                                                                         TINY_FRAMES)
     if kind == "hub":
-        return _ZEROSCOPE_NATIVE  # the family's default
+        return model_family(reference).native
     try:
         with fsspec.open(ref.rstrip("/") + "/v2v.json", "r") as f:
             m = json.load(f)
         return int(m["width"]), int(m["height"]), int(m["frames"])
     except FileNotFoundError:
-        return _ZEROSCOPE_NATIVE
+        return model_family(reference).native

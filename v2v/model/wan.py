@@ -19,34 +19,24 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from v2v.model.loading import WAN, Family, Loaded
 from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings
 
 MAX_SEQUENCE_LENGTH = 512  # the reference's default: every prompt's embeddings padded (with zeros) to this many
 
 
 @dataclass
-class WanComponents:
+class WanComponents(Loaded):
+    family: ClassVar[Family] = WAN
     transformer: object
     vae: object
     text_encoder: object
     tokenizer: object
     scheduler: object
-    reference: str = ""
-    folder: Path | None = None
-    width: int = 832
-    height: int = 480
-    frames: int = 81
-
-    @property
-    def device(self):
-        return self.transformer.device
-
-    @property
-    def dtype(self):
-        return self.transformer.dtype
 
     @property
     def vae_scale_factor(self) -> int:  # spatial
@@ -212,5 +202,6 @@ def load_wan_components(folder: str | Path, device: str = "cpu", dtype: str = "f
     for m in (transformer, vae, text_encoder):
         m.to(device).eval().requires_grad_(False)
     width, height, frames = native_geometry(folder)
-    return WanComponents(transformer, vae, text_encoder, tokenizer, make_scheduler(base, scheduler),
-                         reference=reference or str(folder), folder=folder, width=width, height=height, frames=frames)
+    return WanComponents(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                         scheduler=make_scheduler(base, scheduler), reference=reference or str(folder), folder=folder,
+                         width=width, height=height, frames=frames)
