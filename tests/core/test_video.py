@@ -67,6 +67,22 @@ def test_plan_windows_stride_and_remainder(vids):
         plan_clips(p, PlanSettings(clip_frames=8, stride=0))
 
 
+def test_plan_clips_of_4k_plus_1_frames_for_a_model_that_needs_them(vids):
+    """Wan's VAE takes 4k+1 frames: a shorter last clip is cut to the next such count, the rest dropped and said."""
+    p = probe(vids["cfr"])  # 60 frames
+    plan = plan_clips(p, PlanSettings(clip_frames=21, frame_step=4))
+    assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 21), (21, 21), (42, 17)]
+    assert (plan.dropped_start, plan.dropped_frames) == (59, 1) and "4k+1 frames" in plan.notes[0]
+    plan = plan_clips(p, PlanSettings(clip_frames=25, stride=20, frame_step=4))  # overlapping: the tail once
+    assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 25), (20, 25), (40, 17)]
+    assert (plan.dropped_start, plan.dropped_frames) == (57, 3)
+    plan = plan_clips(p, PlanSettings(clip_frames=29, min_frames=2, frame_step=4))  # 2 left: cut to 1 < 2
+    assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 29), (29, 29)]
+    assert (plan.dropped_start, plan.dropped_frames) == (58, 2) and "(1 once cut to 4k+1)" in plan.notes[0]
+    with pytest.raises(PlanError, match=r"clip_frames 24: this model takes 4k\+1 frames a clip \(e.g. 21 or 25\)"):
+        plan_clips(p, PlanSettings(clip_frames=24, frame_step=4))
+
+
 def test_too_short_video_plans_nothing_and_says_so(vids):
     plan = plan_clips(probe(vids["one"]), PlanSettings(clip_frames=24))
     assert plan.clips == [] and "fewer than min_frames" in plan.notes[0]

@@ -29,6 +29,9 @@ class PlanSettings:
     # A trailing remainder of at least this many frames becomes a shorter last clip; a shorter one is
     # dropped (and reported). None = half a clip.
     min_frames: int | None = None
+    # Clips hold frame_step * k + 1 frames (Wan's VAE: 4); a shorter last clip is cut to the next such count
+    # below its remainder, the frames past it dropped (and reported). 1: any count.
+    frame_step: int = 1
 
     def validate(self) -> None:
         if self.clip_frames < 1:
@@ -43,6 +46,10 @@ class PlanSettings:
             raise PlanError(f"max_clips must be >= 1, got {self.max_clips}")
         if self.min_frames is not None and not 1 <= self.min_frames <= self.clip_frames:
             raise PlanError(f"min_frames must be in [1, clip_frames], got {self.min_frames}")
+        if self.frame_step < 1 or (self.clip_frames - 1) % self.frame_step:
+            k = (self.clip_frames - 1) // self.frame_step
+            raise PlanError(f"clip_frames {self.clip_frames}: this model takes {self.frame_step}k+1 frames a clip "
+                            f"(e.g. {k * self.frame_step + 1} or {(k + 1) * self.frame_step + 1})")
 
 
 @dataclass(frozen=True)
@@ -86,15 +93,23 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
     start = first
     while start < last:
         n = min(s.clip_frames, last - start)
-        if n < s.clip_frames and n < min_frames:
-            notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames={min_frames}")
+        short = n < s.clip_frames  # the last clip: its remainder, cut to frame_step * k + 1 frames
+        keep = n - (n - 1) % s.frame_step
+        if short and keep < min_frames:
+            cut = f" ({keep} once cut to {s.frame_step}k+1)" if keep != n else ""
+            notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames={min_frames}"
+                         + cut)
             dropped = (start, n)
             break
         if s.max_clips is not None and len(clips) == s.max_clips:
             notes.append(f"stopped at max_clips={s.max_clips}; frames from {start} on are not planned")
             break
+        if short and keep < n:
+            notes.append(f"dropped the trailing {n - keep} frame(s) from frame {start + keep}: this model takes "
+                         f"{s.frame_step}k+1 frames a clip")
+            dropped, n = (start + keep, n - keep), keep
         clips.append(ClipPlan(len(clips), start, n, fps, start / fps, (start + n) / fps))
-        if start + n >= last:
+        if short or start + n >= last:
             break
         start += stride
     if not clips and not notes:
@@ -110,11 +125,13 @@ CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "fps",
 
 
 
-def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], job_key: dict) -> list[dict]:
+def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], job_key: dict,
+              frame_step: int = 1) -> list[dict]:
     """One manifest row -> one row per planned clip (status 'planned'), plus 'skipped' rows for dropped
     remainders, or a single 'failed' row (clip_index -1) when the video cannot be read. Each row carries its
-    `work_key` (core.index.work_key over the row and `job_key`, the job's settings that change the output)."""
-    rows = _plan_rows(row, cfg, geometry)
+    `work_key` (core.index.work_key over the row and `job_key`, the job's settings that change the output).
+    frame_step: the model's (clips of frame_step * k + 1 frames)."""
+    rows = _plan_rows(row, cfg, geometry, frame_step)
     version = file_version(row["video"])
     uris = [a["uri"] for kind in ("lora", "embeddings") for a in json.loads(row.get(kind) or "[]")]
     adapter_versions = [file_version(u) for u in uris]
@@ -126,7 +143,7 @@ def plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], job_key
     return rows
 
 
-def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> list[dict]:
+def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], frame_step: int) -> list[dict]:
     width, height, frames = cfg.clip_shape(geometry)
     base = {k: row.get(k) for k in ("id", "video", "prompt", "negative_prompt", "strength", "num_inference_steps",
                                     "guidance_scale", "lora", "embeddings", "scheduler")}
@@ -138,7 +155,7 @@ def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int]) -> lis
                  "end_s": None, "seed": None, "status": "failed", "error": str(e)}]
     settings = PlanSettings(clip_frames=frames, stride=cfg.clip_stride, fps=cfg.fps,
                             start_s=row.get("start_s") or 0.0, end_s=row.get("end_s"), max_clips=cfg.max_clips,
-                            min_frames=cfg.min_frames)
+                            min_frames=cfg.min_frames, frame_step=frame_step)
     plan = plan_clips(p, settings)
     rows = []
     for c in plan.clips:
