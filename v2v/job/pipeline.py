@@ -19,7 +19,7 @@ import pyarrow as pa
 from v2v.config import ConfigError, JobConfig
 from v2v.core import index as idx
 from v2v.core.index import video_path
-from v2v.core.manifest import NORMALIZED, load_manifest
+from v2v.core.manifest import NORMALIZED, ManifestError, load_manifest
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
 from v2v.core.storage import join, url_to_fs, write_bytes_atomic
@@ -90,13 +90,13 @@ def _remove_partial_files(output: str) -> None:
             fs.rm(path)
 
 
-def _plan(manifest: pa.Table, cfg: JobConfig, geometry, key: dict) -> pa.Table:
+def _plan(manifest: pa.Table, cfg: JobConfig, geometry, key: dict, frame_step: int) -> pa.Table:
     """Probe and plan every video in Ray tasks; returns one row per planned clip (and failed/skipped rows), each
     with its work key."""
     import ray.data
 
     def plan_batch(batch: pa.Table) -> pa.Table:
-        rows = [r for row in batch.to_pylist() for r in plan_rows(row, cfg, geometry, key)]
+        rows = [r for row in batch.to_pylist() for r in plan_rows(row, cfg, geometry, key, frame_step)]
         return idx.to_table(rows).select(_PLAN_COLUMNS) if rows else _EMPTY_PLAN
 
     rows = manifest.select(list(NORMALIZED)).to_pylist()  # the manifest's own extra columns stay in the driver
@@ -152,8 +152,51 @@ def preflight(cfg: JobConfig) -> pa.Table:
     fs, path = url_to_fs(cfg.output)
     if fs.isfile(path):
         raise ConfigError(f"--output {cfg.output} is a file; give a folder (it holds clips/, videos/, index/)")
-    check_model(cfg.model, cfg.scheduler)  # raises ModelError: a mistyped path fails here, not in every actor
-    return load_manifest(cfg.manifest, cfg)
+    family = check_model(cfg.model, cfg.scheduler)  # ModelError: a mistyped path fails here, not in every actor
+    check_family_settings(cfg, family)
+    manifest = load_manifest(cfg.manifest, cfg)
+    check_family_rows(cfg.manifest, manifest, family)
+    return manifest
+
+
+def check_family_settings(cfg: JobConfig, family) -> None:
+    """The job's settings against what the model's family can run (v2v.model.loading.Family): clip geometry and
+    the text encoder's options. Raises ConfigError naming the setting."""
+    from v2v.core.plan import PlanError, PlanSettings
+    from v2v.model.loading import model_geometry
+
+    width, height, frames = cfg.clip_shape(model_geometry(cfg.model))
+    for name, side in (("width", width), ("height", height)):
+        if side % family.side:
+            fix = max(family.side, round(side / family.side) * family.side)
+            raise ConfigError(f"{name} {side}: a {family.name} model takes sides that are multiples of "
+                              f"{family.side} (e.g. {fix})")
+    try:
+        PlanSettings(clip_frames=frames, frame_step=family.frame_step).validate()
+    except PlanError as e:
+        raise ConfigError(f"clip_frames: {e}") from None
+    if cfg.clip_skip is not None and family.text != "CLIP":
+        raise ConfigError(f"clip_skip applies to CLIP text encoders; a {family.name} model's is {family.text}")
+
+
+def check_family_rows(uri: str, manifest: pa.Table, family) -> None:
+    """The manifest's rows against the model's family: their schedulers, and textual-inversion embeddings (for
+    CLIP text encoders only). Raises ManifestError naming each row by id."""
+    from v2v.model.loading import ModelError, check_scheduler
+
+    errors = []
+    for rid, scheduler, embeddings in zip(*(manifest[c].to_pylist() for c in ("id", "scheduler", "embeddings"))):
+        try:
+            if scheduler:
+                check_scheduler(scheduler, family)
+        except ModelError as e:
+            errors.append(f"id {rid!r}: {e}")
+        if embeddings and family.text != "CLIP":
+            errors.append(f"id {rid!r}: embeddings: textual inversion applies to CLIP text encoders; a "
+                          f"{family.name} model's is {family.text}")
+    if errors:
+        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
+        raise ManifestError(f"manifest {uri}: {len(errors)} problem(s) with this model; nothing was run:\n  {shown}")
 
 
 def run_job(cfg: JobConfig, log=print, live: bool = False, manifest: pa.Table | None = None) -> Summary:
@@ -219,14 +262,15 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
          live: bool = False) -> Summary:
     import ray
 
-    from v2v.model.loading import model_geometry, model_version
+    from v2v.model.loading import model_family, model_geometry, model_version
 
     extra_cols = [c for c in manifest.column_names if c not in NORMALIZED]
     geometry = model_geometry(cfg.model)
     res = resources(cfg, ray.cluster_resources(), reachable_resources())
 
     # 1. Plan every video (Ray tasks: probing reads the files), each clip with the key of its work.
-    plan = _plan(manifest, cfg, geometry, job_key(cfg, res, model_version(cfg.model)))
+    plan = _plan(manifest, cfg, geometry, job_key(cfg, res, model_version(cfg.model)),
+                 model_family(cfg.model).frame_step)
     planned_keys = list(zip(plan["id"].to_pylist(), plan["clip_index"].to_pylist()))
 
     if not cfg.dry_run:

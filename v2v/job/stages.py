@@ -119,8 +119,8 @@ class Restyle:
         # mostly host CPU work (loading, tracing, compiling or loading cached kernels).
         self.start_s: dict[str, float] = {}
         with self._phase("imports"):  # diffusers and transformers: seconds on their own, apart from the load
-            from diffusers import AutoencoderKL, UNet3DConditionModel  # noqa: F401
-            from transformers import CLIPTextModel  # noqa: F401
+            from diffusers import AutoencoderKL  # noqa: F401
+            from transformers import PreTrainedModel  # noqa: F401
         dtype = res.dtype
         if cfg.dtype == "auto" and res.device == "cuda":  # the driver assumed native bf16; this card may lack it
             dtype = auto_dtype("cuda", bf16_native=torch.cuda.is_bf16_supported(including_emulation=False))
@@ -132,10 +132,15 @@ class Restyle:
         self.adapters = Adapters(c)  # per-clip LoRAs and embeddings, merged in and out of these weights
         # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
-        with self._phase("switches"):
-            self.stored = apply_speed_settings(c, res.speed, unet_batch=unet_batch, vae_chunk=cfg.vae_chunk,
-                                               shared_cache=cfg.shared_compile_cache)
-        if res.speed.compile:  # compile (or load the stored parts) now, not inside the first batch
+        self.stored = {}
+        if not c.family.speed_layer:  # v2v.speed is written for the UNet3D: other families run without it
+            logger.info("restyle actor: the speed layer's switches are for UNet3D models; this %s model runs "
+                        "without them", c.family.name)
+        else:
+            with self._phase("switches"):
+                self.stored = apply_speed_settings(c, res.speed, unet_batch=unet_batch, vae_chunk=cfg.vae_chunk,
+                                                   shared_cache=cfg.shared_compile_cache)
+        if res.speed.compile and c.family.speed_layer:  # compile (or load the stored parts) now, not in a batch
             width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
             for part, secs in warm_up(c, unet_batch, frames, height, width).items():
                 self.start_s[f"warm_up_{part}"] = secs
@@ -215,6 +220,7 @@ class Restyle:
 
         from v2v.model.adapters import AdapterError
         from v2v.model.continuous import StepBatcher
+        from v2v.model.loading import ModelError
         from v2v.model.quality import signals
         from v2v.model.sampler import ClipSettings, SamplerInputError, to_uint8_checked
         from v2v.speed.fixed_shapes import unpadded
@@ -278,7 +284,7 @@ class Restyle:
                 except torch.cuda.OutOfMemoryError as e:
                     torch.cuda.empty_cache()
                     yield done(row, f"restyle: out of GPU memory even alone ({e})")
-                except (SamplerInputError, RuntimeError) as e:
+                except (SamplerInputError, ModelError, RuntimeError) as e:
                     if device_failed(e):
                         self._restart_or_give_up([name(row)], e)
                         yield done(row, f"restyle: the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}")
