@@ -1,6 +1,6 @@
 """The demo: generate a few sample videos and a manifest, restyle them with the embedded tiny model.
 
-    python -m jobs.demo [--output demo-out]
+    python -m jobs.demo [--output demo-out] [--model tiny-wan]
 
 Runs end to end on a laptop CPU in well under a minute: a local Ray, the real stages, the real index.
 """
@@ -79,6 +79,8 @@ PROMPTS = ["a watercolor painting of a city at dusk", "an ink sketch, high contr
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="demo-out", help="where inputs/, clips/, videos/, previews/, index/ go")
+    p.add_argument("--model", default="tiny", choices=["tiny", "tiny-wan"],
+                   help="the embedded model: tiny (the zeroscope family's mechanics) or tiny-wan (Wan 2.1's)")
     a = p.parse_args(argv)
     inputs = os.path.join(a.output, "inputs")
     os.makedirs(inputs, exist_ok=True)
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
     print(f"v2v demo: wrote {len(PROMPTS)} sample videos and {inputs}/manifest.csv")
     from jobs.restyle import main as restyle
 
-    return restyle(["--manifest", os.path.join(inputs, "manifest.csv"), "--output", a.output, "--model", "tiny",
+    return restyle(["--manifest", os.path.join(inputs, "manifest.csv"), "--output", a.output, "--model", a.model,
                     "--steps", "10", "--stitch", "--preview"])
 
 
