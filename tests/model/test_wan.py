@@ -34,14 +34,16 @@ def _reference(wan, video, clip, scheduler):
     return out[0].permute(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("which", ["unipc", "flow_euler"])
+@pytest.mark.parametrize("which", ["unipc", "flow_euler", "dpm"])
 def test_one_clip_equals_the_reference_pipeline(wan, which):
     import copy
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    sched = (copy.deepcopy(wan.scheduler) if which == "unipc"
-             else FlowMatchEulerDiscreteScheduler(shift=3.0))
+    from v2v.model.loading import make_scheduler
+
+    sched = {"unipc": copy.deepcopy(wan.scheduler), "flow_euler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+             "dpm": make_scheduler(wan.scheduler, "dpm")}[which]  # dpm: as a row's `dpm` builds it
     clip = ClipSettings("a red fox in ink", seed=3, negative_prompt="blurry", strength=0.7, num_inference_steps=6,
                         guidance_scale=5.0)
     video = _video(1)
@@ -95,3 +97,34 @@ def test_clips_in_flight_on_wan_equal_each_clip_alone(wan):
         torch.testing.assert_close(out[i], alone, rtol=0, atol=1e-5)
     frames = batcher.backbone.decode(out[0])
     torch.testing.assert_close(frames, restyle(wan, video[:1], clips[:1])[0], rtol=0, atol=1e-5)
+
+
+def test_a_lora_on_the_transformer_equals_the_reference_on_merged_weights(tmp_path):
+    """A Wan LoRA (diffusers' `transformer.` keys) merged by the job's Adapters restyles as WanVideoToVideoPipeline on
+    weights with W + scale * alpha / rank * B @ A merged in; a UNet LoRA on a Wan model is refused, naming the file."""
+    from safetensors.torch import save_file
+
+    from v2v.model.adapters import AdapterError, Adapters, LoraRef
+
+    folder = tiny_wan_dir(tmp_path / "cache")
+    c, ref = load_wan_components(folder), load_wan_components(folder)
+    g, tensors = torch.Generator().manual_seed(5), {}
+    for name in ("blocks.0.attn1.to_q", "blocks.1.attn2.to_v", "blocks.0.ffn.net.0.proj"):
+        out_f, in_f = c.transformer.get_submodule(name).weight.shape
+        a, b = torch.randn(4, in_f, generator=g) * 0.3, torch.randn(out_f, 4, generator=g) * 0.3
+        tensors.update({f"transformer.{name}.lora_A.weight": a, f"transformer.{name}.lora_B.weight": b,
+                        f"transformer.{name}.alpha": torch.tensor(2.0)})
+        with torch.no_grad():
+            ref.transformer.get_submodule(name).weight += 0.8 * 2.0 / 4 * b @ a
+    save_file(tensors, str(tmp_path / "style.safetensors"))
+    Adapters(c).use([LoraRef(str(tmp_path / "style.safetensors"), 0.8)])
+    clip = ClipSettings("a fox", seed=2, strength=0.8, num_inference_steps=4, guidance_scale=5.0)
+    video = _video(1, seed=3)
+    got = restyle(c, video, [clip])[0]
+    torch.testing.assert_close(got, _reference(ref, video[0], clip, ref.scheduler), rtol=0, atol=1e-4)
+    assert (got - restyle(load_wan_components(folder), video, [clip])[0]).abs().max() > 1e-3  # it did apply
+    save_file({"unet.down_blocks.0.proj.lora_A.weight": torch.zeros(2, 4),
+               "unet.down_blocks.0.proj.lora_B.weight": torch.zeros(4, 2)}, str(tmp_path / "unet.safetensors"))
+    with pytest.raises(AdapterError, match=r"unet.safetensors: unet.down_blocks.0.proj: a LoRA for a unet, and this "
+                                           r"wan model has none \(its denoiser is its transformer\)"):
+        Adapters(c).use([LoraRef(str(tmp_path / "unet.safetensors"))])
