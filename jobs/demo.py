@@ -88,7 +88,9 @@ def main(argv=None) -> int:
         rows = csv.writer(f)  # quotes the prompts' commas
         rows.writerow(["video", "prompt", "seed"])
         for i, prompt in enumerate(PROMPTS):
-            make_video(os.path.join(inputs, f"sample{i}.mp4"), num_frames=24, width=96, height=64, seed=i)
+            # three whole clips of the model's: 8 frames (tiny), 9 (tiny-wan: 4k+1)
+            make_video(os.path.join(inputs, f"sample{i}.mp4"), num_frames=27 if a.model == "tiny-wan" else 24,
+                       width=96, height=64, seed=i)
             rows.writerow([f"sample{i}.mp4", prompt, 1000 + i])
     print(f"v2v demo: wrote {len(PROMPTS)} sample videos and {inputs}/manifest.csv")
     from jobs.restyle import main as restyle
