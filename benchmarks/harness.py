@@ -41,6 +41,36 @@ def random_zeroscope(folder: str, device: str = "cuda") -> None:
     (Path(folder) / "v2v.json").write_text(json.dumps({"width": 576, "height": 320, "frames": 24}))
 
 
+# Wan2.1-T2V-1.3B-Diffusers' configs: its transformer, and google/umt5-xxl's encoder (the full-size text encoder);
+# the Wan VAE's defaults are Wan 2.1's.
+WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                decoder_start_token_id=0)
+
+
+def random_wan(folder: str, device: str = "cuda") -> None:
+    """Write a Wan2.1-T2V-1.3B-shaped model with random weights (bf16 safetensors; the VAE float32, as Wan keeps
+    it) and the full-size UMT5 encoder to `folder`, at its native 832x480, 81 frames (no v2v.json: the family's)."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from v2v.model.tiny import _WAN_SCHEDULER_CONFIG, save_components, tiny_t5_tokenizer
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16)
+        vae = AutoencoderKLWan()
+        text = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).to(torch.bfloat16)
+    sched = UniPCMultistepScheduler(**_WAN_SCHEDULER_CONFIG)
+    save_components({"transformer": transformer, "vae": vae, "text_encoder": text, "tokenizer": tiny_t5_tokenizer(),
+                     "scheduler": sched}, folder, "WanVideoToVideoPipeline")
+
+
 # What a style LoRA for a Stable Diffusion UNet adapts (kohya's and diffusers' training scripts alike): every
 # attention's projections, spatial and temporal, and the text encoder's self-attention.
 LORA_TARGETS = {"unet": (".to_q", ".to_k", ".to_v", ".to_out.0"),

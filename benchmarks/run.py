@@ -38,25 +38,31 @@ def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
     return variant or default[0], batch or default[1]
 
 
+RANDOM_MODELS = {"random-576w": "random_zeroscope", "random-wan": "random_wan"}
+
+
 def model_folder(model: str, work: str, device: str) -> tuple[str, float | None]:
-    """The model folder for `--model` and the seconds spent building it: `random-576w` is written once under
-    `work` (random weights, no download), anything else is resolved as the job resolves models."""
-    from benchmarks.harness import random_zeroscope
+    """The model folder for `--model` and the seconds spent building it: `random-576w` (zeroscope_v2_576w's shape)
+    and `random-wan` (Wan2.1-T2V-1.3B's, with the full-size UMT5) are written once under `work` (random weights, no
+    download), anything else is resolved as the job resolves models."""
+    from benchmarks import harness
     from v2v.model.loading import resolve_model
 
-    if model != "random-576w":
+    if model not in RANDOM_MODELS:
         return str(resolve_model(model)), None
-    folder = os.path.join(work, "random-576w")
+    folder = os.path.join(work, model)
     if os.path.exists(os.path.join(folder, "model_index.json")):
         return folder, None
     t0 = time.perf_counter()
-    random_zeroscope(folder, device)
+    getattr(harness, RANDOM_MODELS[model])(folder, device)
     return folder, time.perf_counter() - t0
 
 
 def _args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="random-576w", help="random-576w, tiny, or a model folder")
+    p.add_argument("--model", default="random-576w",
+                   help="random-576w, random-wan, tiny, tiny-wan, or a model folder (a Wan model: the wan section, "
+                        "with --reference and --batch-sizes, then the Ray job)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--strength", type=float, default=0.6)
@@ -236,6 +242,7 @@ def main(argv=None) -> int:
         return _actor(*argv[1:])
 
     from benchmarks.harness import matmul_tflops
+    from v2v.model.loading import WAN, model_family
 
     a = _args(argv)
     work = a.work_dir or tempfile.mkdtemp(prefix="v2v-bench-")
@@ -249,6 +256,11 @@ def main(argv=None) -> int:
         b.record(what="bf16 matmul 8192^3", tflops=b.info["bf16_matmul_tflops"])
     # A run lasts many GPU minutes: when a section fails, the table still reports what came before it.
     try:
+        if model_family(folder) is WAN:  # its own section; the UNet3D's speed variants do not apply
+            wan(b)
+            if a.e2e_clips:
+                ray_job(b, work, None)
+            return 0
         if a.reference:
             reference(b)
         ref = quality_reference(b) if a.quality else None
@@ -293,6 +305,67 @@ def reference(b: Bench) -> None:
              peak_gib=b.peak_gib())
     b.info["reference_s_per_clip"] = s
     b.info["reference_peak_gib"] = b.peak_gib()
+
+
+def wan(b: Bench) -> None:
+    """A Wan model: with --reference, diffusers' WanVideoToVideoPipeline (one clip a call: it cannot batch clips of
+    their own settings); then v2v's wan.restyle at each --batch-sizes, clips in flight sharing each transformer
+    forward. Both in bf16 on GPUs (the VAE in float32, as Wan keeps it), float32 on CPUs: s per clip, peak memory;
+    for v2v also one guided transformer step's time and TFLOP/s, and one prompt's text encoding (the UMT5 on the
+    actor's GPU)."""
+    import copy
+
+    import torch
+    from diffusers import WanVideoToVideoPipeline
+    from PIL import Image
+
+    from benchmarks.harness import cuda_seconds_per_call, timed, unet_step_flops
+    from v2v.model import wan as wan_model
+    from v2v.model.loading import load_components
+    from v2v.model.sampler import ClipSettings
+
+    dtype = "bfloat16" if b.cuda else "float32"
+    c = load_components(b.folder, device=b.a.device, dtype=dtype)
+    batches = [int(x) for x in b.a.batch_sizes.split(",")]
+    video, prompt = b.video(max(batches)), "a watercolor painting"
+    seconds = (lambda fn: cuda_seconds_per_call(fn, repeat=3)) if b.cuda else (lambda fn: timed(fn, repeat=1)[0])
+    if b.a.reference:
+        pipe = WanVideoToVideoPipeline(tokenizer=c.tokenizer, text_encoder=c.text_encoder, transformer=c.transformer,
+                                       vae=c.vae, scheduler=copy.deepcopy(c.scheduler))
+        pipe.set_progress_bar_config(disable=True)
+        frames = [Image.fromarray(f) for f in video[0].numpy()]
+        b.mem_reset()
+        s, _ = timed(lambda: pipe(video=frames, prompt=prompt, height=b.height, width=b.width, output_type="np",
+                                  generator=torch.Generator().manual_seed(0), **b.clip), repeat=b.a.repeat)
+        b.record(what="wan reference pipeline", variant=dtype, batch=1, s_per_clip=s, clips_per_hour=3600 / s,
+                 peak_gib=b.peak_gib())
+        b.info["reference_s_per_clip"] = s
+        del pipe
+    steps = int(b.a.strength * b.a.steps)
+    text_s = seconds(lambda: wan_model.encode_prompts(c.tokenizer, c.text_encoder, [prompt]))
+    for batch in batches:
+        clips = [ClipSettings(prompt, seed=i, **b.clip) for i in range(batch)]
+        b.mem_reset()
+        s, _ = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=b.a.repeat)
+        peak = b.peak_gib()
+        # one guided step of `batch` clips: the text and negative halves in one forward of 2 * batch latents
+        f = (b.frames - 1) // c.vae_scale_factor_temporal + 1
+        x = torch.randn(2 * batch, c.transformer.config.in_channels, f, b.height // c.vae_scale_factor,
+                        b.width // c.vae_scale_factor, device=c.device, dtype=c.dtype)
+        t = torch.full((2 * batch,), 500.0, device=c.device)
+        e = torch.randn(2 * batch, wan_model.MAX_SEQUENCE_LENGTH, c.transformer.config.text_dim, device=c.device,
+                        dtype=c.dtype)
+        with torch.no_grad():
+            step_s = seconds(lambda: c.transformer(x, t, encoder_hidden_states=e, return_dict=False))
+            flops = unet_step_flops(c.transformer, x, t, e)
+        ref = b.info.get("reference_s_per_clip")
+        b.record(what="wan v2v", variant=dtype, batch=batch, s_per_clip=s / batch, clips_per_hour=3600 * batch / s,
+                 speedup_vs_reference=ref / (s / batch) if ref else float("nan"), step_s=step_s,
+                 tflops=flops / step_s / 1e12, peak_gib=peak, peak_gib_per_clip=peak / batch,
+                 note=f"{steps} steps a clip; one prompt's text encoding {text_s * 1e3:.0f} ms")
+    c = None
+    if b.cuda:
+        torch.cuda.empty_cache()
 
 
 def quality_reference(b: Bench) -> dict:

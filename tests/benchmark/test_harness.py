@@ -194,3 +194,17 @@ def test_random_lora_adapts_every_attention_projection_and_loads_on_the_model(ti
                    and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "out_proj")}
     assert projections and projections <= set(lora.layers)
     assert any(".temp_attentions." in name for _, name in lora.layers)  # the temporal attentions too
+
+
+def test_random_wan_has_the_size_of_wan_2_1_t2v_1_3b():
+    """The benchmark's random Wan is Wan2.1-T2V-1.3B's shape: a 1.42B-parameter transformer, the 5.68B UMT5-XXL
+    encoder and the 127M Wan VAE (built on the meta device: shapes only)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from benchmarks.harness import UMT5_XXL, WAN_1_3B
+
+    with torch.device("meta"):
+        parts = [WanTransformer3DModel(**WAN_1_3B), UMT5EncoderModel(UMT5Config(**UMT5_XXL)), AutoencoderKLWan()]
+    sizes = [round(sum(p.numel() for p in m.parameters()) / 1e6) for m in parts]
+    assert sizes == [1419, 5681, 127]
