@@ -102,13 +102,14 @@ def test_check_model_refuses_what_no_actor_could_load(tiny, tmp_path):
 def test_the_model_index_picks_the_family_and_its_schedulers(tmp_path):
     """`--model` picks the backbone from the folder's model_index.json: a Wan folder loads as WanComponents (with
     its geometry and the job's parts), and schedulers are checked against the family at the driver."""
-    from v2v.model.loading import WAN, ZEROSCOPE, check_model, make_scheduler, model_geometry
+    from v2v.model.loading import WAN, ZEROSCOPE, check_model, make_scheduler, model_geometry, model_version
     from v2v.model.tiny import TINY_WAN_FRAMES, TINY_WAN_SIZE, tiny_wan_dir
     from v2v.model.wan import WanComponents
 
     folder = tiny_wan_dir(tmp_path)
     assert check_model(str(folder)) is WAN and check_model("tiny-wan", "flow-euler") is WAN
     assert check_model("tiny", "unipc") is ZEROSCOPE
+    assert model_version("tiny-wan") != model_version("tiny")  # a rebuilt tiny-wan renders its clips again
     assert model_geometry(str(folder)) == model_geometry("tiny-wan") == (TINY_WAN_SIZE, TINY_WAN_SIZE, TINY_WAN_FRAMES)
     (folder / "v2v.json").unlink()  # without it: the family's own, 832x480, 81 frames
     assert model_geometry(str(folder)) == (832, 480, 81)

@@ -174,11 +174,11 @@ def model_version(reference: str) -> str:
     file's relative path, size and modification time (etag on object stores); `tiny`, its build's version; a hub
     id, the id (its snapshot is whatever the hub cache holds). A model replaced at the same place is another one."""
     from v2v.core.storage import info_version, url_to_fs
-    from v2v.model.tiny import TINY_VERSION
+    from v2v.model.tiny import TINY_VERSION, TINY_WAN_VERSION
 
     kind, ref = model_source(reference)
     if kind == "tiny":
-        return f"tiny-v{TINY_VERSION}"
+        return f"tiny-wan-v{TINY_WAN_VERSION}" if ref == "tiny-wan" else f"tiny-v{TINY_VERSION}"
     if kind == "hub":
         return ref
     fs, root = url_to_fs(ref)
