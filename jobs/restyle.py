@@ -26,7 +26,8 @@ SPEED_SWITCHES = [f.name for f in dataclasses.fields(SpeedSettings)]
 HELP = {
     "manifest": "manifest URI: Parquet, CSV or JSON Lines file, folder or glob (local, s3://, gs://, ...)",
     "output": "output root URI (clips/, videos/, index/, job.json)",
-    "model": "'tiny' (embedded), a diffusers folder, an fsspec URI of one, or a hub id",
+    "model": "'tiny' or 'tiny-wan' (embedded), a diffusers folder (zeroscope / ModelScope or Wan 2.1, read off its "
+             "model_index.json), an fsspec URI of one, or a hub id",
     "prompt": "default prompt for rows without one (default: none: every row needs a prompt)",
     "negative_prompt": "default negative prompt",
     "strength": "default strength in (0, 1]: how far from the input the result may move",
@@ -34,7 +35,8 @@ HELP = {
     "guidance_scale": "default classifier-free guidance scale (<= 1 turns it off)",
     "seed": "job seed: rows without a seed get a stable hash of (seed, id, clip index)",
     "eta": "DDIM eta (noise in each step); other schedulers ignore it",
-    "scheduler": "ddim, dpm, euler, euler_a, pndm, lms, unipc or heun (default: the model's own)",
+    "scheduler": "ddim, dpm, euler, euler_a, pndm, lms, unipc or heun; a Wan model: unipc, dpm or flow-euler "
+                 "(default: the model's own)",
     "clip_skip": "skip the last N CLIP layers for the prompt (default: none skipped)",
     "lora": "LoRA files for rows without a `lora` column value, as JSON: '[{\"uri\": \"s3://b/ink.safetensors\", "
             "\"scale\": 0.8}]' (default: none)",
