@@ -24,8 +24,8 @@ def test_help_shows_real_defaults_in_groups():
     text = build_parser().format_help()
     assert "(default: None)" not in text and text.count("(default:") >= 30
     flat = " ".join(text.split())  # argparse wraps the help text
-    for setting in ["--model URI 'tiny' (embedded), a diffusers folder, an fsspec URI of one, or a hub id "
-                    "(default: tiny)", "(default: 40)", "(default: 0.6)", "(default: 15.0)", "(default: h264)",
+    for setting in ["--model URI 'tiny' or 'tiny-wan' (embedded), a diffusers folder (zeroscope / ModelScope or "
+                    "Wan 2.1, read off its model_index.json), an fsspec URI of one, or a hub id (default: tiny)", "(default: 40)", "(default: 0.6)", "(default: 15.0)", "(default: h264)",
                     "(default: cover)", "--max-failures X failed clips allowed before the exit code is 1: a count, "
                     "or a fraction when < 1 (default: 0)", "auto: cuda when the cluster has GPUs"]:
         assert setting in flat, setting
