@@ -309,10 +309,10 @@ def reference(b: Bench) -> None:
 
 def wan(b: Bench) -> None:
     """A Wan model: with --reference, diffusers' WanVideoToVideoPipeline (one clip a call: it cannot batch clips of
-    their own settings); then v2v's wan.restyle at each --batch-sizes, clips in flight sharing each transformer
-    forward. Both in bf16 on GPUs (the VAE in float32, as Wan keeps it), float32 on CPUs: s per clip, peak memory;
-    for v2v also one guided transformer step's time and TFLOP/s, and one prompt's text encoding (the UMT5 on the
-    actor's GPU)."""
+    their own settings; bf16 on GPUs, the VAE in float32 as Wan keeps it); then v2v's wan.restyle per --variants
+    (a transformer takes `compile` of the speed switches) and --batch-sizes, clips in flight sharing each
+    transformer forward: s per clip, peak memory, one guided transformer step's time and TFLOP/s, and one prompt's
+    text encoding (the UMT5 on the actor's GPU)."""
     import copy
 
     import torch
@@ -323,13 +323,14 @@ def wan(b: Bench) -> None:
     from v2v.model import wan as wan_model
     from v2v.model.loading import load_components
     from v2v.model.sampler import ClipSettings
+    from v2v.speed import apply_speed_settings
 
-    dtype = "bfloat16" if b.cuda else "float32"
-    c = load_components(b.folder, device=b.a.device, dtype=dtype)
     batches = [int(x) for x in b.a.batch_sizes.split(",")]
     video, prompt = b.video(max(batches)), "a watercolor painting"
     seconds = (lambda fn: cuda_seconds_per_call(fn, repeat=3)) if b.cuda else (lambda fn: timed(fn, repeat=1)[0])
     if b.a.reference:
+        dtype = "bfloat16" if b.cuda else "float32"
+        c = load_components(b.folder, device=b.a.device, dtype=dtype)
         pipe = WanVideoToVideoPipeline(tokenizer=c.tokenizer, text_encoder=c.text_encoder, transformer=c.transformer,
                                        vae=c.vae, scheduler=copy.deepcopy(c.scheduler))
         pipe.set_progress_bar_config(disable=True)
@@ -340,32 +341,36 @@ def wan(b: Bench) -> None:
         b.record(what="wan reference pipeline", variant=dtype, batch=1, s_per_clip=s, clips_per_hour=3600 / s,
                  peak_gib=b.peak_gib())
         b.info["reference_s_per_clip"] = s
-        del pipe
+        pipe = c = None
     steps = int(b.a.strength * b.a.steps)
-    text_s = seconds(lambda: wan_model.encode_prompts(c.tokenizer, c.text_encoder, [prompt]))
-    for batch in batches:
-        clips = [ClipSettings(prompt, seed=i, **b.clip) for i in range(batch)]
-        b.mem_reset()
-        s, _ = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=b.a.repeat)
-        peak = b.peak_gib()
-        # one guided step of `batch` clips: the text and negative halves in one forward of 2 * batch latents
-        f = (b.frames - 1) // c.vae_scale_factor_temporal + 1
-        x = torch.randn(2 * batch, c.transformer.config.in_channels, f, b.height // c.vae_scale_factor,
-                        b.width // c.vae_scale_factor, device=c.device, dtype=c.dtype)
-        t = torch.full((2 * batch,), 500.0, device=c.device)
-        e = torch.randn(2 * batch, wan_model.MAX_SEQUENCE_LENGTH, c.transformer.config.text_dim, device=c.device,
-                        dtype=c.dtype)
-        with torch.no_grad():
-            step_s = seconds(lambda: c.transformer(x, t, encoder_hidden_states=e, return_dict=False))
-            flops = unet_step_flops(c.transformer, x, t, e)
-        ref = b.info.get("reference_s_per_clip")
-        b.record(what="wan v2v", variant=dtype, batch=batch, s_per_clip=s / batch, clips_per_hour=3600 * batch / s,
-                 speedup_vs_reference=ref / (s / batch) if ref else float("nan"), step_s=step_s,
-                 tflops=flops / step_s / 1e12, peak_gib=peak, peak_gib_per_clip=peak / batch,
-                 note=f"{steps} steps a clip; one prompt's text encoding {text_s * 1e3:.0f} ms")
-    c = None
-    if b.cuda:
-        torch.cuda.empty_cache()
+    for variant in [v for v in b.a.variants.split(",") if v]:
+        dtype, speed = _variant_cfg(variant)
+        for batch in batches:
+            c = load_components(b.folder, device=b.a.device, dtype=dtype)
+            apply_speed_settings(c, speed, unet_batch=2 * batch)  # 2 rows a guided clip: text and negative
+            clips = [ClipSettings(prompt, seed=i, **b.clip) for i in range(batch)]
+            b.mem_reset()
+            s, _ = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=b.a.repeat)  # warm-up compiles
+            peak = b.peak_gib()
+            # one guided step of `batch` clips: the text and negative halves in one forward of 2 * batch latents
+            f = (b.frames - 1) // c.vae_scale_factor_temporal + 1
+            x = torch.randn(2 * batch, c.transformer.config.in_channels, f, b.height // c.vae_scale_factor,
+                            b.width // c.vae_scale_factor, device=c.device, dtype=c.dtype)
+            t = torch.full((2 * batch,), 500.0, device=c.device)
+            e = torch.randn(2 * batch, wan_model.MAX_SEQUENCE_LENGTH, c.transformer.config.text_dim,
+                            device=c.device, dtype=c.dtype)
+            with torch.no_grad():
+                step_s = seconds(lambda: c.transformer(x, t, encoder_hidden_states=e, return_dict=False))
+                flops = unet_step_flops(getattr(c.transformer.forward, "eager", c.transformer), x, t, e)
+                text_s = seconds(lambda: wan_model.encode_prompts(c.tokenizer, c.text_encoder, [prompt]))
+            ref = b.info.get("reference_s_per_clip")
+            b.record(what="wan v2v", variant=variant, batch=batch, s_per_clip=s / batch,
+                     clips_per_hour=3600 * batch / s, speedup_vs_reference=ref / (s / batch) if ref else float("nan"),
+                     step_s=step_s, tflops=flops / step_s / 1e12, peak_gib=peak, peak_gib_per_clip=peak / batch,
+                     note=f"{steps} steps a clip; one prompt's text encoding {text_s * 1e3:.0f} ms")
+            c = None
+            if b.cuda:
+                torch.cuda.empty_cache()
 
 
 def quality_reference(b: Bench) -> dict:

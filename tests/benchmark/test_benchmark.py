@@ -110,17 +110,19 @@ def test_a_failing_section_still_reports_what_came_before(tmp_path):
 
 
 def test_benchmark_wan_section_on_cpu(tmp_path):
-    """A Wan model runs the wan section: the reference pipeline, then v2v per batch size against it."""
+    """A Wan model runs the wan section: the reference pipeline, then v2v per variant (eager, compiled) and batch
+    size against it."""
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "tiny-wan", "--device", "cpu", "--steps",
-                        "4", "--batch-sizes", "1,2", "--reference", "--work-dir", str(tmp_path / "work"), "--json",
-                        str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                        "4", "--batch-sizes", "1,2", "--variants", "float32,float32+compile", "--reference", "--work-dir",
+                        str(tmp_path / "work"), "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": REPO})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [x["what"] for x in rows] == ["wan reference pipeline", "wan v2v", "wan v2v"]
+    assert [x["what"] for x in rows] == ["wan reference pipeline"] + ["wan v2v"] * 4
     ref, *ours = rows
-    assert ref["s_per_clip"] > 0 and [x["batch"] for x in ours] == [1, 2]
+    assert ref["s_per_clip"] > 0 and [(x["variant"], x["batch"]) for x in ours] == [
+        ("float32", 1), ("float32", 2), ("float32+compile", 1), ("float32+compile", 2)]
     for x in ours:
         assert x["speedup_vs_reference"] == ref["s_per_clip"] / x["s_per_clip"] and x["tflops"] > 0
         assert x["step_s"] > 0 and "2 steps a clip" in x["note"]

@@ -130,20 +130,15 @@ class Restyle:
         from v2v.model.adapters import Adapters
 
         self.adapters = Adapters(c)  # per-clip LoRAs and embeddings, merged in and out of these weights
-        # Latents per UNet forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
+        # Latents per denoiser forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
-        self.stored = {}
-        if c.family.speed_layer:
-            with self._phase("switches"):
-                self.stored = apply_speed_settings(c, res.speed, unet_batch=unet_batch, vae_chunk=cfg.vae_chunk,
-                                                   shared_cache=cfg.shared_compile_cache)
-            if res.speed.compile:  # compile (or load the stored parts) now, not inside the first batch
-                width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
-                for part, secs in warm_up(c, unet_batch, frames, height, width).items():
-                    self.start_s[f"warm_up_{part}"] = secs
-        else:  # v2v.speed is written for the UNet3D: other families run without it
-            logger.info("restyle actor: the speed layer's switches are for UNet3D models; this %s model runs "
-                        "without them", c.family.name)
+        with self._phase("switches"):
+            self.stored = apply_speed_settings(c, res.speed, unet_batch=unet_batch, vae_chunk=cfg.vae_chunk,
+                                               shared_cache=cfg.shared_compile_cache)
+        if res.speed.compile:  # compile (or load the stored parts) now, not inside the first batch
+            width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
+            for part, secs in warm_up(c, unet_batch, frames, height, width).items():
+                self.start_s[f"warm_up_{part}"] = secs
         with self._phase("fingerprint"):  # cached on disk; already taken where stored compiled parts are keyed by it
             self.model_sha256 = c.sha256
         logger.info("restyle actor ready: %s", self.start_report())

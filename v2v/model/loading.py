@@ -34,7 +34,6 @@ class Family:
     frame_step: int  # clip frame counts are frame_step * k + 1 (1: any count)
     side: int  # frame sides are multiples of this
     flow: bool  # flow matching (schedulers: FLOW_SCHEDULERS) or noise prediction (any but FlowMatchEuler)
-    speed_layer: bool  # whether v2v.speed's switches apply (they are written for the UNet3D)
     text: str  # its text encoder (textual-inversion embeddings are for CLIP only)
 
     @property
@@ -42,8 +41,8 @@ class Family:
         return (self.denoiser, "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-ZEROSCOPE = Family("zeroscope", "unet", (576, 320, 24), 1, 8, flow=False, speed_layer=True, text="CLIP")
-WAN = Family("wan", "transformer", (832, 480, 81), 4, 16, flow=True, speed_layer=False, text="UMT5")
+ZEROSCOPE = Family("zeroscope", "unet", (576, 320, 24), 1, 8, flow=False, text="CLIP")
+WAN = Family("wan", "transformer", (832, 480, 81), 4, 16, flow=True, text="UMT5")
 # Schedulers that can run a flow-matching model (the first two with flow sigmas, from the folder's config).
 FLOW_SCHEDULERS = ("UniPCMultistepScheduler", "DPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 TINY_MODELS = {"tiny": ZEROSCOPE, "tiny-wan": WAN}

@@ -150,12 +150,14 @@ def predict(transformer, latents: torch.Tensor, timesteps: torch.Tensor, cond: t
     A clip whose scale is <= 1 keeps its text prediction (its uncond row, if any, is not used)."""
     dtype = transformer.dtype
     x = latents.to(dtype)
-    t = timesteps.to(latents.device)
+    # float32 whatever the scheduler's (int64 for some): the same values (the time embedding computes in float32),
+    # and one compiled graph for every scheduler
+    t = timesteps.to(latents.device, torch.float32)
+    # (latents, timesteps) positional, as the speed layer's fixed-batch call takes them
     if uncond is None:
-        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond.to(dtype),
-                           return_dict=False)[0].float()
-    both = transformer(hidden_states=torch.cat([x, x]), timestep=torch.cat([t, t]),
-                       encoder_hidden_states=torch.cat([cond, uncond]).to(dtype), return_dict=False)[0]
+        return transformer(x, t, encoder_hidden_states=cond.to(dtype), return_dict=False)[0].float()
+    both = transformer(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([cond, uncond]).to(dtype),
+                       return_dict=False)[0]
     text, plain = both.chunk(2)
     out = []
     for i, g in enumerate(scales):

@@ -13,10 +13,14 @@ tried and dropped, are in benchmarks/RESULTS.md (decisions table).
     compile           torch.compile of the UNet (and the VAE: compile_vae) at one fixed shape (fixed_shapes)
     precompile        the compiled parts stored in the compile cache, loaded by later starts (stored, shared_cache)
     cuda_graphs       the compiled UNet's call replayed from a CUDA graph (cuda_graph)
+
+A transformer denoiser (Wan's) takes `compile` alone so far (TRANSFORMER_SWITCHES); the others are written for the
+UNet3D and are left off for it, said once in the log.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -24,6 +28,8 @@ from v2v.config import SpeedSettings
 from v2v.speed.fixed_shapes import FixedBatch, PadFrames, UNetCall
 
 logger = logging.getLogger(__name__)
+
+TRANSFORMER_SWITCHES = ("compile", "cudnn_benchmark")  # what applies to a transformer denoiser (Wan's)
 
 
 def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | None = None, vae_chunk: int = 8,
@@ -42,12 +48,15 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
     import torch
 
     s = speed.resolved(components.device.type)
-    unet = components.unet
     stored: dict = {}
     # Process-wide flags that only act on CUDA kernels (set on CPU actors too, where they change nothing).
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = s.cudnn_benchmark
+    if components.family.denoiser != "unet":
+        _transformer_speed(components, s, unet_batch)
+        return stored
+    unet = components.unet
     if s.temporal_layers:
         from v2v.speed.temporal import swap_temporal_layers
 
@@ -70,14 +79,7 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
 
         unet.forward = PairsForward(unet)
     if s.compile:
-        # A persistent cache: an actor's second start reuses compiled kernels instead of recompiling. Set
-        # outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks.
-        from v2v.model.loading import default_cache_dir
-
-        cache = os.environ.get("V2V_COMPILE_CACHE") or str(default_cache_dir() / "inductor")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-        os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+        cache = _kernel_cache()
         eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
         unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
         tensors_fn = None  # the UNet as a function of three tensors, where it is stored or graphed (UNetCall)
@@ -128,6 +130,35 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
     return stored
 
 
+def _kernel_cache() -> str:
+    """A persistent cache for torch.compile's kernels: an actor's second start reuses them instead of recompiling.
+    Set outright: torch writes its own /tmp default into TORCHINDUCTOR_CACHE_DIR the first time it asks."""
+    from v2v.model.loading import default_cache_dir
+
+    cache = os.environ.get("V2V_COMPILE_CACHE") or str(default_cache_dir() / "inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return cache
+
+
+def _transformer_speed(components, s: SpeedSettings, batch: int | None) -> None:
+    """A transformer denoiser (Wan's): torch.compile of its forward at one fixed batch (FixedBatch: `batch` rows, a
+    guided step's text and negative halves; other clip shapes, and clips retried alone, run eager). The UNet3D's
+    switches are left off, and the log says which were asked for."""
+    import torch
+
+    asked = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is True and f.name not in TRANSFORMER_SWITCHES]
+    if asked:
+        logger.info("speed switches %s are written for UNet3D models; this %s model runs without them", asked,
+                    components.family.name)
+    if s.compile:
+        _kernel_cache()
+        model = getattr(components, components.family.denoiser)
+        eager = model.forward
+        model.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), batch, eager)
+
+
 def precompile_supported() -> bool:
     """Whether this torch can save torch.compile's compiled functions and load them (2.11 and 2.13 can)."""
     import torch
@@ -145,6 +176,8 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
 
     from v2v.model.sampler import clip_timesteps, guided_latents, schedule
 
+    if components.family.denoiser != "unet":
+        return _warm_up_transformer(components, unet_batch, frames, height, width)
     unet = components.unet
 
     def sync():  # so each part's time is its own, not queued GPU work of the one before
@@ -178,6 +211,34 @@ def warm_up(components, unet_batch: int, frames: int, height: int, width: int) -
                 sync()
                 seconds[name] = time.perf_counter() - t0
     return seconds
+
+
+def _warm_up_transformer(components, batch: int, frames: int, height: int, width: int) -> dict[str, float]:
+    """One transformer forward at the working shape where it is compiled: `batch` rows of latents (frames 4k+1 ->
+    k+1 latent frames), the text encoder's padded embeddings, timesteps as the batcher passes them."""
+    import time
+
+    import torch
+
+    from v2v.model.sampler import clip_timesteps, schedule
+    from v2v.model.wan import MAX_SEQUENCE_LENGTH
+
+    model = getattr(components, components.family.denoiser)
+    if not isinstance(model.forward, FixedBatch):
+        return {}
+    g = torch.Generator("cpu").manual_seed(0)
+    f = (frames - 1) // components.vae_scale_factor_temporal + 1
+    s = components.vae_scale_factor
+    x = torch.randn(batch, model.config.in_channels, f, height // s, width // s, generator=g)
+    e = torch.randn(batch, MAX_SEQUENCE_LENGTH, model.config.text_dim, generator=g)
+    t = clip_timesteps([schedule(components.scheduler, 10, 1.0)[1][0]] * batch, model.device).float()  # as wan.predict
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model(x.to(model.device, model.dtype), t, encoder_hidden_states=e.to(model.device, model.dtype),
+              return_dict=False)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"transformer": time.perf_counter() - t0}
 
 
 def stored_status(stored: dict) -> dict[str, str]:
