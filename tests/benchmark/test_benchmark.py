@@ -113,10 +113,10 @@ def test_benchmark_wan_section_on_cpu(tmp_path):
     """A Wan model runs the wan section: the reference pipeline, then v2v per variant (eager, compiled) and batch
     size against it."""
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "tiny-wan", "--device", "cpu", "--steps",
-                        "4", "--batch-sizes", "1,2", "--variants", "float32,float32+compile", "--reference", "--work-dir",
-                        str(tmp_path / "work"), "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": REPO})
+    args = ["--model", "tiny-wan", "--device", "cpu", "--steps", "4", "--batch-sizes", "1,2", "--variants",
+            "float32,float32+compile", "--reference", "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "PYTHONPATH": REPO})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [x["what"] for x in rows] == ["wan reference pipeline"] + ["wan v2v"] * 4

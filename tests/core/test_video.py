@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from jobs.demo import make_video, pattern_frame
 from tests.helpers import frame_index
 from v2v.core.plan import PlanError, PlanSettings, plan_clips
-from v2v.core.video import (VideoError, decode_clip, describe_resize, probe, read_frames, stitch_frames,
-                            write_video)
+from v2v.core.video import VideoError, decode_clip, describe_resize, probe, read_frames, stitch_frames, write_video
 
 
 @pytest.fixture(scope="module")
