@@ -19,7 +19,7 @@ import pyarrow as pa
 from v2v.config import ConfigError, JobConfig
 from v2v.core import index as idx
 from v2v.core.index import video_path
-from v2v.core.manifest import NORMALIZED, ManifestError, load_manifest
+from v2v.core.manifest import MAX_ERRORS_SHOWN, NORMALIZED, ManifestError, load_manifest
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
 from v2v.core.storage import join, url_to_fs, write_bytes_atomic
@@ -195,7 +195,8 @@ def check_family_rows(uri: str, manifest: pa.Table, family) -> None:
             errors.append(f"id {rid!r}: embeddings: textual inversion applies to CLIP text encoders; a "
                           f"{family.name} model's is {family.text}")
     if errors:
-        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
+        n = MAX_ERRORS_SHOWN
+        shown = "\n  ".join(errors[:n]) + (f"\n  ... and {len(errors) - n} more" if len(errors) > n else "")
         raise ManifestError(f"manifest {uri}: {len(errors)} problem(s) with this model; nothing was run:\n  {shown}")
 
 
