@@ -124,6 +124,8 @@ def test_the_model_index_picks_the_family_and_its_schedulers(tmp_path):
     dpm = make_scheduler(c.scheduler, "dpm")  # back to a multistep solver: flow sigmas and the shift carry over
     assert dpm.config.use_flow_sigmas and dpm.config.flow_shift == 3.0
     assert dpm.config.prediction_type == "flow_prediction"
+    with pytest.raises(ModelError, match=r"Wan models load from safetensors only"):
+        load_components(str(folder), allow_pickle=True)
     shutil.rmtree(folder / "transformer")
     with pytest.raises(ModelError, match=r"missing component\(s\) \['transformer'\]; a wan model needs"):
         load_components(str(folder))

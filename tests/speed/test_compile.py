@@ -220,6 +220,11 @@ def test_a_shared_compile_cache_without_stored_parts_is_said_unused(cache_dir, c
         assert apply_speed_settings(load_components("tiny", cache_dir=cache_dir), SpeedSettings(),
                                     shared_cache="s3://b/c") == {}
     assert "shared compile cache s3://b/c unused" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="v2v.speed"):  # a Wan model stores none even with precompile
+        assert apply_speed_settings(load_components("tiny-wan", cache_dir=cache_dir),
+                                    SpeedSettings(compile=True, precompile=True), shared_cache="s3://b/c") == {}
+    assert "shared compile cache s3://b/c unused" in caplog.text
 
 
 def test_cudnn_benchmark_setting_reaches_torch(cache_dir):

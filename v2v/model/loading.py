@@ -300,6 +300,9 @@ def _check_folder(folder: Path, allow_pickle: bool) -> Family:
     if missing:
         raise ModelError(f"model folder {folder}: missing component(s) {missing}; a {family.name} model needs "
                          f"{list(family.parts)}")
+    if family is WAN and allow_pickle:
+        raise ModelError(f"model folder {folder}: Wan models load from safetensors only (--allow-pickle is for the "
+                         "zeroscope family)")
     for name in family.parts[:3]:
         sub = folder / name
         if any(sub.glob("*.safetensors")):
@@ -312,9 +315,6 @@ def _check_folder(folder: Path, allow_pickle: bool) -> Family:
                 f"model folder {folder}: {name}/ has only pickled weights ({pickled[0]}); pickles can run code "
                 "when loaded. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust them"
             )
-    if family is WAN and allow_pickle:
-        raise ModelError(f"model folder {folder}: Wan models load from safetensors only (--allow-pickle is for the "
-                         "zeroscope family)")
     return family
 
 
@@ -334,7 +334,7 @@ def load_components(
     scheduler: str | None = None,
     allow_pickle: bool = False,
     cache_dir: str | Path | None = None,
-) -> Components:
+) -> Loaded:
     """Resolve `reference` to a local folder and load its five components on `device` in `dtype`: Components for
     the zeroscope family, v2v.model.wan.WanComponents for Wan."""
     from diffusers import AutoencoderKL, UNet3DConditionModel

@@ -55,6 +55,7 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
     torch.backends.cudnn.benchmark = s.cudnn_benchmark
     if components.family.denoiser != "unet":
         _transformer_speed(components, s, unet_batch)
+        _say_unused(shared_cache)
         return stored
     unet = components.unet
     if s.temporal_layers:
@@ -124,10 +125,15 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
         unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
-    if shared_cache and not stored:
-        logger.warning("shared compile cache %s unused: it holds stored compiled parts, and this actor stores none "
-                       "(they need the speed switches compile and precompile)", shared_cache)
+    if not stored:
+        _say_unused(shared_cache)
     return stored
+
+
+def _say_unused(shared_cache: str | None) -> None:
+    if shared_cache:
+        logger.warning("shared compile cache %s unused: it holds stored compiled parts, and this actor stores none "
+                       "(they need the speed switches compile and precompile, and a UNet3D model)", shared_cache)
 
 
 def _kernel_cache() -> str:
