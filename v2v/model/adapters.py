@@ -108,8 +108,10 @@ def load_lora(path: str, components) -> Lora:
 
 
 def lora_delta(a: torch.Tensor, b: torch.Tensor, alpha: float, scale: float) -> torch.Tensor:
-    """The change a LoRA at `scale` makes to a Linear's weight: scale * alpha / rank * B @ A, float32."""
-    return (scale * alpha / a.shape[0]) * (b.float() @ a.float())
+    """The change a LoRA at `scale` makes to a Linear's weight: scale * alpha / rank * B @ A, float32. The product is
+    taken in float64: a float32 one on a GPU runs as TF32 once the speed layer allows it (10-bit mantissas), and
+    the merged weights would then depend on which process-wide flags were set when a style was switched."""
+    return ((scale * alpha / a.shape[0]) * (b.double() @ a.double())).float()
 
 
 def merged_weight(weight: torch.Tensor, loras: list[tuple[Lora, float]], component: str, name: str) -> torch.Tensor:
