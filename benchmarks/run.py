@@ -554,8 +554,17 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     video = b.video(1)[0]
 
     def run(items):
-        """As an actor runs them: clips admitted by StepBatcher.admissible among two batches' worth waiting."""
+        """As an actor runs them: clips admitted by StepBatcher.admissible among two batches' worth waiting. Counts
+        the forwards of clips shorter than the full length (their own stream, eager where the UNet is compiled)."""
         batcher = StepBatcher(c, batch)
+        batcher.shorter_forwards, full_f = 0, batcher.stream_of(video[: b.frames])[1]
+        predict = batcher.backbone.predict
+
+        def counted(latents, *args):
+            batcher.shorter_forwards += latents[0].shape[2] < full_f
+            return predict(latents, *args)
+
+        batcher.backbone.predict = counted
         out = run_all(batcher, [(i, video[: s["frames"]], ClipSettings(
             f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
             guidance_scale=s["guidance_scale"]), scheds[s["scheduler"]]) for i, s in items], window=2 * batch,
@@ -599,13 +608,15 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
         if b.cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        forwards = run(items).forwards if how == "continuous" else grouped(items)
+        batcher = run(items) if how == "continuous" else None
+        forwards = batcher.forwards if batcher else grouped(items)
         if b.cuda:
             torch.cuda.synchronize()
         s = time.perf_counter() - t0
         b.record(what=f"{how} batching, {mix}", variant=variant, batch=batch, clips=len(settings),
                  clip_steps_per_s=clip_steps / s, s_per_clip_step=s / clip_steps,
-                 slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings))
+                 slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings), forwards=forwards,
+                 shorter_forwards=batcher.shorter_forwards if batcher else None)
 
 
 def _profile(b: Bench, step, title: str) -> dict:
@@ -804,7 +815,7 @@ def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
-            "clip_steps_per_s", "s_per_clip_step", "slot_fill", "cost_vs_uniform",
+            "clip_steps_per_s", "s_per_clip_step", "slot_fill", "forwards", "shorter_forwards", "cost_vs_uniform",
             "gpu_busy", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
             "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]

@@ -55,6 +55,9 @@ def test_benchmark_sections_on_cpu(tiny, tmp_path):
     assert len(mixes) == 4 and all(x["clips"] == 6 and x["clip_steps_per_s"] > 0 for x in mixes.values())
     assert mixes["continuous batching, uniform"]["slot_fill"] == mixes["grouped batching, uniform"]["slot_fill"] == 1
     assert mixes["continuous batching, mixed"]["slot_fill"] > mixes["grouped batching, mixed"]["slot_fill"]
+    # the shorter clip's forwards (its own stream) are counted apart: none in the uniform manifest
+    mixed, uniform = mixes["continuous batching, mixed"], mixes["continuous batching, uniform"]
+    assert uniform["shorter_forwards"] == 0 < mixed["shorter_forwards"] < mixed["forwards"]
     # Verdicts: what the run measured is judged; what needs a GPU or the Ray job says so.
     verdicts = {t["target"]: t["verdict"] for t in info["targets"]}
     assert list(verdicts) == [t[0] for t in TARGETS]
