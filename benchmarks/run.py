@@ -554,7 +554,7 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     video = b.video(1)[0]
 
     def run(items):
-        """As an actor runs them: clips admitted by StepBatcher.admissible among two batches' worth waiting. Counts
+        """As an actor runs them: clips read and admitted as the actor does (run_all with as_actor). Counts
         the forwards of clips shorter than the full length (their own stream, eager where the UNet is compiled)."""
         batcher = StepBatcher(c, batch)
         batcher.shorter_forwards, full_f = 0, batcher.stream_of(video[: b.frames])[1]
@@ -567,7 +567,7 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
         batcher.backbone.predict = counted
         out = run_all(batcher, [(i, video[: s["frames"]], ClipSettings(
             f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
-            guidance_scale=s["guidance_scale"]), scheds[s["scheduler"]]) for i, s in items], window=2 * batch,
+            guidance_scale=s["guidance_scale"]), scheds[s["scheduler"]]) for i, s in items], as_actor=True,
             on_done=lambda bt, clip: to_uint8_checked(bt.finish(clip)[None]))
         failed = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
         assert not failed, {k: out[k] for k in failed}

@@ -135,3 +135,20 @@ def test_the_actor_writes_a_clip_while_it_restyles_the_next_and_yields_each_row_
     written = os.stat(tmp_path / "out" / out["output"][0]).st_mtime
     assert written < out["restyle_finished_at"][4], "clip 0 was written only after the last clip left the model"
     assert all(out["decode_s"][i] > 0 and out["encode_s"][i] > 0 for i in (0, 1, 3, 4))
+
+
+def test_the_actor_runs_shorter_last_clips_beside_the_full_ones(actor):
+    """A video's shorter last clips (a stream of their own) join the clips in flight once a forward's worth of them
+    waits, in a forward beside the full-length clips', rather than after those have drained."""
+    rng = np.random.default_rng(1)
+    keys = ["a", "s1", "b", "s2", "c", "d", "e", "f"]
+    rows = [{"id": k, "clip_index": 0, "prompt": "ink", "negative_prompt": "", "seed": i, "strength": 0.6,
+             "num_inference_steps": 4, "guidance_scale": 9.0, "error": None,
+             "frames": rng.integers(0, 256, (5 if k.startswith("s") else 8, 64, 64, 3), dtype=np.uint8)}
+            for i, k in enumerate(keys)]
+    out = {r["id"]: r for r in actor.stream(rows)}
+    assert set(out) == set(keys) and all(r["error"] is None for r in out.values())
+    assert out["s1"]["frames"].shape[0] == 5 and out["a"]["frames"].shape[0] == 8
+    # both shorter clips were in the model before the first full pair left it, and before the next pair came in
+    for s in ("s1", "s2"):
+        assert out[s]["restyle_started_at"] < out["a"]["restyle_finished_at"] < out["c"]["restyle_started_at"]

@@ -111,7 +111,7 @@ def test_bad_clip_is_refused_at_admission_and_others_go_on(tiny):
     out = run_all(StepBatcher(tiny, 2), [("bad", frames[0], bad), ("good", frames[1], MIXED[2])])
     assert isinstance(out["bad"], SamplerInputError) and "leaves no denoising step" in str(out["bad"])
     assert isinstance(out["good"], torch.Tensor)
-    with pytest.raises(RuntimeError, match="all 1 slots are in use"):
+    with pytest.raises(RuntimeError, match="all 1 slots of its stream are in use"):
         b = StepBatcher(tiny, 1)
         b.admit("a", frames[0], MIXED[2])
         b.admit("b", frames[1], MIXED[2])
@@ -169,22 +169,65 @@ def test_a_programmer_error_in_a_forward_raises_and_a_fatal_one_too(tiny, monkey
     assert batcher.active and batcher.active[0].done == 0  # nothing changed for the clip
 
 
-def test_a_shorter_clip_waits_for_its_stream_instead_of_costing_a_second_forward_each_round(tiny):
-    frames = _frames(4, seed=9)
+def _counting_rounds(batcher):
+    rounds, step = [0], batcher.step
+
+    def counted():
+        rounds[0] += 1
+        return step()
+
+    batcher.step = counted
+    return rounds
+
+
+def test_shorter_clips_run_beside_the_full_stream_once_a_forward_of_them_waits(tiny):
+    frames = _frames(6, seed=9)
     short = _frames(2, f=5, seed=10)
     clip = ClipSettings("a", seed=1, strength=0.5, num_inference_steps=8)  # 4 steps each
     items = [("full0", frames[0], clip), ("short0", short[0], clip), ("full1", frames[1], clip),
-             ("short1", short[1], clip), ("full2", frames[2], clip), ("full3", frames[3], clip)]
+             ("short1", short[1], clip)] + [(f"full{i}", frames[i], clip) for i in range(2, 6)]
     batcher = StepBatcher(tiny, 2)
     assert batcher.stream_of(frames[0]) == (4, 8, 8, 8) and batcher.stream_of(short[0]) == (4, 5, 8, 8)
-    # with none in flight, the stream most clips wait in; then only clips of the stream in flight
+    # with none in flight, the main stream is the one most clips wait in
     assert batcher.admissible([(1,), (2,), (2,)]) == [1, 2]
-    order = []
-    out = run_all(batcher, items, window=4, on_done=lambda b, c: order.append(c.key))
+    rounds, order = _counting_rounds(batcher), []
+    out = run_all(batcher, items, as_actor=True, on_done=lambda b, c: order.append(c.key))
     assert set(out) == {k for k, _, _ in items} and all(isinstance(v, torch.Tensor) for v in out.values())
-    # every round one forward of 2 clips: 24 clip-steps in 12 forwards, never a part-filled pair of forwards
-    assert batcher.clip_steps == 24 and batcher.forwards == 12
-    # (of the first four waiting, two of each length: the oldest's stream first, then, on the tie, the shorter)
-    assert order == ["full0", "full1", "short0", "short1", "full2", "full3"]
+    # the two shorter clips ran in a forward of their own beside the first pair, taking none of its slots: every
+    # forward carried 2 clips (32 clip-steps in 16 forwards), in the 12 rounds the 6 full clips need; drained
+    # first and then run, they would have taken 4 rounds more
+    assert batcher.clip_steps == 32 and batcher.forwards == 16 and rounds[0] == 12
+    assert order[:4] == ["full0", "short0", "full1", "short1"]
     # and each clip is what it gives alone
     assert (out["short1"] - _alone(tiny, short[1], clip)).abs().max() <= 1e-4
+
+
+def test_a_lone_shorter_clip_waits_for_the_end_of_the_input_then_runs_beside(tiny):
+    frames = _frames(6, seed=11)
+    short = _frames(1, f=5, seed=12)[0]
+    clip = ClipSettings("a", seed=1, strength=0.5, num_inference_steps=8)
+    items = [("full0", frames[0], clip), ("short", short, clip)] + [(f"full{i}", frames[i], clip) for i in range(1, 6)]
+    batcher = StepBatcher(tiny, 2)
+    rounds, order = _counting_rounds(batcher), []
+    run_all(batcher, items, as_actor=True, on_done=lambda b, c: order.append(c.key))
+    # one clip would cost a forward of its own each round: it waits while full clips come, then joins the last pair
+    assert order == ["full0", "full1", "full2", "full3", "short", "full4", "full5"]
+    assert rounds[0] == 12 and batcher.forwards == 16
+
+
+def test_shorter_clips_of_many_lengths_set_aside_start_one_stream_when_crowded(tiny):
+    frames = _frames(4, seed=13)
+    clip = ClipSettings("a", seed=1, strength=0.5, num_inference_steps=8)
+    lengths = {"s5": 5, "s6": 6, "s7": 7, "s3": 3}  # one clip of each: none makes a forward's worth
+    items = ([("full0", frames[0], clip), ("full1", frames[1], clip)]
+             + [(k, _frames(1, f=f, seed=f)[0], clip) for k, f in lengths.items()]
+             + [("full2", frames[2], clip), ("full3", frames[3], clip)])
+    batcher = StepBatcher(tiny, 2)
+    streams = [batcher.stream_of(it[1]) for it in items[:6]]
+    # read so far: 2 full clips and 4 set aside (2 x capacity): no more are read, and the oldest set-aside starts
+    assert not batcher.wants(streams)
+    assert batcher.admissible(streams) == [0, 1, 2]
+    out = run_all(batcher, items, as_actor=True)
+    assert all(isinstance(v, torch.Tensor) for v in out.values()) and len(out) == len(items)
+    for k, f in lengths.items():
+        assert out[k].shape[2] == f

@@ -224,6 +224,7 @@ class Restyle:
                               vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant, fatal=device_failed,
                               own_size=unpadded)
         feed, waiting, exhausted, lora_now = iter(rows), [], False, None
+        streams: dict[int, tuple] = {}  # id(row) -> the stream its clip would join, while it waits
 
         def done(row: dict, error: str | None = None, **restyled) -> dict:
             row.update(error=error if error is not None else row.get("error"), worker=self.worker,
@@ -243,7 +244,8 @@ class Restyle:
             return _text(row, "lora")
 
         while True:
-            while not exhausted and len(waiting) < 2 * batcher.capacity:  # rows in until two batches' worth wait
+            # rows in until two batches' worth wait in the main stream, or two in others (StepBatcher.wants)
+            while not exhausted and batcher.wants([streams[id(r)] for r in waiting]):
                 row = next(feed, None)
                 if row is None:
                     exhausted = True
@@ -251,13 +253,16 @@ class Restyle:
                     yield done(row)
                 else:
                     waiting.append(row)
-            # Into free slots: clips of the LoRAs merged now (with none in flight, the oldest waiting clip's), and
-            # of the stream in flight (StepBatcher.admissible: a shorter last clip waits for others of its length).
+                    streams[id(row)] = batcher.stream_of(torch.from_numpy(np.asarray(row["frames"])))
+            # Into free slots: clips of the LoRAs merged now (with none in flight, the oldest waiting clip's), of
+            # the stream in flight or, for shorter last clips, of their own streams beside it (StepBatcher.admissible).
+            # No more clips will join these once the rows run out or the next LoRA set's rows have come.
             merged = lora_now if batcher.active else (lora(waiting[0]) if waiting else None)
             candidates = [r for r in waiting if lora(r) == merged]
-            streams = [batcher.stream_of(torch.from_numpy(np.asarray(r["frames"]))) for r in candidates]
-            for row in [candidates[i] for i in batcher.admissible(streams)]:
+            last = exhausted or len(candidates) < len(waiting)
+            for row in [candidates[i] for i in batcher.admissible([streams[id(r)] for r in candidates], last=last)]:
                 waiting = [r for r in waiting if r is not row]
+                del streams[id(row)]
                 embeddings = _text(row, "embeddings")
                 try:
                     if lora(row) != lora_now:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
@@ -78,38 +79,78 @@ class StepBatcher:
         self.own_size = own_size
         self.active: list[InFlight] = []
         self.alone = False
+        self.main: tuple | None = None  # the main stream (`_main`)
         self.forwards = 0  # UNet forwards run, and the clip-steps they carried (their ratio: clips per forward)
         self.clip_steps = 0
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.active)
+        """Free slots of the main stream."""
+        main = self._main([])
+        return self.capacity - sum(c.stream == main for c in self.active)
+
+    def _main(self, streams: list[tuple]) -> tuple | None:
+        """The main stream (the full-length clips', in a job): it stays main while any of its clips is in flight or
+        waits (`streams`: the waiting clips', oldest first); then the one most clips in flight are in, or with none
+        in flight, the one most waiting clips are in, the oldest's on a tie."""
+        if self.main is not None and (self.main in streams or any(c.stream == self.main for c in self.active)):
+            return self.main
+        counts = Counter(c.stream for c in self.active)
+        if counts:
+            self.main = max(counts, key=counts.get)
+        elif streams:
+            self.main = max(dict.fromkeys(streams), key=streams.count)
+        return self.main
+
+    def wants(self, streams: list[tuple]) -> bool:
+        """Whether the caller should read another clip to wait beside `streams` (the waiting clips', oldest first):
+        until 2 x capacity of them are in the main stream or 2 x capacity in other streams (clips set aside until a
+        forward's worth of one length gathers, see `admissible`). So at most 4 x capacity decoded clips wait."""
+        main = self._main(streams)
+        in_main = sum(k == main for k in streams)
+        return in_main < 2 * self.capacity and len(streams) - in_main < 2 * self.capacity
 
     def stream_of(self, video: torch.Tensor) -> tuple:
         """The stream a clip would join: its latent shape, from uint8 (F, H, W, 3) frames (or, for the UNet3D
         family, float (C, F, h, w) latents)."""
         return self.backbone.stream_of(video)
 
-    def admissible(self, streams: list[tuple]) -> list[int]:
-        """Which waiting clips (given by their streams, oldest first) to admit now: those of the stream in flight
-        (with none in flight, of the stream most of them wait in, the oldest's on a tie), oldest first, as many as
-        slots are free. A clip of another stream waits until this one drains: taking it in would cost a second
-        forward every round (a video's shorter last clip), where leaving a slot empty costs only that slot."""
-        if not streams or not self.free:
+    def admissible(self, streams: list[tuple], last: bool = False) -> list[int]:
+        """Which waiting clips (given by their streams, oldest first) to admit now. `last`: no more clips will come
+        to wait beside these (the input, or a group of them, ends).
+
+        The main stream's clips, oldest first, as many as its slots are free. A clip of another stream (a video's
+        shorter last clip, of its own length) runs in a forward of its own beside the main one, up to `capacity`
+        clips a stream, and takes no slot of the main stream: a stream in flight takes its clips as its slots free;
+        one not in flight starts once `capacity` of its clips wait (a whole forward), or when 2 x capacity clips
+        wait outside the main stream (the stream most of them are in starts; `wants` stops reading there), or with
+        `last`. Draining the main stream to switch streams would leave its slots empty while its clips finish at
+        their own steps; starting a stream for one clip would cost a forward each round for it alone."""
+        if not streams:
             return []
-        if self.active:
-            now = max({c.stream for c in self.active}, key=lambda k: sum(c.stream == k for c in self.active))
-        else:
-            now = max(dict.fromkeys(streams), key=streams.count)  # dict: first-seen order breaks ties
-        return [i for i, k in enumerate(streams) if k == now][: self.free]
+        counts = Counter(c.stream for c in self.active)
+        main = self._main(streams)
+        waiting: dict[tuple, list[int]] = {}
+        for i, k in enumerate(streams):
+            waiting.setdefault(k, []).append(i)
+        out = waiting.pop(main, [])[: self.capacity - counts.get(main, 0)]
+        crowded = sum(len(v) for v in waiting.values()) >= 2 * self.capacity
+        for k, idx in sorted(waiting.items(), key=lambda kv: -len(kv[1])):  # most waiting first; stable on ties
+            free = self.capacity - counts.get(k, 0)
+            if len(idx) >= free or last or crowded:
+                out += idx[:free]
+                crowded = False  # one stream filled makes room
+        return sorted(out)
 
     @torch.no_grad()
     def admit(self, key, video: torch.Tensor, settings: ClipSettings, scheduler=None) -> InFlight:
         """Take one clip in: `video` uint8 (F, H, W, 3) frames or float (4, F, h, w) latents. `scheduler` (a
         configured diffusers scheduler, copied) defaults to the model's. Raises SamplerInputError for inputs the
         sampler cannot run on; the clip is not admitted then."""
-        if self.free <= 0:
-            raise RuntimeError(f"StepBatcher.admit: all {self.capacity} slots are in use; step until one frees")
+        stream = self.stream_of(video)
+        if sum(c.stream == stream for c in self.active) >= self.capacity:
+            raise RuntimeError(f"StepBatcher.admit: all {self.capacity} slots of its stream are in use; step until "
+                               "one frees")
         self.backbone.check(video, settings)
         t0, wall0 = time.perf_counter(), time.time()
         sched, timesteps = schedule(scheduler if scheduler is not None else self.components.scheduler,
@@ -202,26 +243,37 @@ class StepBatcher:
         return frames
 
 
-def run_all(batcher: StepBatcher, items: list, window: int | None = None, on_done=None) -> dict:
-    """Every item (key, video, settings[, scheduler]) through `batcher`, admitted as `admissible` says among the
-    oldest `window` waiting (all, by default): {key: final latents (1, 4, F, h, w)}, or the exception for a clip
-    that failed. `on_done(batcher, clip)` sees each finished clip (to decode it, say). What tests and the benchmark
-    drive; the job's actor does the same over its rows."""
-    waiting, out = list(items), {}
-    while waiting or batcher.active:
-        seen = waiting[:window] if window else waiting
-        chosen = batcher.admissible([batcher.stream_of(it[1]) for it in seen])
-        for item in [seen[i] for i in chosen]:
+def run_all(batcher: StepBatcher, items: list, as_actor: bool = False, on_done=None) -> dict:
+    """Every item (key, video, settings[, scheduler]) through `batcher`: {key: final latents (1, 4, F, h, w)}, or the
+    exception for a clip that failed. Clips are admitted as `admissible` says, among all items at once, or with
+    `as_actor`, among those read so far as the job's actor reads its rows (`wants`). `on_done(batcher, clip)` sees
+    each finished clip (to decode it, say). What tests and the benchmark drive; the job's actor does the same over
+    its rows."""
+    feed, waiting, streams, out = iter(items), [], [], {}
+    exhausted = False
+    while True:
+        while not exhausted and (not as_actor or batcher.wants(streams)):
+            item = next(feed, None)
+            if item is None:
+                exhausted = True
+            else:
+                waiting.append(item)
+                streams.append(batcher.stream_of(item[1]))
+        chosen = set(batcher.admissible(streams, last=exhausted))
+        for item in [it for j, it in enumerate(waiting) if j in chosen]:
             try:
                 batcher.admit(*item)
             except SamplerInputError as e:
                 out[item[0]] = e
-        waiting = [it for j, it in enumerate(waiting) if j not in chosen]  # `seen` is its head
-        if batcher.active:
-            done, failed = batcher.step()
-            for c in done:
-                out[c.key] = c.latents
-                if on_done:
-                    on_done(batcher, c)
-            out.update({c.key: e for c, e in failed})
-    return out
+        waiting = [it for j, it in enumerate(waiting) if j not in chosen]
+        streams = [k for j, k in enumerate(streams) if j not in chosen]
+        if not batcher.active:
+            if exhausted and not waiting:
+                return out
+            continue
+        done, failed = batcher.step()
+        for c in done:
+            out[c.key] = c.latents
+            if on_done:
+                on_done(batcher, c)
+        out.update({c.key: e for c, e in failed})
