@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +153,33 @@ def test_the_actor_runs_shorter_last_clips_beside_the_full_ones(actor):
     # both shorter clips were in the model before the first full pair left it, and before the next pair came in
     for s in ("s1", "s2"):
         assert out[s]["restyle_started_at"] < out["a"]["restyle_finished_at"] < out["c"]["restyle_started_at"]
+
+
+def test_the_actor_starts_once_its_free_slots_can_be_filled_not_after_decoding_all_it_reads_ahead(actor):
+    """The first forward waits for as many decoded clips as slots are free (2), not for the four the actor may hold
+    waiting: the later rows join as decoding finishes them."""
+    import threading
+    from concurrent.futures import Future
+
+    from v2v.job.stages import Decoded
+
+    rng = np.random.default_rng(2)
+    rows = [{"id": f"v{i}", "clip_index": 0, "prompt": "ink", "negative_prompt": "", "seed": i, "strength": 0.6,
+             "num_inference_steps": 4, "guidance_scale": 9.0, "error": None,
+             "frames": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)} for i in range(6)]
+    futures = [Future() for _ in rows]
+    for f, row in list(zip(futures, rows))[:2]:
+        f.set_result(row)
+    released = []
+
+    def decode_the_rest_later():
+        time.sleep(3)
+        released.append(time.time())
+        for f, row in list(zip(futures, rows))[2:]:
+            f.set_result(row)
+
+    threading.Thread(target=decode_the_rest_later, daemon=True).start()
+    out = {r["id"]: r for r in actor.stream(Decoded(futures))}
+    assert set(out) == {r["id"] for r in rows} and all(r["error"] is None for r in out.values())
+    assert out["v0"]["restyle_started_at"] < released[0] and out["v1"]["restyle_started_at"] < released[0]
+    assert all(out[f"v{i}"]["restyle_started_at"] >= released[0] for i in range(2, 6))

@@ -224,6 +224,7 @@ class Restyle:
                               vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant, fatal=device_failed,
                               own_size=unpadded)
         feed, waiting, exhausted, lora_now = iter(rows), [], False, None
+        ready = getattr(rows, "ready", None)  # whether the next row is decoded already (ClipWorker's rows say)
         streams: dict[int, tuple] = {}  # id(row) -> the stream its clip would join, while it waits
 
         def done(row: dict, error: str | None = None, **restyled) -> dict:
@@ -246,6 +247,8 @@ class Restyle:
         while True:
             # rows in until two batches' worth wait in the main stream, or two in others (StepBatcher.wants)
             while not exhausted and batcher.wants([streams[id(r)] for r in waiting]):
+                if ready is not None and len(waiting) >= batcher.free and not ready():
+                    break  # enough wait to fill the free slots: the rest join as decoding finishes them
                 row = next(feed, None)
                 if row is None:
                     exhausted = True
@@ -353,20 +356,12 @@ class ClipWorker:
         rows, done = _rows(batch), []
         m = self.metrics
         with ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(1, "v2v-encode") as enc:
-            decoded = [dec.submit(decode, row, self.cfg.resize) for row in rows]
+            decoded = Decoded([dec.submit(decode, row, self.cfg.resize) for row in rows], m)
             if m:
                 m.waiting_for_model(len(rows))
-
-            def feed():
-                for f in decoded:
-                    row = f.result()
-                    if m:
-                        m.waiting_for_model(-1)
-                    yield row
-
             t0 = time.perf_counter()
             written = collections.deque()
-            for row in self.restyle.stream(feed()):
+            for row in self.restyle.stream(decoded):
                 written.append(enc.submit(encode, row, self.cfg))
                 while written and written[0].done():
                     done.append(written.popleft().result())
@@ -380,6 +375,29 @@ class ClipWorker:
             steps = sum(int(float(out["strength"][i]) * int(out["num_inference_steps"][i]))
                         for i in range(len(out["id"])) if out["status"][i] == "ok")
             m.batch(out, model_s, steps)
+
+
+class Decoded:
+    """A call's rows in order as the decode thread finishes them (futures); `ready()`: whether the next one is done,
+    so that the restyle stream starts its first forward once its free slots can be filled rather than after
+    decoding all the clips it may read ahead."""
+
+    def __init__(self, futures, metrics=None):
+        self.futures, self.metrics = collections.deque(futures), metrics
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if not self.futures:
+            raise StopIteration
+        row = self.futures.popleft().result()
+        if self.metrics:
+            self.metrics.waiting_for_model(-1)
+        return row
+
+    def ready(self) -> bool:
+        return not self.futures or self.futures[0].done()
 
 
 def encode(row: dict, cfg: JobConfig) -> dict:
