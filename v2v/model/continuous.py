@@ -121,11 +121,11 @@ class StepBatcher:
 
         The main stream's clips, oldest first, as many as its slots are free. A clip of another stream (a video's
         shorter last clip, of its own length) runs in a forward of its own beside the main one, up to `capacity`
-        clips a stream, and takes no slot of the main stream: a stream in flight takes its clips as its slots free;
-        one not in flight starts once `capacity` of its clips wait (a whole forward), or when 2 x capacity clips
-        wait outside the main stream (the stream most of them are in starts; `wants` stops reading there), or with
-        `last`. Draining the main stream to switch streams would leave its slots empty while its clips finish at
-        their own steps; starting a stream for one clip would cost a forward each round for it alone."""
+        clips a stream, and takes no slot of the main stream. Such a stream takes clips only to fill its forward:
+        once as many of its clips wait as it has free slots (`capacity` for one not in flight), or when 2 x
+        capacity clips wait outside the main stream (the stream most of them are in; `wants` stops reading there),
+        or with `last`. Draining the main stream to switch streams would leave its slots empty while its clips
+        finish at their own steps; a stream running for one clip would cost a forward each round for it alone."""
         if not streams:
             return []
         counts = Counter(c.stream for c in self.active)
@@ -137,7 +137,7 @@ class StepBatcher:
         crowded = sum(len(v) for v in waiting.values()) >= 2 * self.capacity
         for k, idx in sorted(waiting.items(), key=lambda kv: -len(kv[1])):  # most waiting first; stable on ties
             free = self.capacity - counts.get(k, 0)
-            if len(idx) >= free or last or crowded:
+            if free and (len(idx) >= free or last or crowded):
                 out += idx[:free]
                 crowded = False  # one stream filled makes room
         return sorted(out)
