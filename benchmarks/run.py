@@ -353,9 +353,7 @@ def wan(b: Bench) -> None:
             s, _ = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=b.a.repeat)  # warm-up compiles
             peak = b.peak_gib()
             # one guided step of `batch` clips: the text and negative halves in one forward of 2 * batch latents
-            f = (b.frames - 1) // c.vae_scale_factor_temporal + 1
-            x = torch.randn(2 * batch, c.transformer.config.in_channels, f, b.height // c.vae_scale_factor,
-                            b.width // c.vae_scale_factor, device=c.device, dtype=c.dtype)
+            x = torch.randn(2 * batch, *c.latent_shape(b.frames, b.height, b.width), device=c.device, dtype=c.dtype)
             t = torch.full((2 * batch,), 500.0, device=c.device)
             e = torch.randn(2 * batch, wan_model.MAX_SEQUENCE_LENGTH, c.transformer.config.text_dim,
                             device=c.device, dtype=c.dtype)

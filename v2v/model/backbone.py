@@ -88,9 +88,7 @@ class WanBackbone:
         self.c = components
 
     def stream_of(self, video: torch.Tensor) -> tuple:
-        c = self.c
-        s, f = c.vae_scale_factor, (video.shape[0] - 1) // c.vae_scale_factor_temporal + 1
-        return (c.transformer.config.in_channels, f, video.shape[1] // s, video.shape[2] // s)
+        return self.c.latent_shape(*video.shape[:3])
 
     def check(self, video: torch.Tensor, settings: ClipSettings) -> None:
         wan.check_inputs(self.c, video[None], [settings])

@@ -50,6 +50,12 @@ class WanComponents(Loaded):
     def patch(self) -> int:
         return self.transformer.config.patch_size[1]
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, f, h, w) of a clip's latents: time compressed 4k+1 -> k+1 frames, sides by vae_scale_factor."""
+        s = self.vae_scale_factor
+        return (self.transformer.config.in_channels, (frames - 1) // self.vae_scale_factor_temporal + 1, height // s,
+                width // s)
+
 
 # 1. Checks ---------------------------------------------------------------------------------------------
 

@@ -233,9 +233,7 @@ def _warm_up_transformer(components, batch: int, frames: int, height: int, width
     if not isinstance(model.forward, FixedBatch):
         return {}
     g = torch.Generator("cpu").manual_seed(0)
-    f = (frames - 1) // components.vae_scale_factor_temporal + 1
-    s = components.vae_scale_factor
-    x = torch.randn(batch, model.config.in_channels, f, height // s, width // s, generator=g)
+    x = torch.randn(batch, *components.latent_shape(frames, height, width), generator=g)
     e = torch.randn(batch, MAX_SEQUENCE_LENGTH, model.config.text_dim, generator=g)
     t = clip_timesteps([schedule(components.scheduler, 10, 1.0)[1][0]] * batch, model.device).float()  # as wan.predict
     t0 = time.perf_counter()
