@@ -26,7 +26,7 @@ import numpy as np
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
 # GroupNorm statistics per channel, a guided step's shared prefix computed once, the upsamplers by output phase,
 # the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+graph+short+compile+pre+vae"
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+graph+compile+pre+vae"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -70,7 +70,7 @@ def _args(argv=None):
     p.add_argument("--batch-sizes", default="1,2,4")
     p.add_argument("--variants", default=f"bfloat16,{JOB_GPU_VARIANT}",
                    help="comma list of DTYPE[+temporal][+frameattn][+chanstats][+prefix]"
-                        "[+phaseup][+graph][+short][+compile|+pre[+vae]][+nobench] ('' for none)")
+                        "[+phaseup][+graph][+compile|+pre[+vae]][+nobench] ('' for none)")
     p.add_argument("--repeat", type=int, default=1, help="timed sampler calls per row after the warm-up (median)")
     p.add_argument("--reference", action="store_true", help="also time diffusers' VideoToVideoSDPipeline")
     p.add_argument("--quality", action="store_true", help="compare each variant's latents with float32 eager")
@@ -85,9 +85,7 @@ def _args(argv=None):
     p.add_argument("--mix-clips", type=int, default=16, help="clips per --manifest-mix batcher row")
     p.add_argument("--mix-batch", type=int, default=None, help="batch size for --manifest-mix (default: fastest)")
     p.add_argument("--mix-modes", default="grouped,continuous",
-                   help="comma list of --manifest-mix rows: clips in flight (continuous), grouped as actors ran them "
-                        "before, or eager-shorter (continuous with the shorter clips' forwards eager: shorter_graphs "
-                        "off, on the mixed manifest)")
+                   help="--manifest-mix rows: clips in flight (continuous), grouped as actors ran them before, or both")
     p.add_argument("--e2e-clips", type=int, default=0, help="clips for the end-to-end Ray job (0: skip)")
     p.add_argument("--e2e-gpus", default="1", help="comma list of GPU counts for the Ray job")
     p.add_argument("--e2e-variant", default=None, help="variant for the Ray job (default: fastest measured)")
@@ -120,8 +118,8 @@ def _card() -> str:
 
 # a variant's parts -> the speed switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"temporal": "temporal_layers", "frameattn": "frame_attention", "chanstats": "channel_stats",
-                  "prefix": "shared_prefix", "phaseup": "upsample_phases", "graph": "cuda_graphs",
-                  "short": "shorter_graphs", "compile": "compile", "pre": "precompile", "vae": "compile_vae"}
+                  "prefix": "shared_prefix", "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile",
+                  "pre": "precompile", "vae": "compile_vae"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 
@@ -555,7 +553,6 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     from v2v.model.continuous import StepBatcher, run_all
     from v2v.model.loading import make_scheduler
     from v2v.model.sampler import ClipSettings, restyle, to_uint8_checked
-    from v2v.speed import FixedBatch
 
     variant, batch = _section_variant(best, b.cuda, None, b.a.mix_batch)
     c = _load(b.folder, b.a.device, variant, unet_batch=2 * batch)
@@ -611,27 +608,18 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
 
     items = list(enumerate(settings))
     clip_steps = sum(int(s["strength"] * s["num_inference_steps"]) for s in settings)
-    forward = c.unet.forward
     for how in [m for m in b.a.mix_modes.split(",") if m]:
-        if how not in ("grouped", "continuous", "eager-shorter"):
-            raise ValueError(f"--mix-modes: {how!r} is not grouped, continuous or eager-shorter")
-        if how == "eager-shorter":  # continuous, the shorter clips' forwards eager (shorter_graphs off)
-            if mix != "mixed" or not isinstance(forward, FixedBatch) or forward.other is forward.eager:
-                continue  # no shorter clips, or they run eager in `continuous` already
-            forward.other, shorter = forward.eager, forward.other
-        try:
-            (grouped if how == "grouped" else run)(items[:batch])  # warm-up: compiles (and records) where it does
-            if b.cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            batcher = None if how == "grouped" else run(items)
-            forwards = batcher.forwards if batcher else grouped(items)
-            if b.cuda:
-                torch.cuda.synchronize()
-            s = time.perf_counter() - t0
-        finally:
-            if how == "eager-shorter":
-                forward.other = shorter
+        if how not in ("grouped", "continuous"):
+            raise ValueError(f"--mix-modes: {how!r} is not grouped or continuous")
+        (run if how == "continuous" else grouped)(items[:batch])  # warm-up: compiles where compiled
+        if b.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        batcher = run(items) if how == "continuous" else None
+        forwards = batcher.forwards if batcher else grouped(items)
+        if b.cuda:
+            torch.cuda.synchronize()
+        s = time.perf_counter() - t0
         b.record(what=f"{how} batching, {mix}", variant=variant, batch=batch, clips=len(settings),
                  clip_steps_per_s=clip_steps / s, s_per_clip_step=s / clip_steps,
                  slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings), forwards=forwards,

@@ -31,7 +31,7 @@ def speed_only(**on) -> SpeedSettings:
     """Speed settings with exactly the given switches set and every other off (none left to the device's default)."""
     off = {"compile": False, "compile_vae": False, "precompile": False, "temporal_layers": False,
            "frame_attention": False, "channel_stats": False, "shared_prefix": False, "upsample_phases": False,
-           "cuda_graphs": False, "shorter_graphs": False}
+           "cuda_graphs": False}
     return SpeedSettings(**{**off, **on})
 
 

@@ -230,9 +230,6 @@ class SpeedSettings:
     upsample_phases: bool | None = None
     # GPU, with compile: the compiled UNet's call recorded once as a CUDA graph and replayed (v2v.speed.cuda_graph).
     cuda_graphs: bool | None = None
-    # GPU, with compile: the eager UNet calls of other clip shapes (a video's shorter last clips, which the
-    # compiled graph's one shape does not serve) recorded as a CUDA graph per shape and replayed (v2v.speed.cuda_graph).
-    shorter_graphs: bool | None = None
     # GPU: cuDNN times each convolution shape's algorithms on first use and keeps the fastest. Off: its heuristics
     # pick, and an actor is ready a few seconds sooner.
     cudnn_benchmark: bool = True
@@ -291,4 +288,4 @@ def _is_a(value, t: type) -> bool:
 
 # Speed switches that follow `compile` unless set.
 COMPILE_SWITCHES = ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases",
-                    "cuda_graphs", "shorter_graphs")
+                    "cuda_graphs")

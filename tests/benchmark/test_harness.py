@@ -113,8 +113,8 @@ def test_benchmark_variants_name_config_switches():
         return dataclasses.asdict(_variant_cfg(variant)[1])
 
     off = {"temporal_layers": False, "frame_attention": False, "channel_stats": False, "shared_prefix": False,
-           "upsample_phases": False, "cuda_graphs": False, "shorter_graphs": False, "compile": False,
-           "precompile": False, "compile_vae": False, "cudnn_benchmark": True}
+           "upsample_phases": False, "cuda_graphs": False, "compile": False, "precompile": False,
+           "compile_vae": False, "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae")[0] == "bfloat16"
     assert switches("bfloat16+compile+vae") == {**off, "compile": True, "compile_vae": True}
     assert switches("float16") == off
@@ -126,7 +126,6 @@ def test_benchmark_variants_name_config_switches():
     assert switches("bfloat16+prefix") == {**off, "shared_prefix": True}
     assert switches("bfloat16+phaseup") == {**off, "upsample_phases": True}
     assert switches("bfloat16+graph+compile") == {**off, "cuda_graphs": True, "compile": True}
-    assert switches("bfloat16+short+compile") == {**off, "shorter_graphs": True, "compile": True}
     assert switches("bfloat16+compile+nobench") == {**off, "compile": True, "cudnn_benchmark": False}
     for bad, says in [("bfloat16+turbo", "turbo"), ("bfloat16+vae", "vae needs compile"),
                       ("bfloat16+aot", "aot")]:

@@ -33,7 +33,7 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     assert not resources(job(precompile=False), {"GPU": 1}).speed.precompile
     # every model switch follows compile unless set, either way
     for name in ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases",
-                 "cuda_graphs", "shorter_graphs"):
+                 "cuda_graphs"):
         assert (getattr(gpu.speed, name), getattr(cpu.speed, name), getattr(forced.speed, name)) == (
             True, False, False), name
         assert getattr(resources(job(**{name: False}), {"GPU": 1}).speed, name) is False, name

@@ -203,7 +203,7 @@ def test_every_switch_that_changes_the_model_is_in_its_stored_parts_key(cache_di
     for flag in ("TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
         monkeypatch.setenv(flag, os.environ.get(flag, "1"))
     # how a part is built, stored or called, not what it computes
-    not_in_key = {"compile", "compile_vae", "precompile", "cuda_graphs", "shorter_graphs", "cudnn_benchmark"}
+    not_in_key = {"compile", "compile_vae", "precompile", "cuda_graphs", "cudnn_benchmark"}
     switches = [f.name for f in dataclasses.fields(SpeedSettings)]
     on = {n: True for n in switches if n not in not_in_key}
     assert len(on) >= 5

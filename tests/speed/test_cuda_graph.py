@@ -25,10 +25,3 @@ def test_cuda_graphs_switch_leaves_a_cpu_actor_as_it_is(cache_dir):
     apply_speed_settings(c, speed_only(cuda_graphs=True))  # without compile, and on the CPU: nothing to record
     assert c.unet.forward == forward
     torch.testing.assert_close(restyle(c, random_video(2), CLIPS, output="latents"), want, rtol=0, atol=0)
-
-
-def test_shorter_graphs_leave_a_cpu_actors_other_shapes_eager(cache_dir):
-    """shorter_graphs records only on CUDA: a compiled CPU actor's shorter clips take the eager forward itself."""
-    c = load_components("tiny", cache_dir=cache_dir)
-    apply_speed_settings(c, speed_only(compile=True, shorter_graphs=True), unet_batch=4)  # compiles nothing yet
-    assert c.unet.forward.other is c.unet.forward.eager

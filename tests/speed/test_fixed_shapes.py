@@ -105,33 +105,3 @@ def test_pad_frames_pads_short_vae_chunks_and_cuts_the_result(tiny):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(full, decoder(strided), rtol=0, atol=1e-5)
 
-
-
-def test_fixed_batch_sends_other_clip_shapes_to_other_and_calls_alone_to_eager(tiny):
-    """A call of another clip shape (a shorter clip) takes `other` (where the job replays eager calls from CUDA
-    graphs: `shorter_graphs`), unpadded; a call inside `unpadded()` (a clip retried alone) takes `eager` itself."""
-    from v2v.speed.fixed_shapes import unpadded
-
-    unet, calls = tiny.unet, []
-
-    def by(name):
-        def forward(sample, timestep, **kw):
-            calls.append((name, sample.shape[0], sample.shape[2]))
-            return unet.forward(sample, timestep, **kw)
-        return forward
-
-    fixed = FixedBatch(by("compiled"), 4, eager=by("eager"), other=by("other"))
-    g = torch.Generator().manual_seed(5)
-    e = torch.randn(2, 77, tiny.text_encoder.config.hidden_size, generator=g)
-    full, short = torch.randn(2, 4, 8, 8, 8, generator=g), torch.randn(2, 4, 5, 8, 8, generator=g)
-    t = torch.tensor(500)
-    with torch.no_grad():
-        fixed(full, t, encoder_hidden_states=e)  # fixes the clip shape
-        got = fixed(short, t, encoder_hidden_states=e, return_dict=False)[0]
-        with unpadded():
-            fixed(short, t, encoder_hidden_states=e)
-            fixed(full, t, encoder_hidden_states=e)
-        want = unet(short, t, encoder_hidden_states=e).sample
-    assert calls == [("compiled", 4, 8), ("other", 2, 5), ("eager", 2, 5), ("eager", 2, 8)]
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert FixedBatch(by("compiled"), 4, eager=by("eager")).other is not None  # other defaults to eager

@@ -13,8 +13,6 @@ tried and dropped, are in benchmarks/RESULTS.md (decisions table).
     compile           torch.compile of the UNet (and the VAE: compile_vae) at one fixed shape (fixed_shapes)
     precompile        the compiled parts stored in the compile cache, loaded by later starts (stored, shared_cache)
     cuda_graphs       the compiled UNet's call replayed from a CUDA graph (cuda_graph)
-    shorter_graphs    the eager UNet calls of other clip shapes (shorter last clips) replayed from a graph per
-                      shape (cuda_graph)
 
 A transformer denoiser (Wan's) takes `compile` alone so far (TRANSFORMER_SWITCHES); the others are written for the
 UNet3D and are left off for it, said once in the log.
@@ -124,16 +122,7 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
             tensors_fn = GraphedCall(UNetCall.tensors_only(unet_fn) if tensors_fn is None else tensors_fn)
         if tensors_fn is not None:
             unet_fn = UNetCall(tensors_fn, eager)
-        other = None  # the calls of other clip shapes (a video's shorter last clip): eager
-        if s.shorter_graphs and unet.device.type == "cuda":
-            from v2v.speed.cuda_graph import GraphedCall
-
-            # Eager, such a call spends most of its time in the modules' Python (a few short clips are little GPU
-            # work); replayed, its kernels alone. A graph per (clips, frames, guided or not): no padding, no
-            # compile. Optional: a shape that cannot be recorded runs eager.
-            other = UNetCall(GraphedCall(UNetCall.tensors_only(eager), max_graphs=64, fallback=True,
-                                         switch="shorter_graphs"), eager)
-        unet.forward = FixedBatch(unet_fn, unet_batch, eager, other)
+        unet.forward = FixedBatch(unet_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     if not stored:

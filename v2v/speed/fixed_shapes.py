@@ -56,9 +56,7 @@ class FixedBatch:
     result is cut back, so every call reuses the one compiled graph; padded rows cost compute, not a compile.
     Larger calls, or `size=None`, pass through unchanged (and compile for their own shape).
     The first call fixes the clip shape (C, F, h, w). Latents of another shape (a video's shorter last clip)
-    go to `other` (default `eager`) when given: each new frame count would otherwise cost a full compile.
-    `other` may replay the eager forward from a CUDA graph per shape (`shorter_graphs`); calls inside
-    `unpadded()` always take `eager` itself.
+    go to `eager` when given: each new frame count would otherwise cost a full compile.
 
     Over a forward that takes a guided step's pairs (`eager.takes_pairs`, v2v.speed.shared_prefix), `size` counts embeddings and
     the graph takes size / 2 latents: a guided call's two halves of embeddings are padded each to size / 2; an
@@ -66,11 +64,10 @@ class FixedBatch:
     both, at the cost an unguided call padded to `size` had before).
     """
 
-    def __init__(self, forward, size: int | None, eager=None, other=None):
+    def __init__(self, forward, size: int | None, eager=None):
         self.forward = forward
         self.size = size
         self.eager = eager
-        self.other = other if other is not None else eager
         self.shape = None
         self.takes_pairs = getattr(eager, "takes_pairs", False)
 
@@ -79,8 +76,8 @@ class FixedBatch:
             return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         if self.shape is None:
             self.shape = tuple(sample.shape[1:])
-        elif tuple(sample.shape[1:]) != self.shape and self.other is not None:
-            return self.other(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+        elif tuple(sample.shape[1:]) != self.shape and self.eager is not None:
+            return self.eager(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         n, e = sample.shape[0], encoder_hidden_states
         latents = self.size // 2 if self.takes_pairs and self.size else self.size  # the graph's
         if latents is None or n > latents or (n == latents and e.shape[0] == self.size):
