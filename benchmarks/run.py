@@ -83,6 +83,9 @@ def _args(argv=None):
                         "rank 16 and 64, the Ray job only); '' runs the job's manifest uniform and skips the "
                         "batcher rows")
     p.add_argument("--mix-clips", type=int, default=16, help="clips per --manifest-mix batcher row")
+    p.add_argument("--last-clip", default="overlap", choices=("overlap", "short"),
+                   help="how the mixed manifest's videos' last clips run, in this process and in the Ray job (the "
+                        "job's --last-clip): whole with context frames (overlap) or as shorter clips (short)")
     p.add_argument("--mix-batch", type=int, default=None, help="batch size for --manifest-mix (default: fastest)")
     p.add_argument("--mix-modes", default="grouped,continuous",
                    help="--manifest-mix rows: clips in flight (continuous), grouped as actors ran them before, or both")
@@ -530,16 +533,21 @@ LORA_RANKS = (16, 64, 16, 64, 16, 64, 16, 64)  # the lora mix's 8 styles
 def mixed_settings(b: Bench, mix: str, n: int) -> list[dict]:
     """n clips' settings for a manifest `mix`: uniform (the run's --strength, --steps, --guidance-scale), or mixed
     (strengths 0.4-0.8, guidance scales 1-15 with guidance off at 1, DDIM and DPM-Solver++ alternating, every fourth
-    clip a third shorter, as a video's last clip is)."""
+    clip a video's last, its remainder a third shorter than a clip: with --last-clip overlap, as the job runs it, a
+    whole clip of which a third is context (`context` frames); with short, a shorter clip)."""
     if mix not in MIXES:
         raise ValueError(f"--manifest-mix: {mix!r} is not one of {list(MIXES)}")
     out = []
     for i in range(n):
-        c = dict(b.clip, frames=b.frames, scheduler=None)
+        c = dict(b.clip, frames=b.frames, context=0, scheduler=None)
         if mix == "mixed":
             c.update(strength=(0.4, 0.5, 0.6, 0.7, 0.8)[i % 5], guidance_scale=(1.0, 5.0, 9.0, 15.0)[i % 4],
                      num_inference_steps=max(3, c["num_inference_steps"]),  # strength 0.4 leaves a step
-                     scheduler=("ddim", "dpm")[i % 2], frames=b.frames - b.frames // 3 if i % 4 == 3 else b.frames)
+                     scheduler=("ddim", "dpm")[i % 2])
+            if i % 4 == 3 and b.a.last_clip == "short":
+                c["frames"] = b.frames - b.frames // 3
+            elif i % 4 == 3:
+                c["context"] = b.frames // 3
         out.append(c)
     return out
 
@@ -622,6 +630,10 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
         s = time.perf_counter() - t0
         b.record(what=f"{how} batching, {mix}", variant=variant, batch=batch, clips=len(settings),
                  clip_steps_per_s=clip_steps / s, s_per_clip_step=s / clip_steps,
+                 # the share of the frame-steps computed that are output (the rest: last clips' context frames)
+                 output_share=sum(int(c["strength"] * c["num_inference_steps"]) * (c["frames"] - c["context"])
+                                  for c in settings) / sum(int(c["strength"] * c["num_inference_steps"]) * c["frames"]
+                                                           for c in settings),
                  slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings), forwards=forwards,
                  shorter_forwards=batcher.shorter_forwards if batcher else None)
 
@@ -775,7 +787,7 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
         cfg = JobConfig(manifest=os.path.join(vids, "manifest.csv"), output=os.path.join(work, f"e2e{suffix}-{gpus}"),
                         model=b.folder, steps=a.steps, strength=a.strength, guidance_scale=a.guidance_scale,
                         batch_size=batch, dtype=dtype, num_actors=gpus if b.cuda else 1, codec="h264",
-                        max_clips=per_video, speed=speed)
+                        max_clips=per_video, speed=speed, last_clip=a.last_clip)
         t0 = time.perf_counter()
         with GpuUtilization() as util:
             s = run_job(cfg, log=lambda m: print(m, flush=True))
@@ -822,7 +834,8 @@ def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
-            "clip_steps_per_s", "s_per_clip_step", "slot_fill", "forwards", "shorter_forwards", "cost_vs_uniform",
+            "clip_steps_per_s", "s_per_clip_step", "output_share", "slot_fill", "forwards", "shorter_forwards",
+            "cost_vs_uniform",
             "gpu_busy", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
             "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]

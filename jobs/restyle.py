@@ -45,6 +45,8 @@ HELP = {
     "clip_frames": "frames per clip (default: the model's native count)",
     "clip_stride": "frames between clip starts (default: clip-frames; smaller overlaps)",
     "min_frames": "shortest trailing clip kept (default: half a clip); shorter remainders are 'skipped'",
+    "last_clip": "overlap: a video's trailing remainder restyled as a whole clip ending at the video's end, "
+                 "the frames before it as context, cut from the output; short: the remainder alone, a shorter clip",
     "fps": "select frames at this rate (default: the source's)",
     "width": "clip width, a multiple of 8 (default: the model's)",
     "height": "clip height, a multiple of 8 (default: the model's)",
@@ -82,8 +84,9 @@ HELP = {
 }
 
 METAVARS = {"manifest": "URI", "output": "URI", "model": "URI", "shared_compile_cache": "URI", "scheduler": "NAME",
-            "dtype": "TYPE", "resize": "MODE", "codec": "CODEC", "preset": "NAME", "device": "DEVICE",
-            "gpu_wait_s": "S", "lease_ttl_s": "S", "actor_memory_gib": "GIB", "lora": "JSON", "embeddings": "JSON"}
+            "dtype": "TYPE", "resize": "MODE", "last_clip": "MODE", "codec": "CODEC", "preset": "NAME",
+            "device": "DEVICE", "gpu_wait_s": "S", "lease_ttl_s": "S", "actor_memory_gib": "GIB", "lora": "JSON",
+            "embeddings": "JSON"}
 
 # --help shows the settings in these groups, in this order.
 GROUPS = {
@@ -92,7 +95,8 @@ GROUPS = {
     "model and sampling (a manifest row's own value wins)": [
         "model", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "seed", "eta", "scheduler",
         "clip_skip", "lora", "embeddings", "dtype", "allow_pickle"],
-    "clips": ["clip_frames", "clip_stride", "min_frames", "fps", "width", "height", "resize", "max_clips"],
+    "clips": ["clip_frames", "clip_stride", "min_frames", "last_clip", "fps", "width", "height", "resize",
+              "max_clips"],
     "encoding": ["codec", "crf", "preset", "audio", "stitch", "preview", "preview_frames"],
     "cluster": ["device", "gpu_wait_s", "batch_size", "num_actors", "num_gpus_per_actor", "cpus_per_task",
                 "actor_memory_gib", "vae_chunk", "batch_invariant", "shared_compile_cache", "lease_ttl_s"],

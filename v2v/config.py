@@ -64,6 +64,10 @@ class JobConfig:
     clip_frames: int | None = None
     clip_stride: int | None = None
     min_frames: int | None = None  # shorter trailing remainders are dropped (recorded as 'skipped')
+    # A video's trailing remainder: "overlap" restyles a whole clip ending at the video's end, the frames before the
+    # remainder seen as context and cut from the output (the model's own clip shape, no frames cut to fit it);
+    # "short" restyles the remainder alone as a shorter clip.
+    last_clip: str = "overlap"
     fps: float | None = None
     width: int | None = None
     height: int | None = None
@@ -145,6 +149,7 @@ class JobConfig:
             ("width", self.width is None or (self.width >= 8 and self.width % 8 == 0), "a multiple of 8"),
             ("height", self.height is None or (self.height >= 8 and self.height % 8 == 0), "a multiple of 8"),
             ("resize", self.resize in ("cover", "pad", "stretch"), "cover, pad or stretch"),
+            ("last_clip", self.last_clip in ("overlap", "short"), "overlap or short"),
             ("device", self.device in ("auto", "cuda", "cpu"), "auto, cuda or cpu"),
             ("gpu_wait_s", self.gpu_wait_s >= 0, ">= 0"),
             ("codec", self.codec in ("h264", "h265", "av1", "ffv1"), "h264, h265, av1 or ffv1"),

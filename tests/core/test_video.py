@@ -67,19 +67,50 @@ def test_plan_windows_stride_and_remainder(vids):
 
 
 def test_plan_clips_of_4k_plus_1_frames_for_a_model_that_needs_them(vids):
-    """Wan's VAE takes 4k+1 frames: a shorter last clip is cut to the next such count, the rest dropped and said."""
+    """Wan's VAE takes 4k+1 frames: a shorter last clip (last_clip=short) is cut to the next such count, the rest
+    dropped and said; restyled whole with context frames (overlap, the default), it keeps every frame."""
     p = probe(vids["cfr"])  # 60 frames
-    plan = plan_clips(p, PlanSettings(clip_frames=21, frame_step=4))
+    plan = plan_clips(p, PlanSettings(clip_frames=21, frame_step=4, last_clip="short"))
     assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 21), (21, 21), (42, 17)]
     assert (plan.dropped_start, plan.dropped_frames) == (59, 1) and "4k+1 frames" in plan.notes[0]
-    plan = plan_clips(p, PlanSettings(clip_frames=25, stride=20, frame_step=4))  # overlapping: the tail once
+    plan = plan_clips(p, PlanSettings(clip_frames=21, frame_step=4))
+    assert [(c.start_frame, c.num_frames, c.context_frames) for c in plan.clips] == [(0, 21, 0), (21, 21, 0),
+                                                                                    (42, 18, 3)]
+    assert plan.dropped_frames == 0 and plan.notes == []
+    plan = plan_clips(p, PlanSettings(clip_frames=25, stride=20, frame_step=4, last_clip="short"))  # the tail once
     assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 25), (20, 25), (40, 17)]
     assert (plan.dropped_start, plan.dropped_frames) == (57, 3)
-    plan = plan_clips(p, PlanSettings(clip_frames=29, min_frames=2, frame_step=4))  # 2 left: cut to 1 < 2
+    plan = plan_clips(p, PlanSettings(clip_frames=29, min_frames=2, frame_step=4,
+                                      last_clip="short"))  # 2 left: cut to 1 < 2
     assert [(c.start_frame, c.num_frames) for c in plan.clips] == [(0, 29), (29, 29)]
     assert (plan.dropped_start, plan.dropped_frames) == (58, 2) and "(1 once cut to 4k+1)" in plan.notes[0]
     with pytest.raises(PlanError, match=r"clip_frames 24: this model takes 4k\+1 frames a clip \(e.g. 21 or 25\)"):
         plan_clips(p, PlanSettings(clip_frames=24, frame_step=4))
+
+
+def test_a_last_clip_restyled_whole_ends_at_the_window_end_with_context_frames(vids):
+    """last_clip=overlap: a trailing remainder becomes a clip of the model's length ending at the window's end; the
+    frames before the remainder (another clip's output) are its context, decoded first; its own frames are the
+    remainder's. Remainders under min_frames are still dropped, and a window shorter than one clip gives a
+    shorter clip."""
+    p = probe(vids["cfr"])  # 60 frames
+    plan = plan_clips(p, PlanSettings(clip_frames=24))
+    assert [(c.start_frame, c.num_frames, c.context_frames) for c in plan.clips] == [(0, 24, 0), (24, 24, 0),
+                                                                                    (48, 12, 12)]
+    last = plan.clips[-1]
+    assert (last.start_s, last.end_s) == (48 / p.fps, 60 / p.fps)
+    assert [round(t * p.fps) for t in last.frame_times()] == list(range(36, 60))
+    frames = decode_clip(vids["cfr"], last.frame_times(), 96, 64)
+    assert [frame_index(f) for f in frames] == list(range(36, 60))
+    plan = plan_clips(p, PlanSettings(clip_frames=24, min_frames=13))  # 12 left: dropped, as with short
+    assert [c.num_frames for c in plan.clips] == [24, 24] and (plan.dropped_start, plan.dropped_frames) == (48, 12)
+    plan = plan_clips(p, PlanSettings(clip_frames=16, stride=12, start_s=10 / p.fps))  # 50 frames from 10
+    assert [(c.start_frame, c.num_frames, c.context_frames) for c in plan.clips] == [
+        (10, 16, 0), (22, 16, 0), (34, 16, 0), (46, 14, 2)]  # context from 44: inside the window
+    plan = plan_clips(p, PlanSettings(clip_frames=24, end_s=20 / p.fps, min_frames=1))  # a window of 20 frames
+    assert [(c.start_frame, c.num_frames, c.context_frames) for c in plan.clips] == [(0, 20, 0)]
+    with pytest.raises(PlanError, match="last_clip must be overlap or short"):
+        plan_clips(p, PlanSettings(clip_frames=24, last_clip="pad"))
 
 
 def test_too_short_video_plans_nothing_and_says_so(vids):
@@ -91,7 +122,7 @@ def test_too_short_video_plans_nothing_and_says_so(vids):
 
 def test_decode_returns_exactly_the_planned_frames(vids):
     p = probe(vids["cfr"])
-    for clip in plan_clips(p, PlanSettings(clip_frames=16, stride=12)).clips:
+    for clip in plan_clips(p, PlanSettings(clip_frames=16, stride=12, last_clip="short")).clips:
         frames = decode_clip(vids["cfr"], clip.frame_times(), 96, 64)
         assert frames.shape == (clip.num_frames, 64, 96, 3) and frames.dtype == np.uint8
         assert [frame_index(f) for f in frames] == list(range(clip.start_frame, clip.start_frame + clip.num_frames))

@@ -126,8 +126,9 @@ def test_a_manifest_that_mixes_settings_and_schedulers_gives_each_clip_what_it_g
         (d / f"{name}.mp4").symlink_to(inputs / f"{name}.mp4")
     pd.DataFrame(rows).to_csv(d / "m.csv", index=False)
     outs = {}
-    for batch in (3, 1):
-        run_job(_cfg(d, tmp_path / f"b{batch}", "m.csv", batch_size=batch, max_failures=0), **QUIET)
+    for batch in (3, 1):  # v1's last clip restyled alone: a shorter clip, in a stream of its own
+        run_job(_cfg(d, tmp_path / f"b{batch}", "m.csv", batch_size=batch, max_failures=0, last_clip="short"),
+                **QUIET)
         outs[batch] = _outputs(tmp_path / f"b{batch}")
     assert len(outs[3]) == 10 and outs[3] == outs[1]
     df = pd.read_parquet(tmp_path / "b3" / "index").sort_values(["video", "strength", "scheduler"])
@@ -139,6 +140,30 @@ def test_a_manifest_that_mixes_settings_and_schedulers_gives_each_clip_what_it_g
     by_scheduler = v0.groupby("scheduler").output_sha256.agg(lambda s: sorted(s)).to_dict()
     assert len(by_scheduler) == 2 and set(by_scheduler["DDIMScheduler"]).isdisjoint(
         by_scheduler["DPMSolverMultistepScheduler"])
+
+
+def test_a_last_clip_is_restyled_whole_and_keeps_only_its_own_frames(ray_cluster, inputs, tmp_path):
+    """last_clip=overlap (the default): v1 (20 frames, clips of 8) ends in a 4-frame remainder, restyled as frames
+    12-19 and cut to 16-19. Its output is exactly the last 4 frames of the same 8 frames restyled as a clip of their
+    own (a row starting at frame 12, seeded as that clip); the stitched video has all 20 frames."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "v1.mp4").symlink_to(inputs / "v1.mp4")
+    fps = 24.0
+    pd.DataFrame([{"id": "whole", "video": "v1.mp4", "prompt": "ink", "seed": 10},
+                  {"id": "tail", "video": "v1.mp4", "prompt": "ink", "seed": 12, "start_s": 12 / fps}]).to_csv(
+        d / "m.csv", index=False)
+    out = tmp_path / "out"
+    s = run_job(_cfg(d, out, "m.csv", stitch=True, max_failures=0), **QUIET)
+    df = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    assert s.ok == 4 and df.context_frames.to_dict() == {("whole", 0): 0, ("whole", 1): 0, ("whole", 2): 4,
+                                                         ("tail", 0): 0}
+    assert df.loc[("whole", 2), ["start_frame", "num_frames"]].tolist() == [16, 4]
+    last = read_frames(str(out / df.loc[("whole", 2), "output"]))
+    alone = read_frames(str(out / df.loc[("tail", 0), "output"]))
+    assert last.shape[0] == 4 and alone.shape[0] == 8
+    assert np.array_equal(last, alone[4:])
+    assert read_frames(str(next(out.glob("videos/whole.*")))).shape[0] == 20
 
 
 def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, inputs, tmp_path):
@@ -206,6 +231,9 @@ def test_a_rerun_renders_again_exactly_the_clips_whose_output_would_differ(ray_c
     assert n == 2 and len(renewed) == 2 and renewed.video_after.str.endswith("v0.mp4").all()
     (model / "unet" / "NOTICE.txt").write_text("replaced")  # the model changed at the same place
     assert rerun(codec="h265", scheduler="euler")[0] == 5
+    # v1's last clip (4 frames) restyled alone instead of whole with 4 context frames: that clip alone
+    n, short = rerun(codec="h265", scheduler="euler", last_clip="short")
+    assert n == 1 and (short.context_frames == 0).all()
 
 
 def test_a_video_that_cannot_be_stitched_is_reported_and_the_run_ends_normally(baseline, inputs, tmp_path):

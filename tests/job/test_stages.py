@@ -62,6 +62,23 @@ def test_a_clip_out_of_memory_even_alone_is_a_failed_row(actor):
     assert all(e.startswith("restyle: out of GPU memory even alone") for e in out["error"])
 
 
+def test_a_clip_with_context_frames_is_restyled_whole_and_cut_to_its_own_frames(actor):
+    """A last clip restyled whole (last_clip=overlap): the model sees its context frames and its own, as one clip of
+    the model's length; the row keeps its own frames only, its quality signals taken against its own source frames."""
+    from v2v.model.quality import signals
+
+    whole = actor(_batch(1))
+    with_context = {**_batch(1), "context_frames": np.array([3])}
+    cut = actor(with_context)
+    assert cut["error"][0] is None and cut["frames"][0].shape == (5, 64, 64, 3)
+    assert np.array_equal(cut["frames"][0], whole["frames"][0][3:])
+    own = signals(torch.from_numpy(whole["frames"][0][3:]).float() / 255, torch.from_numpy(FRAMES[0][3:]))
+    for k, v in own.items():
+        if isinstance(v, float):
+            assert abs(cut[k][0] - v) < 1e-2, k
+    assert abs(cut["source_ssim"][0] - whole["source_ssim"][0]) > 0  # not the whole clip's
+
+
 def test_device_failures_are_told_from_other_errors():
     assert device_failed(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert device_failed(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))

@@ -27,6 +27,8 @@ INDEX_SCHEMA = pa.schema([
     ("video", pa.string()),
     ("start_frame", pa.int64()),
     ("num_frames", pa.int64()),
+    # frames before start_frame the model saw with the clip, cut from its output (a last clip restyled whole)
+    ("context_frames", pa.int64()),
     ("fps", pa.float64()),
     ("start_s", pa.float64()),
     ("end_s", pa.float64()),
@@ -94,6 +96,8 @@ def work_key(clip: dict, job: dict) -> str:
                    adapter_versions=clip.get("adapter_versions"))
     if clip.get("scheduler"):  # the row's own scheduler (else the job's, in `job`), likewise
         key.update(row_scheduler=clip["scheduler"])
+    if clip.get("context_frames"):  # a last clip restyled with the frames before it, likewise
+        key.update(context_frames=int(clip["context_frames"]))
     return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:32]
 
 

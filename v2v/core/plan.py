@@ -32,6 +32,11 @@ class PlanSettings:
     # Clips hold frame_step * k + 1 frames (Wan's VAE: 4); a shorter last clip is cut to the next such count
     # below its remainder, the frames past it dropped (and reported). 1: any count.
     frame_step: int = 1
+    # A video's trailing remainder (kept: min_frames): "overlap" restyles it as a whole clip that ends at the
+    # window's end, the frames before the remainder (`context_frames`, already another clip's output) given to the
+    # model as context and cut from the output; "short" restyles the remainder alone, as a shorter clip. A video
+    # shorter than one clip is always a shorter clip.
+    last_clip: str = "overlap"
 
     def validate(self) -> None:
         if self.clip_frames < 1:
@@ -46,6 +51,8 @@ class PlanSettings:
             raise PlanError(f"max_clips must be >= 1, got {self.max_clips}")
         if self.min_frames is not None and not 1 <= self.min_frames <= self.clip_frames:
             raise PlanError(f"min_frames must be in [1, clip_frames], got {self.min_frames}")
+        if self.last_clip not in ("overlap", "short"):
+            raise PlanError(f"last_clip must be overlap or short, got {self.last_clip!r}")
         if self.frame_step < 1 or (self.clip_frames - 1) % self.frame_step:
             k = (self.clip_frames - 1) // self.frame_step
             raise PlanError(f"clip_frames {self.clip_frames}: this model takes {self.frame_step}k+1 frames a clip "
@@ -60,10 +67,13 @@ class ClipPlan:
     fps: float
     start_s: float  # timestamp of the first frame, seconds from the video's start
     end_s: float  # start_s + num_frames / fps
+    # Frames before start_frame the model sees with the clip and that are cut from its output (a last clip
+    # restyled whole: PlanSettings.last_clip); the clip's output is still frames [start_frame, +num_frames).
+    context_frames: int = 0
 
     def frame_times(self) -> list[float]:
-        """Timestamps (s) of the frames to decode."""
-        return [(self.start_frame + k) / self.fps for k in range(self.num_frames)]
+        """Timestamps (s) of the frames to decode: the context frames, then the clip's own."""
+        return [(self.start_frame + k) / self.fps for k in range(-self.context_frames, self.num_frames)]
 
 
 @dataclass
@@ -95,6 +105,19 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
         n = min(s.clip_frames, last - start)
         short = n < s.clip_frames  # the last clip: its remainder, cut to frame_step * k + 1 frames
         keep = n - (n - 1) % s.frame_step
+        if short and s.last_clip == "overlap" and last - first >= s.clip_frames:
+            # the remainder as the last clip_frames of the window: the model's own shape, nothing cut to 4k+1
+            if n < min_frames:
+                notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames="
+                             f"{min_frames}")
+                dropped = (start, n)
+                break
+            if s.max_clips is not None and len(clips) == s.max_clips:
+                notes.append(f"stopped at max_clips={s.max_clips}; frames from {start} on are not planned")
+                break
+            clips.append(ClipPlan(len(clips), start, n, fps, start / fps, (start + n) / fps,
+                                  context_frames=s.clip_frames - n))
+            break
         if short and keep < min_frames:
             cut = f" ({keep} once cut to {s.frame_step}k+1)" if keep != n else ""
             notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames={min_frames}"
@@ -119,8 +142,8 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
 
 
 # Columns that travel with a clip through the stages (pass-through manifest columns stay on the driver).
-CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "fps", "start_s", "end_s", "width",
-                "height", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps",
+CLIP_COLUMNS = ["id", "clip_index", "video", "start_frame", "num_frames", "context_frames", "fps", "start_s", "end_s",
+                "width", "height", "prompt", "negative_prompt", "seed", "strength", "num_inference_steps",
                 "guidance_scale", "lora", "embeddings", "scheduler", "work_key", "status", "error"]
 
 
@@ -151,22 +174,25 @@ def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], frame_
     try:
         p = retrying(lambda: probe(row["video"]), row["video"])
     except (VideoError, StorageError) as e:
-        return [{**base, "clip_index": -1, "start_frame": 0, "num_frames": 0, "fps": None, "start_s": None,
+        return [{**base, "clip_index": -1, "start_frame": 0, "num_frames": 0, "context_frames": 0, "fps": None,
+                 "start_s": None,
                  "end_s": None, "seed": None, "status": "failed", "error": str(e)}]
     settings = PlanSettings(clip_frames=frames, stride=cfg.clip_stride, fps=cfg.fps,
                             start_s=row.get("start_s") or 0.0, end_s=row.get("end_s"), max_clips=cfg.max_clips,
-                            min_frames=cfg.min_frames, frame_step=frame_step)
+                            min_frames=cfg.min_frames, frame_step=frame_step, last_clip=cfg.last_clip)
     plan = plan_clips(p, settings)
     rows = []
     for c in plan.clips:
         rows.append({**base, "clip_index": c.clip_index, "start_frame": c.start_frame, "num_frames": c.num_frames,
-                     "fps": c.fps, "start_s": c.start_s, "end_s": c.end_s, "status": "planned",
+                     "context_frames": c.context_frames, "fps": c.fps, "start_s": c.start_s, "end_s": c.end_s,
+                     "status": "planned",
                      "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], c.clip_index)})
     if not plan.clips or plan.dropped_frames:
         # Record what the plan left out as a 'skipped' row, so it is never silent.
         k = len(plan.clips)
         start = plan.dropped_start if plan.dropped_frames else 0
         rows.append({**base, "clip_index": k, "start_frame": start, "num_frames": max(0, plan.total_frames - start),
-                     "fps": plan.fps, "start_s": start / plan.fps, "end_s": None, "status": "skipped",
+                     "context_frames": 0, "fps": plan.fps, "start_s": start / plan.fps, "end_s": None,
+                     "status": "skipped",
                      "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], k), "error": "; ".join(plan.notes)})
     return rows

@@ -28,20 +28,26 @@ from v2v.job.resources import Resources, auto_dtype
 logger = logging.getLogger(__name__)
 
 def decode(row: dict, resize: str) -> dict:
-    """Decode one clip row's planned frames: adds `frames` uint8 (F, H, W, 3) and `decode_s`; a clip that cannot
-    be decoded gets its `error` (and no frames)."""
+    """Decode one clip row's planned frames, its context frames first: adds `frames` uint8 (context + F, H, W, 3)
+    and `decode_s`; a clip that cannot be decoded gets its `error` (and no frames)."""
     t0 = time.perf_counter()
     n, h, w = int(row["num_frames"]), int(row["height"]), int(row["width"])
     frames = np.zeros((0, h, w, 3), np.uint8)
     error = row["error"] if isinstance(row.get("error"), str) else None
     if error is None:
-        times = [(int(row["start_frame"]) + k) / float(row["fps"]) for k in range(n)]
+        times = [(int(row["start_frame"]) + k) / float(row["fps"]) for k in range(-context(row), n)]
         video = row["video"]
         try:
             frames = retrying(lambda: decode_clip(video, times, w, h, resize), video)
         except (VideoError, StorageError) as e:
             error = f"decode: {e}"
     return {**row, "frames": frames, "decode_s": time.perf_counter() - t0, "error": error}
+
+
+def context(row: dict) -> int:
+    """A clip row's context frames (v2v.core.plan.ClipPlan.context_frames): 0 where the row has none."""
+    v = row.get("context_frames")
+    return int(v) if v is not None and v == v else 0  # (NaN after pandas: none)
 
 
 def _text(row: dict, column: str) -> str:
@@ -314,7 +320,8 @@ class Restyle:
             for c in finished:
                 row = c.key
                 try:
-                    frames = batcher.finish(c)
+                    # the clip's own frames: its context frames (seen by the model) cut from the output
+                    frames = batcher.finish(c)[context(row):]
                     out, bad = to_uint8_checked(frames[None])
                 except RuntimeError as e:  # out of memory too
                     why = f"{type(e).__name__}: {e}"
@@ -329,7 +336,7 @@ class Restyle:
                                     "weights or this clip's prompt embedding hold them")
                     continue
                 # on the frames' device, beside them: the source once more (13 MB for 576x320x24), no decode
-                quality = signals(frames, torch.from_numpy(np.asarray(row["frames"])).to(frames.device))
+                quality = signals(frames, torch.from_numpy(np.asarray(row["frames"])[context(row):]).to(frames.device))
                 yield done(row, frames=out[0], restyle_s=c.model_s, restyle_started_at=c.admitted_at,
                            restyle_finished_at=time.time(), **quality)
 
