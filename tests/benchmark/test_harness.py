@@ -208,3 +208,21 @@ def test_random_wan_has_the_size_of_wan_2_1_t2v_1_3b():
         parts = [WanTransformer3DModel(**WAN_1_3B), UMT5EncoderModel(UMT5Config(**UMT5_XXL)), AutoencoderKLWan()]
     sizes = [round(sum(p.numel() for p in m.parameters()) / 1e6) for m in parts]
     assert sizes == [1419, 5681, 127]
+
+
+def test_the_mixed_manifests_last_clips_follow_last_clip():
+    """Every fourth clip of the benchmark's mixed manifest is a video's last, a third of a clip short: with overlap (the
+    job's default) a whole clip, a third of it context; with short, a shorter clip. Settings vary either way."""
+    from types import SimpleNamespace
+
+    from benchmarks.run import mixed_settings
+
+    def bench(last_clip):
+        return SimpleNamespace(clip=dict(strength=0.6, num_inference_steps=40, guidance_scale=15.0), frames=24,
+                               a=SimpleNamespace(last_clip=last_clip))
+
+    overlap, short = mixed_settings(bench("overlap"), "mixed", 8), mixed_settings(bench("short"), "mixed", 8)
+    assert [(c["frames"], c["context"]) for c in overlap] == [(24, 0)] * 3 + [(24, 8)] + [(24, 0)] * 3 + [(24, 8)]
+    assert [(c["frames"], c["context"]) for c in short] == [(24, 0)] * 3 + [(16, 0)] + [(24, 0)] * 3 + [(16, 0)]
+    assert len({(c["strength"], c["guidance_scale"], c["scheduler"]) for c in overlap}) == 8
+    assert all(c["context"] == 0 and c["frames"] == 24 for c in mixed_settings(bench("overlap"), "uniform", 4))
