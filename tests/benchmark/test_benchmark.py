@@ -20,8 +20,8 @@ def test_benchmark_sections_on_cpu(tiny, tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--device", "cpu", "--steps", "2",
                         "--reference", "--quality", "--variants", "float32,bfloat16", "--batch-sizes", "1,2",
                         "--attention", "--startup", "--manifest-mix", "uniform,mixed", "--mix-clips", "6",
-                        "--mix-batch", "2", "--last-clip", "short", "--work-dir", str(tmp_path / "work"), "--results", str(results),
-                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                        "--mix-batch", "2", "--last-clip", "short", "--work-dir", str(tmp_path / "work"),
+                        "--results", str(results), "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": REPO})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     got = json.loads(out.read_text())
