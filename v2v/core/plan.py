@@ -175,8 +175,7 @@ def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], frame_
         p = retrying(lambda: probe(row["video"]), row["video"])
     except (VideoError, StorageError) as e:
         return [{**base, "clip_index": -1, "start_frame": 0, "num_frames": 0, "context_frames": 0, "fps": None,
-                 "start_s": None,
-                 "end_s": None, "seed": None, "status": "failed", "error": str(e)}]
+                 "start_s": None, "end_s": None, "seed": None, "status": "failed", "error": str(e)}]
     settings = PlanSettings(clip_frames=frames, stride=cfg.clip_stride, fps=cfg.fps,
                             start_s=row.get("start_s") or 0.0, end_s=row.get("end_s"), max_clips=cfg.max_clips,
                             min_frames=cfg.min_frames, frame_step=frame_step, last_clip=cfg.last_clip)
@@ -185,14 +184,13 @@ def _plan_rows(row: dict, cfg: JobConfig, geometry: tuple[int, int, int], frame_
     for c in plan.clips:
         rows.append({**base, "clip_index": c.clip_index, "start_frame": c.start_frame, "num_frames": c.num_frames,
                      "context_frames": c.context_frames, "fps": c.fps, "start_s": c.start_s, "end_s": c.end_s,
-                     "status": "planned",
-                     "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], c.clip_index)})
+                     "status": "planned", "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], c.clip_index)})
     if not plan.clips or plan.dropped_frames:
         # Record what the plan left out as a 'skipped' row, so it is never silent.
         k = len(plan.clips)
         start = plan.dropped_start if plan.dropped_frames else 0
         rows.append({**base, "clip_index": k, "start_frame": start, "num_frames": max(0, plan.total_frames - start),
                      "context_frames": 0, "fps": plan.fps, "start_s": start / plan.fps, "end_s": None,
-                     "status": "skipped",
-                     "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], k), "error": "; ".join(plan.notes)})
+                     "status": "skipped", "seed": clip_seed(row.get("seed"), cfg.seed, row["id"], k),
+                     "error": "; ".join(plan.notes)})
     return rows
