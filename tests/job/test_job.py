@@ -508,11 +508,11 @@ def test_interrupted_run_keeps_its_clips_releases_the_lease_and_says_how_to_resu
                                                                                   sig, code):
     """Ctrl-C (SIGINT) or `ray job stop` / a preempted head (SIGTERM) to the driver mid-run: finished rows are
     flushed, the lease released, one line says how many clips were saved, and the exit code says which signal."""
-    # the three videos four times over (32 clips): rendering lasts well past the first rows saved, when the signal
-    # comes (with the baseline's 8 clips it could end first)
+    # the three videos four times over (32 clips) at 24 denoising steps a clip: rendering lasts well past the first
+    # rows saved (a flush every 2 s), when the signal comes; the baseline's 8 clips of 2 steps could end first
     m = tmp_path / "m.csv"
-    pd.DataFrame([{"video": str(inputs / f"v{i}.mp4"), "prompt": f"style {i} take {k}", "seed": 10 * k + i}
-                  for k in range(4) for i in range(3)]).to_csv(m, index=False)
+    pd.DataFrame([{"video": str(inputs / f"v{i}.mp4"), "prompt": f"style {i} take {k}", "seed": 10 * k + i,
+                   "num_inference_steps": 40} for k in range(4) for i in range(3)]).to_csv(m, index=False)
     out = tmp_path / "out"
     proc = _start_driver(inputs, out, ray_cluster, output=subprocess.PIPE, manifest=m)
     _wait_mid_run(proc, out, parts=1)
