@@ -73,7 +73,12 @@ class ClipPlan:
 
     def frame_times(self) -> list[float]:
         """Timestamps (s) of the frames to decode: the context frames, then the clip's own."""
-        return [(self.start_frame + k) / self.fps for k in range(-self.context_frames, self.num_frames)]
+        return frame_times(self.start_frame, self.num_frames, self.fps, self.context_frames)
+
+
+def frame_times(start_frame: int, num_frames: int, fps: float, context_frames: int = 0) -> list[float]:
+    """Timestamps (s) of a clip's frames in the sequence selected at `fps`, its context frames first."""
+    return [(start_frame + k) / fps for k in range(-context_frames, num_frames)]
 
 
 @dataclass
@@ -103,21 +108,11 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
     start = first
     while start < last:
         n = min(s.clip_frames, last - start)
-        short = n < s.clip_frames  # the last clip: its remainder, cut to frame_step * k + 1 frames
-        keep = n - (n - 1) % s.frame_step
-        if short and s.last_clip == "overlap" and last - first >= s.clip_frames:
-            # the remainder as the last clip_frames of the window: the model's own shape, nothing cut to 4k+1
-            if n < min_frames:
-                notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames="
-                             f"{min_frames}")
-                dropped = (start, n)
-                break
-            if s.max_clips is not None and len(clips) == s.max_clips:
-                notes.append(f"stopped at max_clips={s.max_clips}; frames from {start} on are not planned")
-                break
-            clips.append(ClipPlan(len(clips), start, n, fps, start / fps, (start + n) / fps,
-                                  context_frames=s.clip_frames - n))
-            break
+        short = n < s.clip_frames  # the last clip: its remainder
+        # overlap: the remainder as the last clip_frames of the window (the model's own shape, nothing cut to 4k+1),
+        # the frames before it context; else cut to frame_step * k + 1 frames
+        context = s.clip_frames - n if short and s.last_clip == "overlap" and window >= s.clip_frames else 0
+        keep = n if context else n - (n - 1) % s.frame_step
         if short and keep < min_frames:
             cut = f" ({keep} once cut to {s.frame_step}k+1)" if keep != n else ""
             notes.append(f"dropped the trailing {n} frame(s) from frame {start}: fewer than min_frames={min_frames}"
@@ -131,7 +126,7 @@ def plan_clips(probe: Probe, s: PlanSettings) -> Plan:
             notes.append(f"dropped the trailing {n - keep} frame(s) from frame {start + keep}: this model takes "
                          f"{s.frame_step}k+1 frames a clip")
             dropped, n = (start + keep, n - keep), keep
-        clips.append(ClipPlan(len(clips), start, n, fps, start / fps, (start + n) / fps))
+        clips.append(ClipPlan(len(clips), start, n, fps, start / fps, (start + n) / fps, context_frames=context))
         if short or start + n >= last:
             break
         start += stride

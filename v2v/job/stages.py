@@ -21,6 +21,7 @@ import numpy as np
 
 from v2v.config import JobConfig
 from v2v.core.index import clip_path
+from v2v.core.plan import frame_times
 from v2v.core.storage import StorageError, join, retrying
 from v2v.core.video import VideoError, decode_clip, write_video
 from v2v.job.resources import Resources, auto_dtype
@@ -35,7 +36,7 @@ def decode(row: dict, resize: str) -> dict:
     frames = np.zeros((0, h, w, 3), np.uint8)
     error = row["error"] if isinstance(row.get("error"), str) else None
     if error is None:
-        times = [(int(row["start_frame"]) + k) / float(row["fps"]) for k in range(-context(row), n)]
+        times = frame_times(int(row["start_frame"]), n, float(row["fps"]), context(row))
         video = row["video"]
         try:
             frames = retrying(lambda: decode_clip(video, times, w, h, resize), video)
