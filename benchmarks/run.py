@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 # The job's GPU switches as a variant (JobConfig's defaults with compile: temporal layers, frame attention,
 # GroupNorm statistics per channel, a guided step's shared prefix computed once, the upsamplers by output phase,
 # the VAE compiled too); the dtype is bf16, the job's `--dtype auto` on GPUs.
-JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+graph+compile+pre+vae"
+JOB_GPU_VARIANT = "bfloat16+temporal+frameattn+chanstats+prefix+phaseup+graph+compile+pre+vae+bg"
 
 
 def _section_variant(best: dict | None, cuda: bool, variant: str | None = None,
@@ -122,7 +123,7 @@ def _card() -> str:
 # a variant's parts -> the speed switch each turns on (`nobench` turns cudnn_benchmark off)
 _PART_SWITCHES = {"temporal": "temporal_layers", "frameattn": "frame_attention", "chanstats": "channel_stats",
                   "prefix": "shared_prefix", "phaseup": "upsample_phases", "graph": "cuda_graphs", "compile": "compile",
-                  "pre": "precompile", "vae": "compile_vae"}
+                  "pre": "precompile", "vae": "compile_vae", "bg": "background_compile"}
 _PARTS = (*_PART_SWITCHES, "nobench")
 
 
@@ -131,7 +132,9 @@ def _variant_cfg(variant: str):
 
     `compile` alone compiles the UNet only (torch.compile, kernels cached); `+vae` also the VAE (the job's default
     when compiling); `pre` stores torch.compile's compiled functions (the job's default when compiling) and implies
-    compile. `nobench`: cuDNN's heuristics pick each convolution's algorithm (no timing search,
+    compile. `bg` (the job's default, implies pre): a start whose caches lack the stored parts is ready eager while
+    they compile in the background (the restyle actor's; the sampler rows compile before they run). `nobench`:
+    cuDNN's heuristics pick each convolution's algorithm (no timing search,
     `cudnn_benchmark=False`)."""
     from v2v.config import SpeedSettings
 
@@ -140,6 +143,7 @@ def _variant_cfg(variant: str):
     if unknown:
         raise ValueError(f"variant {variant!r}: unknown part(s) {unknown}; known: {list(_PARTS)}")
     switches = {name: part in parts for part, name in _PART_SWITCHES.items()}
+    switches["precompile"] |= switches["background_compile"]
     switches["compile"] |= switches["precompile"]
     switches["cudnn_benchmark"] = "nobench" not in parts
     if switches["compile_vae"] and not switches["compile"]:
@@ -178,9 +182,11 @@ def _video(b, f, h, w, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (b, f, h, w, 3), dtype=np.uint8))
 
 
-def _actor(folder: str, device: str, variant: str, batch: str, shared: str = "") -> int:
+def _actor(folder: str, device: str, variant: str, batch: str, shared: str = "", clip: str = "{}") -> int:
     """The child of --startup: construct the job's restyle actor (without Ray) and say how long parts took.
-    shared: the shared compile cache's URI, or ''."""
+    shared: the shared compile cache's URI, or ''. Where the actor is ready eager while its parts compile in the
+    background (`bg`), it then restyles batches of `clip` (JSON: strength, num_inference_steps, guidance_scale)
+    until it has taken the compiled parts up, and two batches more, and says what each cost per clip-step."""
     t0 = time.perf_counter()
     from v2v.config import JobConfig
     from v2v.job.resources import resources
@@ -199,7 +205,50 @@ def _actor(folder: str, device: str, variant: str, batch: str, shared: str = "")
     compiled = compile_breakdown(compilation_time_metrics)
     print(f"READY v2v imports {t1 - t0:.1f} s, actor built and warm {ready:.1f} s ({actor.start_report()})"
           + (f"; {compiled}" if compiled else ""), flush=True)
+    if actor.background is not None:
+        print("BACKGROUND " + json.dumps(_eager_then_compiled(actor, int(batch), json.loads(clip), t1)), flush=True)
     return 0
+
+
+def _eager_then_compiled(actor, batch: int, clip: dict, t_start: float) -> dict:
+    """Batches of `batch` clips through the actor's stream while its parts compile in the background, then two
+    after it took them up: seconds per clip-step of each kind (the batch in which it took them up left out), and
+    when the actor ran compiled (seconds since `t_start`)."""
+    from v2v.model.loading import model_geometry
+
+    import torch
+
+    if actor.components.device.type == "cpu":  # half the cores: the rest are the background compile's, which a
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # CPU actor busy with eager batches would starve
+    width, height, frames = model_geometry(actor.cfg.model)
+    video = _video(batch, frames, height, width).numpy()
+    steps = batch * int(clip["strength"] * clip["num_inference_steps"])
+    seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+    compiled_at = None
+    while len(seconds["compiled"]) < 2:
+        before = actor.background is not None
+        t = time.perf_counter()
+        rows = [dict(id="v", clip_index=i, frames=video[i], prompt=f"style {i}", seed=i, error=None, **clip)
+                for i in range(batch)]
+        bad = [r["error"] for r in actor.stream(rows) if r["error"]]
+        if bad:
+            raise RuntimeError(f"restyle failed: {bad[0]}")
+        after = actor.background is not None
+        if before and not after:
+            compiled_at = time.perf_counter() - t_start
+            if not actor.speed.compile or "background_compile" not in actor.start_s:  # failed: stays eager
+                return {"failed": actor.start_report(), **{k: _median(v) for k, v in seconds.items()}}
+        elif before:
+            seconds["eager"].append((time.perf_counter() - t) / steps)
+        else:
+            seconds["compiled"].append((time.perf_counter() - t) / steps)
+    return {"compiled_at_s": compiled_at, "eager_batches": len(seconds["eager"]),
+            "eager_s_per_clip_step": _median(seconds["eager"]),
+            "compiled_s_per_clip_step": _median(seconds["compiled"]), **actor.start_s}
+
+
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs)) if xs else float("nan")
 
 
 class Bench:
@@ -714,16 +763,39 @@ def startup(b: Bench, work: str, best: dict | None) -> None:
         starts.append(("another machine's first start, shared cache", f"{cache}-other"))
     for attempt, folder in starts:
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "benchmarks.run", "--_actor", b.folder, b.a.device, variant,
-                              str(batch), shared if stores else ""], capture_output=True, text=True,
-                             env={**os.environ, "V2V_COMPILE_CACHE": folder, "TQDM_DISABLE": "1"})
+        # the child's lines as they come: ready is when it says READY (a background-compiling one then restyles)
+        child = subprocess.Popen([sys.executable, "-m", "benchmarks.run", "--_actor", b.folder, b.a.device, variant,
+                                  str(batch), shared if stores else "", json.dumps(b.clip)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "V2V_COMPILE_CACHE": folder, "TQDM_DISABLE": "1"})
+        ready = bg = None
+        err = []
+        threading.Thread(target=lambda: err.extend(child.stderr), daemon=True).start()
+        for line in child.stdout:
+            if line.startswith("READY"):
+                ready = line[6:].strip(), time.perf_counter() - t0
+            elif line.startswith("BACKGROUND"):
+                bg = json.loads(line[11:])
+        child.wait()
         wall = time.perf_counter() - t0
-        ready = [ln for ln in out.stdout.splitlines() if ln.startswith("READY")]
         # a crash (e.g. a segmentation fault, exit code -11) leaves no traceback: say the code and the last lines
         # (no progress bars in them: TQDM_DISABLE)
-        said = [ln for ln in out.stderr.splitlines() if ln.strip()]
-        b.record(what=f"actor ready ({attempt})", variant=variant, batch=batch, seconds=wall,
-                 note=ready[0][6:] if ready else f"failed (exit code {out.returncode}): " + " ".join(said[-3:])[-300:])
+        said = [ln.strip() for ln in err if ln.strip()]
+        failed = f"failed (exit code {child.returncode}): " + " ".join(said[-3:])[-300:]
+        b.record(what=f"actor ready ({attempt})", variant=variant, batch=batch,
+                 seconds=ready[1] if ready else wall, note=ready[0] if ready and child.returncode == 0 else failed)
+        if bg and "failed" not in bg:
+            eager, comp = bg["eager_s_per_clip_step"], bg["compiled_s_per_clip_step"]
+            # over a node's first hour: what the eager minutes cost against compiled ones, and the take-up pause
+            lost = (bg["compiled_at_s"] - ready[1]) * (1 - comp / eager) if eager == eager else 0.0
+            b.record(what=f"actor compiled in the background ({attempt})", variant=variant, batch=batch,
+                     seconds=bg["compiled_at_s"], eager_s_per_clip_step=eager, compiled_s_per_clip_step=comp,
+                     first_hour_cost=(lost + bg.get("take_up_compiled", 0.0)) / 3600,
+                     note=f"{bg['eager_batches']} batches eager; compiled in the background in "
+                          f"{bg['background_compile']:.0f} s, taken up in {bg['take_up_compiled']:.1f} s")
+        elif bg:
+            b.record(what=f"actor compiled in the background ({attempt})", variant=variant, batch=batch,
+                     note=f"failed: {bg['failed']}"[:300])
 
 
 def ray_job(b: Bench, work: str, best: dict | None) -> None:

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from v2v.job.pipeline import Interrupted
 
-    signal.signal(signal.SIGTERM, _stop)
+    _handle_stops()
     try:
         return _run(cfg, args.ray_address, args.verbose)
     except (Interrupted, KeyboardInterrupt) as e:
@@ -203,8 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(getattr(e, "signum", signal.SIGINT))
 
 
+def _handle_stops() -> None:
+    """SIGINT and SIGTERM both unwind the run, keeping what is finished. SIGINT set here too, not left to Python:
+    a driver started in the background by a shell or a CI runner inherits SIGINT ignored, and Python then installs
+    no handler of its own, so Ctrl-C (or `kill -INT`) would do nothing."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+
+
 def _stop(signum, frame):
-    """SIGTERM handled as Ctrl-C is: unwind, keeping what is finished."""
+    """A stop signal handled as Ctrl-C is: unwind, keeping what is finished."""
     from v2v.job.pipeline import Interrupted
 
     raise Interrupted(signum)
@@ -222,7 +230,7 @@ def _run(cfg: JobConfig, ray_address: str | None, verbose: bool = False) -> int:
         print(f"v2v: {e}", file=sys.stderr)
         return 2
     _start_ray(ray_address, verbose)
-    signal.signal(signal.SIGTERM, _stop)  # again: connecting to Ray installed Ray's own handler, which exits at once
+    _handle_stops()  # again: connecting to Ray installed Ray's own handler, which exits at once
     try:
         summary = run_job(cfg, manifest=manifest, live=sys.stdout.isatty())
     except (ManifestError, ConfigError, ModelError, LeaseError) as e:

@@ -214,12 +214,18 @@ class SpeedSettings:
     benchmarks/RESULTS.md (decisions table)."""
 
     # torch.compile the UNet (and the VAE with compile_vae). Faster per clip on GPUs; the first start on a machine
-    # compiles for minutes, later starts load what it stored (precompile).
+    # compiles for minutes (beside the running actor: background_compile), later starts load what it stored
+    # (precompile).
     compile: bool | None = None
     compile_vae: bool | None = None  # with compile: the VAE's encoder and decoder too (one more minute to compile)
     # With compile: save torch.compile's compiled functions in the compile cache, so that later starts load them
     # instead of tracing the model again (v2v.speed.stored).
     precompile: bool | None = None
+    # With precompile: where neither the compile cache nor the shared one holds the stored parts (a machine's first
+    # start), the actor starts without them, ready in seconds, while a subprocess compiles and stores them; the
+    # actor takes them up between two steps once they are stored (v2v.speed.background). Off: it compiles before
+    # it is ready.
+    background_compile: bool | None = None
     # The UNet's temporal layers without permuted copies or layout conversions (v2v.speed.temporal).
     temporal_layers: bool | None = None
     # The temporal transformers' attention over the frames as one Triton kernel; SDPA where it does not apply
@@ -247,7 +253,9 @@ class SpeedSettings:
         return dataclasses.replace(
             self, compile=compile_, **follow,
             compile_vae=compile_ and (self.compile_vae if self.compile_vae is not None else True),
-            precompile=compile_ and (self.precompile if self.precompile is not None else True))
+            precompile=compile_ and (self.precompile if self.precompile is not None else True),
+            background_compile=compile_ and (self.precompile is not False) and (
+                self.background_compile if self.background_compile is not None else True))
 
     @classmethod
     def from_dict(cls, d) -> "SpeedSettings":

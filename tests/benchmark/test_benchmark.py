@@ -129,3 +129,26 @@ def test_benchmark_wan_section_on_cpu(tmp_path):
     for x in ours:
         assert x["speedup_vs_reference"] == ref["s_per_clip"] / x["s_per_clip"] and x["tflops"] > 0
         assert x["step_s"] > 0 and "2 steps a clip" in x["note"]
+
+
+@pytest.mark.slow
+def test_startup_section_measures_a_first_start_that_compiles_in_the_background(tiny, tmp_path):
+    """--startup with `bg`: the first start is ready before its parts are compiled; the section says when the actor
+    ran compiled and what its eager batches cost against the compiled ones; the second start loads the parts."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--device", "cpu", "--steps", "4",
+                        "--variants", "", "--startup", "--startup-variant", "float32+compile+pre+vae+bg",
+                        "--startup-batch", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONPATH": REPO, "TORCHINDUCTOR_COMPILE_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {x["what"]: x for x in json.loads(out.read_text())["rows"]}
+    first, bg = rows["actor ready (first start)"], rows["actor compiled in the background (first start)"]
+    assert "eager while the parts compile in the background" in first["note"], first
+    assert 0 < first["seconds"] < bg["seconds"], (first, bg)
+    assert bg["eager_s_per_clip_step"] > 0 and bg["compiled_s_per_clip_step"] > 0 and bg["first_hour_cost"] >= 0, bg
+    assert "compiled in the background in" in bg["note"], bg
+    # the later starts find the parts (stored here, or in the shared cache): ready compiled, no background compile
+    for start in ("second start", "another machine's first start, shared cache"):
+        assert "stored parts: unet" in rows[f"actor ready ({start})"]["note"], rows
+        assert f"actor compiled in the background ({start})" not in rows

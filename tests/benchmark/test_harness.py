@@ -114,12 +114,15 @@ def test_benchmark_variants_name_config_switches():
 
     off = {"temporal_layers": False, "frame_attention": False, "channel_stats": False, "shared_prefix": False,
            "upsample_phases": False, "cuda_graphs": False, "compile": False, "precompile": False,
-           "compile_vae": False, "cudnn_benchmark": True}
+           "compile_vae": False, "background_compile": False, "cudnn_benchmark": True}
     assert _variant_cfg("bfloat16+compile+vae")[0] == "bfloat16"
     assert switches("bfloat16+compile+vae") == {**off, "compile": True, "compile_vae": True}
     assert switches("float16") == off
     # pre stores the compiled parts: it implies compile
     assert switches("bfloat16+pre+vae") == {**off, "compile": True, "precompile": True, "compile_vae": True}
+    # bg compiles in the background where the parts are not stored: it implies pre
+    assert switches("bfloat16+bg+vae") == {**off, "compile": True, "precompile": True, "compile_vae": True,
+                                           "background_compile": True}
     assert switches("bfloat16+temporal+compile") == {**off, "temporal_layers": True, "compile": True}
     assert switches("bfloat16+temporal+frameattn") == {**off, "temporal_layers": True, "frame_attention": True}
     assert switches("bfloat16+chanstats") == {**off, "channel_stats": True}

@@ -251,15 +251,18 @@ def test_a_video_that_cannot_be_stitched_is_reported_and_the_run_ends_normally(b
     assert list(meta["summary"]["stitch_failed"]) == [victim.id] and (out / "index" / "index.parquet").exists()
 
 
-def _start_driver(inputs, out, ray_cluster, output=subprocess.DEVNULL, manifest=None) -> subprocess.Popen:
+def _start_driver(inputs, out, ray_cluster, output=subprocess.DEVNULL, manifest=None,
+                  background: bool = False) -> subprocess.Popen:
     """The CLI as a separate driver process (its own process group, so it can be killed with all it started),
     with the baseline's settings (and manifest, unless given) and the default lease (120 s): a rerun on this host
-    takes over a killed driver's lease at once, since its process is gone."""
+    takes over a killed driver's lease at once, since its process is gone. background: started as a shell's or a CI
+    runner's background job is, with SIGINT ignored (which Python then leaves ignored)."""
     cmd = [sys.executable, "-m", "jobs.restyle", "--manifest", str(manifest or inputs / "mixed"), "--output", str(out),
            "--steps", "4", "--codec", "ffv1", "--max-failures", "1", "--batch-size", "1",
            "--ray-address", ray_cluster["address"]]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=output, stderr=output,
-                            start_new_session=True, text=True)
+                            start_new_session=True, text=True, preexec_fn=ignore)
 
 
 def _wait_mid_run(proc, out, parts: int = 2) -> None:
@@ -507,14 +510,15 @@ def test_verbose_shows_rays_own_lines(ray_cluster, inputs, tmp_path):
 def test_interrupted_run_keeps_its_clips_releases_the_lease_and_says_how_to_resume(ray_cluster, inputs, tmp_path,
                                                                                   sig, code):
     """Ctrl-C (SIGINT) or `ray job stop` / a preempted head (SIGTERM) to the driver mid-run: finished rows are
-    flushed, the lease released, one line says how many clips were saved, and the exit code says which signal."""
+    flushed, the lease released, one line says how many clips were saved, and the exit code says which signal.
+    The driver starts as a background job does, SIGINT ignored: `kill -INT` stops it all the same."""
     # the three videos four times over (32 clips) at 24 denoising steps a clip: rendering lasts well past the first
     # rows saved (a flush every 2 s), when the signal comes; the baseline's 8 clips of 2 steps could end first
     m = tmp_path / "m.csv"
     pd.DataFrame([{"video": str(inputs / f"v{i}.mp4"), "prompt": f"style {i} take {k}", "seed": 10 * k + i,
                    "num_inference_steps": 40} for k in range(4) for i in range(3)]).to_csv(m, index=False)
     out = tmp_path / "out"
-    proc = _start_driver(inputs, out, ray_cluster, output=subprocess.PIPE, manifest=m)
+    proc = _start_driver(inputs, out, ray_cluster, output=subprocess.PIPE, manifest=m, background=True)
     _wait_mid_run(proc, out, parts=1)
     os.kill(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=120)

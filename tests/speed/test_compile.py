@@ -15,7 +15,7 @@ import torch
 from tests.helpers import CLIPS, REPO, random_video, speed_only
 from v2v.config import SpeedSettings
 from v2v.model.loading import load_components
-from v2v.model.sampler import restyle
+from v2v.model.sampler import restyle, to_uint8
 from v2v.speed import apply_speed_settings
 from v2v.speed.fixed_shapes import FixedBatch, UNetCall
 
@@ -35,7 +35,7 @@ from v2v.model.sampler import ClipSettings, restyle, takes_pairs
 
 t0 = time.perf_counter()
 cfg = JobConfig(manifest="-", output="-", batch_size=2, batch_invariant=False,
-                speed=SpeedSettings(compile=True, precompile=sys.argv[2] == "pre"),
+                speed=SpeedSettings(compile=True, precompile=sys.argv[2] == "pre", background_compile=False),
                 shared_compile_cache=sys.argv[3] or None)
 actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
 ready_s = time.perf_counter() - t0
@@ -111,8 +111,8 @@ def test_compiled_actor_matches_eager_compiles_once_and_restarts_from_the_cache(
     assert first["takes_pairs"], first  # and the guided step's shared prefix (the unguided batch: no new graph)
     assert first["cache_misses"] >= 1 and any(cache.iterdir())
     # the start's phases, each timed once: they add up to (at most) the whole start
-    assert list(first["start_s"]) == ["imports", "load", "switches", "warm_up_unet", "warm_up_vae_encoder",
-                                      "warm_up_vae_decoder", "fingerprint"], first
+    assert list(first["start_s"]) == ["imports", "load", "switches", "compile_parts", "warm_up_unet",
+                                      "warm_up_vae_encoder", "warm_up_vae_decoder", "fingerprint"], first
     assert 0 < sum(first["start_s"].values()) <= first["ready_s"]
     _assert_matches_eager(tiny, got, short, frames)
 
@@ -175,6 +175,70 @@ def test_stored_compiled_actor_matches_eager_and_its_later_starts_trace_nothing(
     assert SharedCache(shared, other).files() == held
 
 
+# A machine's first start with background_compile (the default with precompile): the actor is ready eager while a
+# subprocess compiles and stores the parts; a stream of clips takes them up between two steps once stored.
+_BACKGROUND = """
+import json, sys, time
+import numpy as np, torch
+from torch._dynamo.utils import counters
+from v2v.config import JobConfig, SpeedSettings
+from v2v.job.resources import resources
+from v2v.job.stages import Restyle
+from v2v.model.sampler import ClipSettings, restyle
+
+t0 = time.perf_counter()
+cfg = JobConfig(manifest="-", output="-", batch_size=2, batch_invariant=False, speed=SpeedSettings(compile=True))
+actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
+ready = {"ready_s": time.perf_counter() - t0, "report": actor.start_report(), "start_s": dict(actor.start_s),
+         "stored": sorted(actor.stored), "background": actor.background is not None}
+video = np.random.default_rng(0).integers(0, 256, (2, 8, 64, 64, 3), dtype=np.uint8)
+rows = lambda: [dict(id="v", clip_index=i, frames=video[i], prompt=p, seed=i + 1, strength=0.6, num_inference_steps=4,
+                     guidance_scale=15.0, error=None) for i, p in enumerate(["a red fox", "ink"])]
+eager = [r["frames"] for r in actor.stream(rows())]
+compiling_after_eager = actor.background is not None
+actor.background.wait()  # stored now; the stream below takes the parts up before its first step
+later = [r["frames"] for r in actor.stream(rows())]
+clips = [ClipSettings("a red fox", seed=1, num_inference_steps=4), ClipSettings("ink", seed=2, num_inference_steps=4)]
+np.save(sys.argv[1], restyle(actor.components, torch.from_numpy(video), clips, output="latents").numpy())
+np.save(sys.argv[1] + ".frames.npy", np.stack(eager + later))
+print("RESULT " + json.dumps({**ready, "compiling_after_eager": compiling_after_eager,
+                              "at_end": actor.start_report(), "graphs_at_end": counters["stats"]["unique_graphs"],
+                              "stored_at_end": {k: {"built": len(a.built), "loaded": len(a.runners)}
+                                                for k, a in actor.stored.items()}}))
+"""
+
+
+@pytest.mark.slow
+def test_first_start_is_ready_eager_and_takes_the_parts_up_once_compiled_in_the_background(tiny, tmp_path):
+    cache = tmp_path / "compiled"
+    out = tmp_path / "background.npy"
+    env = {**os.environ, "V2V_COMPILE_CACHE": str(cache), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", _BACKGROUND, str(out)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    # ready before anything compiled: no warm-up, no part, the compile still running after the first clips
+    assert r["background"] and r["stored"] == [] and r["compiling_after_eager"], r
+    assert not any(k.startswith("warm_up") for k in r["start_s"]), r
+    assert "eager while the parts compile in the background" in r["report"], r
+    # then the stream took up what the subprocess stored: every part loaded, none built or traced in the actor
+    assert r["stored_at_end"] == {k: {"built": 0, "loaded": 1} for k in ("unet", "vae_encoder", "vae_decoder")}, r
+    assert r["graphs_at_end"] == 0, r
+    assert "background_compile" in r["at_end"] and "eager while" not in r["at_end"], r
+    assert len(list((cache / "precompiled").glob("*.dynamo"))) == 3
+    # eager clips as the eager model restyles them; compiled ones within inductor's rounding (uint8 frames)
+    frames = torch.from_numpy(np.load(f"{out}.frames.npy")).int()
+    want = torch.from_numpy(to_uint8(restyle(tiny, random_video(2), CLIPS))).int()
+    assert (frames[:2] - want).abs().max() <= 1 and (frames[2:] - want).abs().max() <= 1
+
+    # the next start on this machine loads the same parts at once (no background compile) and computes the same
+    second, got, _, _ = _start_actor(tmp_path, "second", cache, "pre")
+    assert second["stored"] == {k: {"built": 0, "fetched": 0, "loaded": 1, "failed": None}
+                                for k in ("unet", "vae_encoder", "vae_decoder")}, second
+    assert "eager while" not in second["report"], second
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), got[:2], rtol=0, atol=0)
+
+
 def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_once(cache_dir, tmp_path, monkeypatch,
                                                                                    caplog):
     """An older torch has no saved compiled functions: precompile (on by default with compile) turns into
@@ -203,7 +267,7 @@ def test_every_switch_that_changes_the_model_is_in_its_stored_parts_key(cache_di
     for flag in ("TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
         monkeypatch.setenv(flag, os.environ.get(flag, "1"))
     # how a part is built, stored or called, not what it computes
-    not_in_key = {"compile", "compile_vae", "precompile", "cuda_graphs", "cudnn_benchmark"}
+    not_in_key = {"compile", "compile_vae", "precompile", "background_compile", "cuda_graphs", "cudnn_benchmark"}
     switches = [f.name for f in dataclasses.fields(SpeedSettings)]
     on = {n: True for n in switches if n not in not_in_key}
     assert len(on) >= 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -117,7 +118,7 @@ class Restyle:
         import torch
 
         from v2v.model.loading import load_components
-        from v2v.speed import apply_speed_settings, warm_up
+        from v2v.speed import apply_model_switches
 
         torch.set_num_threads(res.torch_threads)
         self.cfg = cfg
@@ -138,14 +139,21 @@ class Restyle:
 
         self.adapters = Adapters(c)  # per-clip LoRAs and embeddings, merged in and out of these weights
         # Latents per denoiser forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
-        unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
+        self.unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
+        self.speed = res.speed
+        self.stored: dict = {}
+        self.background = None  # a v2v.speed.background.BackgroundCompile while the parts compile beside the actor
         with self._phase("switches"):
-            self.stored = apply_speed_settings(c, res.speed, unet_batch=unet_batch, vae_chunk=cfg.vae_chunk,
-                                               shared_cache=cfg.shared_compile_cache)
-        if res.speed.compile:  # compile (or load the stored parts) now, not inside the first batch
+            apply_model_switches(c, res.speed)
+        if res.speed.compile and not self._compiled(build=not res.speed.background_compile):
+            from v2v.speed.background import BackgroundCompile
+
             width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
-            for part, secs in warm_up(c, unet_batch, frames, height, width).items():
-                self.start_s[f"warm_up_{part}"] = secs
+            self.background = BackgroundCompile(dict(
+                model=cfg.model, device=res.device, dtype=str(c.dtype).removeprefix("torch."), scheduler=cfg.scheduler,
+                allow_pickle=cfg.allow_pickle, speed=dataclasses.asdict(res.speed), unet_batch=self.unet_batch,
+                vae_chunk=cfg.vae_chunk, shared_cache=cfg.shared_compile_cache, frames=frames, height=height,
+                width=width))
         with self._phase("fingerprint"):  # cached on disk; already taken where stored compiled parts are keyed by it
             self.model_sha256 = c.sha256
         logger.info("restyle actor ready: %s", self.start_report())
@@ -154,6 +162,52 @@ class Restyle:
         # Which actor restyled a clip (host/pid[/gpu]): with the restyle timestamps, per-actor busy time.
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if res.device == "cuda" else None
         self.worker = f"{socket.gethostname()}/{os.getpid()}" + (f"/gpu{gpu}" if gpu else "")
+
+    def _compiled(self, build: bool) -> bool:
+        """The model's parts compiled (or their stored forms loaded) and warmed up now, not inside the first batch.
+        build=False: where a stored part is in neither cache, the model is left eager and this returns False."""
+        from v2v.speed import compile_parts, eager_again, warm_up
+        from v2v.speed.stored import NotStored
+
+        c, cfg = self.components, self.cfg
+        width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
+        try:
+            with self._phase("compile_parts"):
+                self.stored = compile_parts(c, self.speed, unet_batch=self.unet_batch, vae_chunk=cfg.vae_chunk,
+                                            shared_cache=cfg.shared_compile_cache, build=build)
+            for part, secs in warm_up(c, self.unet_batch, frames, height, width).items():
+                self.start_s[f"warm_up_{part}"] = secs
+        except NotStored as e:
+            eager_again(c)
+            self.stored = {}
+            logger.info("restyle actor: %s; starting eager, the parts compile in the background", e)
+            return False
+        return True
+
+    def take_up_compiled(self, wait: bool = False) -> bool:
+        """Where the parts were compiling in the background and that has ended: load them (between two steps of the
+        clips in flight; seconds). wait: block until the background compile ends first. Whether the model runs
+        compiled now."""
+        bg = self.background
+        if bg is None:
+            return self.speed.compile
+        if not (bg.wait() if wait else bg.done()):
+            return False
+        self.background = None
+        if not bg.ok:
+            logger.warning("restyle actor: compiling in the background failed after %.0f s; the model stays eager "
+                           "(slower per clip). Its output ends:\n%s", bg.seconds, bg.tail())
+            return False
+        t0 = time.perf_counter()
+        if not self._compiled(build=False):  # another key than the subprocess's: nothing to do but stay eager
+            logger.warning("restyle actor: the background compile stored no parts this actor can load; the model "
+                           "stays eager (slower per clip)")
+            return False
+        self.start_s["background_compile"] = bg.seconds
+        self.start_s["take_up_compiled"] = time.perf_counter() - t0
+        logger.info("restyle actor compiled: the parts compiled in the background in %.0f s, taken up in %.1f s (%s)",
+                    bg.seconds, self.start_s["take_up_compiled"], self.start_report())
+        return True
 
     @contextlib.contextmanager
     def _phase(self, name: str):
@@ -203,6 +257,8 @@ class Restyle:
         shared = next((p.shared for p in self.stored.values() if p.shared), None)
         if shared and shared.summary():
             report += f"; shared compile cache: {shared.summary()}"
+        if self.background is not None:
+            report += "; eager while the parts compile in the background"
         return report
 
     def __call__(self, batch: dict) -> dict:
@@ -304,6 +360,8 @@ class Restyle:
                 if exhausted and not waiting:
                     return
                 continue
+            if self.background is not None:
+                self.take_up_compiled()
             try:
                 finished, failed = batcher.step()
             except RuntimeError as e:  # a broken GPU (StepBatcher's `fatal`): the clips in flight are redone elsewhere

@@ -2,7 +2,8 @@
 
 Every switch is a field of v2v.config.SpeedSettings; none changes what is computed beyond floating-point
 rounding. The core, the model and the sampler never import this package: the restyle stage calls
-`apply_speed_settings` on the loaded components, then `warm_up`. What each switch gained or cost, and the switches
+`apply_model_switches` and `compile_parts` (together: `apply_speed_settings`) on the loaded components, then
+`warm_up`. What each switch gained or cost, and the switches
 tried and dropped, are in benchmarks/RESULTS.md (decisions table).
 
     temporal_layers   the UNet's temporal layers without permuted copies or layout conversions (temporal)
@@ -12,6 +13,7 @@ tried and dropped, are in benchmarks/RESULTS.md (decisions table).
     shared_prefix     a guided step's two halves share the layers before the first cross-attention (shared_prefix)
     compile           torch.compile of the UNet (and the VAE: compile_vae) at one fixed shape (fixed_shapes)
     precompile        the compiled parts stored in the compile cache, loaded by later starts (stored, shared_cache)
+    background_compile  a first start runs eager while a subprocess compiles and stores the parts (background)
     cuda_graphs       the compiled UNet's call replayed from a CUDA graph (cuda_graph)
 
 A transformer denoiser (Wan's) takes `compile` alone so far (TRANSFORMER_SWITCHES); the others are written for the
@@ -34,7 +36,8 @@ TRANSFORMER_SWITCHES = ("compile", "cudnn_benchmark")  # what applies to a trans
 
 def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | None = None, vae_chunk: int = 8,
                          shared_cache: str | None = None) -> dict:
-    """Apply `speed` (its None switches resolved for the components' device) to the loaded components, in place.
+    """Apply `speed` (its None switches resolved for the components' device) to the loaded components, in place:
+    the model switches (`apply_model_switches`), then the compiled parts (`compile_parts`).
 
     unet_batch: rows per UNet forward the compiled graph is built for (2 x clips per batch with guidance: its
     embeddings, and its latents unless `shared_prefix`); smaller calls are padded up to it so a short last batch
@@ -45,18 +48,27 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
     Returns {part name: v2v.speed.stored.StoredPart} of the parts stored in the compile cache (empty without
     precompile): what each part's stored form did, for the start-up log (`stored_status`).
     """
+    s = speed.resolved(components.device.type)
+    apply_model_switches(components, s)
+    return compile_parts(components, s, unet_batch=unet_batch, vae_chunk=vae_chunk, shared_cache=shared_cache)
+
+
+def apply_model_switches(components, s: SpeedSettings) -> None:
+    """The switches that change the model's modules (every one but compile and what comes with it), in place.
+    s: resolved settings (SpeedSettings.resolved). The model runs eager after this; `compile_parts` may follow."""
     import torch
 
-    s = speed.resolved(components.device.type)
-    stored: dict = {}
     # Process-wide flags that only act on CUDA kernels (set on CPU actors too, where they change nothing).
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = s.cudnn_benchmark
     if components.family.denoiser != "unet":
-        _transformer_speed(components, s, unet_batch)
-        _say_unused(shared_cache)
-        return stored
+        asked = [f.name for f in dataclasses.fields(s)
+                 if getattr(s, f.name) is True and f.name not in TRANSFORMER_SWITCHES]
+        if asked:
+            logger.info("speed switches %s are written for UNet3D models; this %s model runs without them", asked,
+                        components.family.name)
+        return
     unet = components.unet
     if s.temporal_layers:
         from v2v.speed.temporal import swap_temporal_layers
@@ -79,6 +91,31 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
         from v2v.speed.shared_prefix import PairsForward
 
         unet.forward = PairsForward(unet)
+
+
+def compile_parts(components, s: SpeedSettings, *, unet_batch: int | None = None, vae_chunk: int = 8,
+                  shared_cache: str | None = None, build: bool = True) -> dict:
+    """With s.compile: the denoiser's forward (and the VAE's parts: compile_vae) replaced by compiled ones at one
+    fixed shape, stored and loaded with precompile, replayed from CUDA graphs with cuda_graphs. s: resolved
+    settings, after `apply_model_switches`. Arguments and the returned parts as `apply_speed_settings`.
+
+    build=False (with precompile): a part that neither the compile cache nor the shared cache holds is not compiled
+    here; its first call (`warm_up`) raises v2v.speed.stored.NotStored instead, and `eager_again` undoes this.
+    """
+    import torch
+
+    stored: dict = {}
+    if components.family.denoiser != "unet":
+        if s.compile:
+            _kernel_cache()
+            model = getattr(components, components.family.denoiser)
+            eager = model.forward
+            # one fixed batch: `batch` rows, a guided step's text and negative halves; other clip shapes, and clips
+            # retried alone, run eager
+            model.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), unet_batch, eager)
+        _say_unused(shared_cache)
+        return stored
+    unet = components.unet
     if s.compile:
         cache = _kernel_cache()
         eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
@@ -110,10 +147,11 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
             # the function stored: the UNet's forward as one of (module, three tensors); v2v's takes the pairs
             fn = shared_prefix.forward if s.shared_prefix else unet_tensors
             tensors_fn = stored["unet"] = StoredPart(unet, fn, "unet", {**base, "part": "unet"}, folder,
-                                                     fallback=UNetCall.tensors_only(unet_fn), shared=shared)
+                                                     fallback=UNetCall.tensors_only(unet_fn), shared=shared,
+                                                     build=build)
             for i, (p, name) in enumerate(parts):
                 vae_fns[i] = stored[name] = StoredPart(p, part_tensors, name, {**base, "part": name}, folder,
-                                                       fallback=vae_fns[i], shared=shared)
+                                                       fallback=vae_fns[i], shared=shared, build=build)
         if s.cuda_graphs and unet.device.type == "cuda":
             from v2v.speed.cuda_graph import GraphedCall
 
@@ -128,6 +166,22 @@ def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | 
     if not stored:
         _say_unused(shared_cache)
     return stored
+
+
+def eager_again(components) -> None:
+    """Undo `compile_parts`: every part's forward back to what it was before (the model switches stay)."""
+    model = getattr(components, components.family.denoiser)
+    parts = [model] + ([components.vae.encoder, components.vae.decoder] if components.family.denoiser == "unet"
+                       else [])
+    for module in parts:
+        f = module.__dict__.get("forward")
+        if not isinstance(f, (FixedBatch, PadFrames)):
+            continue
+        eager = f.eager
+        if getattr(eager, "__self__", None) is module and getattr(eager, "__func__", None) is type(module).forward:
+            del module.forward  # it was the class's own forward
+        else:
+            module.forward = eager
 
 
 def _say_unused(shared_cache: str | None) -> None:
@@ -146,23 +200,6 @@ def _kernel_cache() -> str:
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     return cache
-
-
-def _transformer_speed(components, s: SpeedSettings, batch: int | None) -> None:
-    """A transformer denoiser (Wan's): torch.compile of its forward at one fixed batch (FixedBatch: `batch` rows, a
-    guided step's text and negative halves; other clip shapes, and clips retried alone, run eager). The UNet3D's
-    switches are left off, and the log says which were asked for."""
-    import torch
-
-    asked = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is True and f.name not in TRANSFORMER_SWITCHES]
-    if asked:
-        logger.info("speed switches %s are written for UNet3D models; this %s model runs without them", asked,
-                    components.family.name)
-    if s.compile:
-        _kernel_cache()
-        model = getattr(components, components.family.denoiser)
-        eager = model.forward
-        model.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), batch, eager)
 
 
 def precompile_supported() -> bool:

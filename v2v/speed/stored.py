@@ -118,6 +118,14 @@ def part_tensors(part, x):
     return type(part).forward(part, x)
 
 
+class NotStored(Exception):
+    """A stored part's first call where neither cache holds it and the part may not compile here (build=False)."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"no stored compiled part at {path}")
+        self.path = path
+
+
 class StoredPart:
     """Calls fn(owner, *tensors) through torch.compile's saved form of it, built for exactly these input shapes.
 
@@ -132,13 +140,15 @@ class StoredPart:
     (torch.compile) instead, with a warning: the job still runs, only its starts stay slow.
     shared: a compile cache shared by machines (v2v.speed.shared_cache): where the local cache lacks the part, it
     is fetched from there; where this process built it (or completed a fetched one), it is put there.
+    build=False: where neither cache holds the part, its first call raises NotStored instead of compiling it.
     """
 
     suffix = ".dynamo"
 
     def __init__(self, owner, fn, name: str, base: dict, cache_dir: str | Path, fallback,
-                 shared: SharedCache | None = None):
+                 shared: SharedCache | None = None, build: bool = True):
         self.owner, self.fn, self.name, self.base = owner, fn, name, base
+        self.build = build
         self.cache_dir = Path(cache_dir)
         self.fallback = fallback
         self.shared = shared
@@ -165,6 +175,8 @@ class StoredPart:
                     if path.exists():
                         self.fetched.append(path)
                 runner = self.runners[sig] = self._runner(path, tensors)
+        except NotStored:
+            raise
         except Exception as e:  # dynamo or inductor cannot take this model whole: run it the JIT way
             self.failed = f"{type(e).__name__}: {e}"
             logger.warning("%s: storing the compiled part failed, using torch.compile instead: %s",
@@ -188,6 +200,8 @@ class StoredPart:
         """Under the part's lock: the function saved at `path`, compiled and saved first where the cache lacks it."""
         external = {"owner": self.owner}  # the module is an argument, never part of the file
         compiled = _load_saved(path, external) if path.exists() else None
+        if compiled is None and not self.build:
+            raise NotStored(path)
         if compiled is None:
             logger.info("%s: compiling and saving the compiled function to %s", self.name, path)
             # torch 2.11 gives torch.compile's function its `aot_compile` only under this setting (2.13: always)
