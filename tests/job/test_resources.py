@@ -31,6 +31,13 @@ def test_gpu_actors_compile_by_default_and_cpu_actors_do_not():
     # compiled parts are stored as torch.compile's functions with compile, unless turned off
     assert (gpu.speed.precompile, cpu.speed.precompile, forced.speed.precompile) == (True, False, False)
     assert not resources(job(precompile=False), {"GPU": 1}).speed.precompile
+    # a first start compiles in the background by default, unless the clips must be bit-identical whatever the
+    # actor (an eager clip differs from a compiled one by rounding) or nothing is stored
+    assert gpu.speed.background_compile and not cpu.speed.background_compile
+    invariant = resources(dataclasses.replace(job(), batch_invariant=True), {"GPU": 1}).speed
+    assert invariant.compile and invariant.precompile and not invariant.background_compile
+    assert not resources(job(precompile=False), {"GPU": 1}).speed.background_compile
+    assert not resources(job(background_compile=False), {"GPU": 1}).speed.background_compile
     # every model switch follows compile unless set, either way
     for name in ("temporal_layers", "frame_attention", "channel_stats", "shared_prefix", "upsample_phases",
                  "cuda_graphs"):

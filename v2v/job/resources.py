@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from v2v.config import ConfigError, JobConfig, SpeedSettings
@@ -77,8 +78,11 @@ def resources(cfg: JobConfig, cluster: dict, reachable: dict | None = None) -> R
         threads = BATCH_INVARIANT_THREADS
     else:
         threads = max(1, int(cpus // max_actors)) if device == "cpu" else 4
+    speed = cfg.speed.resolved(device)
+    if invariant and speed.background_compile:  # a clip restyled eager differs from a compiled one by rounding
+        speed = dataclasses.replace(speed, background_compile=False)
     return Resources(initial_actors, max_actors, gpus_per_actor, cpus_per_actor, cfg.cpus_per_task, device, dtype,
-                     threads, invariant, cfg.speed.resolved(device))
+                     threads, invariant, speed)
 
 
 def wait_for_a_gpu(cfg: JobConfig, res: Resources, log) -> None:
