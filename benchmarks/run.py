@@ -193,8 +193,9 @@ def _actor(folder: str, device: str, variant: str, batch: str, shared: str = "",
     from v2v.job.stages import Restyle
 
     dtype, speed = _variant_cfg(variant)
+    # batched as on a GPU (not the CPU's batch-invariant default, which compiles before the actor is ready)
     cfg = JobConfig(manifest="-", output="-", model=folder, batch_size=int(batch), dtype=dtype,
-                    shared_compile_cache=shared or None, speed=speed)
+                    shared_compile_cache=shared or None, speed=speed, batch_invariant=False)
     t1 = time.perf_counter()
     actor = Restyle(cfg, resources(cfg, {"GPU": 1} if device == "cuda" else {"CPU": os.cpu_count()}))
     ready = time.perf_counter() - t1

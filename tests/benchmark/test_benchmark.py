@@ -143,7 +143,8 @@ def test_startup_section_measures_a_first_start_that_compiles_in_the_background(
                        env={**os.environ, "PYTHONPATH": REPO, "TORCHINDUCTOR_COMPILE_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = {x["what"]: x for x in json.loads(out.read_text())["rows"]}
-    first, bg = rows["actor ready (first start)"], rows["actor compiled in the background (first start)"]
+    first, bg = rows["actor ready (first start)"], rows.get("actor compiled in the background (first start)")
+    assert bg, rows
     assert "eager while the parts compile in the background" in first["note"], first
     assert 0 < first["seconds"] < bg["seconds"], (first, bg)
     assert bg["eager_s_per_clip_step"] > 0 and bg["compiled_s_per_clip_step"] > 0 and bg["first_hour_cost"] >= 0, bg
