@@ -215,9 +215,9 @@ def _eager_then_compiled(actor, batch: int, clip: dict, t_start: float) -> dict:
     """Batches of `batch` clips through the actor's stream while its parts compile in the background, then two
     after it took them up: seconds per clip-step of each kind (the batch in which it took them up left out), and
     when the actor ran compiled (seconds since `t_start`)."""
-    from v2v.model.loading import model_geometry
-
     import torch
+
+    from v2v.model.loading import model_geometry
 
     if actor.components.device.type == "cpu":  # half the cores: the rest are the background compile's, which a
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # CPU actor busy with eager batches would starve
