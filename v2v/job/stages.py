@@ -141,6 +141,7 @@ class Restyle:
         # Latents per denoiser forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         self.unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
         self.speed = res.speed
+        self.shape = cfg.clip_shape((c.width, c.height, c.frames))  # (width, height, frames) of the compiled parts
         self.stored: dict = {}
         self.background = None  # a v2v.speed.background.BackgroundCompile while the parts compile beside the actor
         with self._phase("switches"):
@@ -148,7 +149,7 @@ class Restyle:
         if res.speed.compile and not self._compiled(build=not res.speed.background_compile):
             from v2v.speed.background import BackgroundCompile
 
-            width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
+            width, height, frames = self.shape
             self.background = BackgroundCompile(dict(
                 model=cfg.model, device=res.device, dtype=str(c.dtype).removeprefix("torch."), scheduler=cfg.scheduler,
                 allow_pickle=cfg.allow_pickle, speed=dataclasses.asdict(res.speed), unet_batch=self.unet_batch,
@@ -170,7 +171,7 @@ class Restyle:
         from v2v.speed.stored import NotStored
 
         c, cfg = self.components, self.cfg
-        width, height, frames = cfg.clip_shape((c.width, c.height, c.frames))
+        width, height, frames = self.shape
         try:
             with self._phase("compile_parts"):
                 self.stored = compile_parts(c, self.speed, unet_batch=self.unet_batch, vae_chunk=cfg.vae_chunk,
@@ -180,7 +181,7 @@ class Restyle:
         except NotStored as e:
             eager_again(c)
             self.stored = {}
-            logger.info("restyle actor: %s; starting eager, the parts compile in the background", e)
+            logger.info("restyle actor: %s; the model runs eager", e)
             return False
         return True
 
