@@ -176,7 +176,7 @@ def test_the_actor_starts_once_its_free_slots_can_be_filled_not_after_decoding_a
     """The first forward waits for as many decoded clips as slots are free (2), not for the four the actor may hold
     waiting: the later rows join as decoding finishes them."""
     import threading
-    from concurrent.futures import Future
+    from concurrent.futures import ThreadPoolExecutor
 
     from v2v.job.stages import Decoded
 
@@ -184,19 +184,78 @@ def test_the_actor_starts_once_its_free_slots_can_be_filled_not_after_decoding_a
     rows = [{"id": f"v{i}", "clip_index": 0, "prompt": "ink", "negative_prompt": "", "seed": i, "strength": 0.6,
              "num_inference_steps": 4, "guidance_scale": 9.0, "error": None,
              "frames": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)} for i in range(6)]
-    futures = [Future() for _ in rows]
-    for f, row in list(zip(futures, rows))[:2]:
-        f.set_result(row)
-    released = []
+    gate, released = threading.Event(), []
 
-    def decode_the_rest_later():
+    def decode(row):  # the first two decode at once, the rest once the gate opens
+        if row["id"] not in ("v0", "v1"):
+            gate.wait()
+        return row
+
+    def open_later():
         time.sleep(3)
         released.append(time.time())
-        for f, row in list(zip(futures, rows))[2:]:
-            f.set_result(row)
+        gate.set()
 
-    threading.Thread(target=decode_the_rest_later, daemon=True).start()
-    out = {r["id"]: r for r in actor.stream(Decoded(futures))}
+    threading.Thread(target=open_later, daemon=True).start()
+    with ThreadPoolExecutor(1) as pool:
+        out = {r["id"]: r for r in actor.stream(Decoded(rows, decode, pool, ahead=6))}
     assert set(out) == {r["id"] for r in rows} and all(r["error"] is None for r in out.values())
     assert out["v0"]["restyle_started_at"] < released[0] and out["v1"]["restyle_started_at"] < released[0]
     assert all(out[f"v{i}"]["restyle_started_at"] >= released[0] for i in range(2, 6))
+
+
+def test_decoding_stays_at_most_ahead_clips_ahead_of_the_stream():
+    """However many rows a call holds, the decode thread holds at most `ahead` decoded clips the stream has not read
+    (a clip is 13 MB of frames at 576x320x24), and keeps that many ready while the stream reads slowly."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from v2v.job.stages import Decoded
+
+    decoded, lock = [], threading.Lock()
+
+    def decode(row):
+        with lock:
+            decoded.append(row["id"])
+        return row
+
+    with ThreadPoolExecutor(1) as pool:
+        rows = Decoded([{"id": i} for i in range(40)], decode, pool, ahead=3)
+        read = []
+        time.sleep(0.2)
+        assert len(decoded) == 3  # not 40
+        for row in rows:
+            read.append(row["id"])
+            time.sleep(0.02)  # the stream's work on the clip
+            with lock:
+                assert len(decoded) - len(read) <= 3
+            if len(read) < 37:  # the next three are ready once the stream has worked a while
+                assert rows.ready() and len(decoded) - len(read) == 3
+    assert read == list(range(40)) and decoded == list(range(40))
+
+
+def test_a_call_is_admitted_longest_first(cache_dir, tmp_path):
+    """ClipWorker admits a call's clips in order of their denoising steps, most first (fill_order), whatever their
+    order in the call, and each row comes back with its own clip's settings and frames."""
+    from jobs.demo import make_video
+    from v2v.job.stages import ClipWorker
+
+    make_video(str(tmp_path / "v.mp4"), 32, 64, 64)
+    cfg = JobConfig(manifest="-", output=str(tmp_path / "out"), steps=4, batch_size=1, codec="ffv1")
+    worker = ClipWorker(cfg, resources(cfg, {"CPU": 2}))
+    strengths = [0.25, 1.0, 0.5, 0.75]  # 1, 4, 2 and 3 of 4 steps
+    n = len(strengths)
+    batch = {"id": np.array(["v"] * n, object), "clip_index": np.arange(n),
+             "video": np.array([str(tmp_path / "v.mp4")] * n, object),
+             "start_frame": np.arange(n) * 8, "num_frames": np.array([8] * n), "fps": np.array([24.0] * n),
+             "start_s": np.arange(n) / 3, "end_s": np.arange(n) / 3 + 1 / 3, "width": np.array([64] * n),
+             "height": np.array([64] * n), "prompt": np.array(["ink"] * n, object),
+             "negative_prompt": np.array([""] * n, object), "seed": np.arange(n), "strength": np.array(strengths),
+             "num_inference_steps": np.array([4] * n), "guidance_scale": np.array([9.0] * n),
+             "error": np.array([None] * n, object)}
+    rows = [{k: v[0] for k, v in b.items()} for b in worker(batch)]
+    assert all(r["status"] == "ok" for r in rows)
+    admitted = sorted(rows, key=lambda r: r["restyle_started_at"])
+    assert [r["clip_index"] for r in admitted] == [1, 3, 2, 0]
+    assert [r["strength"] for r in admitted] == [1.0, 0.75, 0.5, 0.25]
+    assert sorted(r["start_frame"] for r in rows) == [0, 8, 16, 24]

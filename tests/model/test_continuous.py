@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from v2v.model.continuous import StepBatcher, run_all
+from v2v.model.continuous import StepBatcher, fill_order, run_all
 from v2v.model.loading import make_scheduler
 from v2v.model.sampler import ClipSettings, SamplerInputError, restyle
 
@@ -231,3 +231,30 @@ def test_shorter_clips_of_many_lengths_set_aside_start_one_stream_when_crowded(t
     assert all(isinstance(v, torch.Tensor) for v in out.values()) and len(out) == len(items)
     for k, f in lengths.items():
         assert out[k].shape[2] == f
+
+
+def test_fill_order_admits_each_groups_longest_clips_first_and_keeps_the_groups_in_place():
+    assert fill_order([2, 5, 3, 5, 1]) == [1, 3, 2, 0, 4]  # ties in their order
+    # two runs of group "a" around a run of "b": each sorted, none moved across another
+    assert fill_order([1, 3, 2, 4, 1, 5], ["a", "a", "b", "b", "a", "a"]) == [1, 0, 3, 2, 5, 4]
+    assert fill_order([]) == []
+    with pytest.raises(ValueError, match="groups"):
+        fill_order([1, 2], ["a"])
+
+
+def test_a_call_admitted_longest_first_keeps_its_slots_full_to_its_end(tiny):
+    """A call of 16 clips of strengths 0.4-0.8 (4 to 8 steps) at 4 in flight, drained at its end as an actor's call
+    is: admitted longest first, it runs the fewest forwards its clip-steps allow (every slot full but the last
+    forward's); in the manifest's order a long clip admitted last runs its steps with empty slots beside it."""
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))[0]
+    clips = [ClipSettings("ink", seed=i, strength=(0.4, 0.5, 0.6, 0.7, 0.8)[i % 5], num_inference_steps=10,
+                          guidance_scale=9.0) for i in range(16)]
+    steps = [int(c.strength * c.num_inference_steps) for c in clips]
+    forwards = {}
+    for how, order in (("manifest", list(range(16))), ("longest first", fill_order(steps))):
+        batcher = StepBatcher(tiny, 4)
+        out = run_all(batcher, [(i, latents, clips[i]) for i in order], as_actor=True)
+        assert len(out) == 16 and batcher.clip_steps == sum(steps)
+        forwards[how] = batcher.forwards
+    assert forwards["longest first"] == -(-sum(steps) // 4)
+    assert forwards["manifest"] > forwards["longest first"]

@@ -426,9 +426,8 @@ def _render(cfg: JobConfig, res: Resources, todo: list[dict], run_id: str, progr
     import ray.data
     from ray.data.exceptions import ExecutionTimeoutError
 
-    # One block per actor call (its rows come back one by one, as each clip is written): CALL_BATCHES batches, fewer
-    # where the run is too short to give each actor two calls (so that no actor ends the run far behind the others).
-    call = max(cfg.batch_size, min(cfg.batch_size * ClipWorker.CALL_BATCHES, len(todo) // (2 * res.max_actors)))
+    # One block per actor call (its rows come back one by one, as each clip is written)
+    call = ClipWorker.call_size(cfg.batch_size, len(todo), res.max_actors)
     # Clips of one LoRA set next to each other (the manifest's order kept within a set): an actor merges a set into
     # its weights once per run of such clips, and lets its clips in flight drain at each change of set (Restyle).
     # In the manifest's order, a night of 30 interleaved styles would drain the batch at nearly every clip.

@@ -406,24 +406,37 @@ class ClipWorker:
     to `batch_size` clips in flight) -> encode and write (CPU, one thread, behind). Decoding and encoding overlap
     the model. A call is a generator: each clip's row is yielded once its clip is written, so that rows reach the
     driver (and its durable progress) clip by clip, however many clips a call holds. Calls of one actor run one at a
-    time (Ray 2.60's actors were seen to stall with calls on several threads at once); a call holds `batch_size` x
-    CALL_BATCHES rows, so that slots freed by clips that finish early are taken by the call's next clips."""
+    time (Ray 2.60's actors were seen to stall with calls on several threads at once), so a call's clips in flight
+    drain at its end: a call holds `batch_size` x CALL_BATCHES rows, admitted longest first (`fill_order`), so that
+    slots freed by clips that finish early are taken by the call's next clips and its last clips end together."""
 
     CALLS_AT_ONCE = 1
-    CALL_BATCHES = 4  # rows per call, in batches
+    CALL_BATCHES = 8  # rows per call, in batches
+    DECODE_AHEAD = 1  # clips decoded ahead of what the stream has read, in batches
 
     def __init__(self, cfg: JobConfig, res: Resources):
         self.cfg = cfg
         self.restyle = Restyle(cfg, res)
         self.metrics = None  # a job.metrics.ActorMetrics where the worker runs as a Ray actor
 
+    @classmethod
+    def call_size(cls, batch_size: int, clips: int, actors: int) -> int:
+        """Rows per call (one Ray block each): CALL_BATCHES batches, fewer where the run is too short to give each
+        actor two calls (so that no actor ends the run far behind the others), never under one batch."""
+        return max(batch_size, min(batch_size * cls.CALL_BATCHES, clips // (2 * actors)))
+
     def __call__(self, batch: dict) -> Iterator[dict]:
         from concurrent.futures import ThreadPoolExecutor
 
+        from v2v.model.continuous import fill_order
+
         rows, done = _rows(batch), []
+        # longest first within each LoRA set's run, so that the call's last clips finish close together
+        rows = [rows[i] for i in fill_order([row_steps(r) for r in rows], [_text(r, "lora") for r in rows])]
         m = self.metrics
         with ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(1, "v2v-encode") as enc:
-            decoded = Decoded([dec.submit(decode, row, self.cfg.resize) for row in rows], m)
+            decoded = Decoded(rows, lambda row: decode(row, self.cfg.resize), dec,
+                              ahead=self.DECODE_AHEAD * self.cfg.batch_size, metrics=m)
             if m:
                 m.waiting_for_model(len(rows))
             t0 = time.perf_counter()
@@ -444,13 +457,34 @@ class ClipWorker:
             m.batch(out, model_s, steps)
 
 
-class Decoded:
-    """A call's rows in order as the decode thread finishes them (futures); `ready()`: whether the next one is done,
-    so that the restyle stream starts its first forward once its free slots can be filled rather than after
-    decoding all the clips it may read ahead."""
+def row_steps(row: dict) -> int:
+    """A clip row's denoising steps (as sampler.schedule leaves them); 0 for a row whose settings are not numbers
+    (it fails as a row when it comes to be admitted)."""
+    from v2v.model.sampler import denoising_steps
 
-    def __init__(self, futures, metrics=None):
-        self.futures, self.metrics = collections.deque(futures), metrics
+    try:
+        return denoising_steps(int(row["num_inference_steps"]), float(row["strength"]))
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+class Decoded:
+    """A call's rows, in order, decoded on `pool` (one thread) at most `ahead` clips ahead of what the restyle
+    stream has read: a clip's frames are 13 MB at 576x320x24, and the stream itself holds the clips it waits to
+    admit. `ready()`: whether the next one is decoded, so that the stream starts its first forward once its free
+    slots can be filled rather than after decoding every clip it may read ahead."""
+
+    def __init__(self, rows: list[dict], decode_row, pool, ahead: int, metrics=None):
+        if ahead < 1:
+            raise ValueError(f"Decoded: ahead must be >= 1, got {ahead}")
+        self.rows, self.decode_row, self.pool, self.ahead = collections.deque(rows), decode_row, pool, ahead
+        self.futures: collections.deque = collections.deque()
+        self.metrics = metrics
+        self._submit()
+
+    def _submit(self) -> None:
+        while self.rows and len(self.futures) < self.ahead:
+            self.futures.append(self.pool.submit(self.decode_row, self.rows.popleft()))
 
     def __iter__(self):
         return self
@@ -459,6 +493,7 @@ class Decoded:
         if not self.futures:
             raise StopIteration
         row = self.futures.popleft().result()
+        self._submit()
         if self.metrics:
             self.metrics.waiting_for_model(-1)
         return row

@@ -243,6 +243,25 @@ class StepBatcher:
         return frames
 
 
+def fill_order(steps: list[int], groups: list | None = None) -> list[int]:
+    """The order to admit a call's clips in (indices into `steps`, each clip's denoising steps): longest first.
+
+    An actor's call ends when its last clip does, so the clips admitted last decide how long the slots of a
+    part-filled batch stay empty: admitted longest first, the call's last clips are its shortest and finish close
+    together (the longest-processing-time-first rule) rather than one long clip running alone at the end. `groups`
+    (a key per clip, its LoRA set) keeps each run of one group together and in place: a change of group drains the
+    clips in flight anyway."""
+    groups = groups if groups is not None else [None] * len(steps)
+    if len(groups) != len(steps):
+        raise ValueError(f"fill_order: {len(steps)} step counts but {len(groups)} groups")
+    order, start = [], 0
+    for i in range(1, len(steps) + 1):
+        if i == len(steps) or groups[i] != groups[start]:
+            order += sorted(range(start, i), key=lambda j: -steps[j])  # stable: the manifest's order on ties
+            start = i
+    return order
+
+
 def run_all(batcher: StepBatcher, items: list, as_actor: bool = False, on_done=None) -> dict:
     """Every item (key, video, settings[, scheduler]) through `batcher`: {key: final latents (1, 4, F, h, w)}, or the
     exception for a clip that failed. Clips are admitted as `admissible` says, among all items at once, or with

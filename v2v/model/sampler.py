@@ -140,6 +140,11 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts
 # 3. Timesteps --------------------------------------------------------------------------------------------
 
 
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """How many of its `num_inference_steps` a clip at `strength` runs (`schedule`'s start step)."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 def schedule(base_scheduler, num_inference_steps: int, strength: float):
     """A fresh scheduler for one clip, set to start where `strength` says, and its timesteps.
 
@@ -147,8 +152,7 @@ def schedule(base_scheduler, num_inference_steps: int, strength: float):
     """
     sched = copy.deepcopy(base_scheduler)
     sched.set_timesteps(num_inference_steps, device="cpu")
-    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
-    t_start = max(num_inference_steps - init_timestep, 0)
+    t_start = max(num_inference_steps - denoising_steps(num_inference_steps, strength), 0)
     timesteps = sched.timesteps[t_start * sched.order :]
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(t_start * sched.order)
