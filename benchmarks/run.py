@@ -608,9 +608,10 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     share of forward slots that carried a clip (the rest is padding to the compiled batch)."""
     import torch
 
-    from v2v.model.continuous import StepBatcher, run_all
+    from v2v.job.stages import ClipWorker
+    from v2v.model.continuous import StepBatcher, fill_order, run_all
     from v2v.model.loading import make_scheduler
-    from v2v.model.sampler import ClipSettings, restyle, to_uint8_checked
+    from v2v.model.sampler import ClipSettings, denoising_steps, restyle, to_uint8_checked
 
     variant, batch = _section_variant(best, b.cuda, None, b.a.mix_batch)
     c = _load(b.folder, b.a.device, variant, unet_batch=2 * batch)
@@ -619,9 +620,12 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
     video = b.video(1)[0]
 
     def run(items):
-        """As an actor runs them: clips read and admitted as the actor does (run_all with as_actor). Counts
-        the forwards of clips shorter than the full length (their own stream, eager where the UNet is compiled)."""
+        """As one actor of the job runs them: in the job's calls (`ClipWorker.call_size`), each call's clips admitted
+        longest first (`fill_order`) and read as the actor reads them (run_all with as_actor), its clips in flight
+        drained at its end. Counts the forwards of clips shorter than the full length (their own stream, eager where
+        the UNet is compiled)."""
         batcher = StepBatcher(c, batch)
+        batcher.calls = 0
         batcher.shorter_forwards, full_f = 0, batcher.stream_of(video[: b.frames])[1]
         predict = batcher.backbone.predict
 
@@ -630,12 +634,18 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
             return predict(latents, *args)
 
         batcher.backbone.predict = counted
-        out = run_all(batcher, [(i, video[: s["frames"]], ClipSettings(
-            f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
-            guidance_scale=s["guidance_scale"]), scheds[s["scheduler"]]) for i, s in items], as_actor=True,
-            on_done=lambda bt, clip: to_uint8_checked(bt.finish(clip)[None]))
-        failed = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
-        assert not failed, {k: out[k] for k in failed}
+        size = ClipWorker.call_size(batch, len(items), actors=1)
+        for k in range(0, len(items), size):
+            call = items[k : k + size]
+            call = [call[j] for j in fill_order([denoising_steps(s["num_inference_steps"], s["strength"])
+                                                 for _, s in call])]
+            out = run_all(batcher, [(i, video[: s["frames"]], ClipSettings(
+                f"style {i}", seed=i, strength=s["strength"], num_inference_steps=s["num_inference_steps"],
+                guidance_scale=s["guidance_scale"]), scheds[s["scheduler"]]) for i, s in call], as_actor=True,
+                on_done=lambda bt, clip: to_uint8_checked(bt.finish(clip)[None]))
+            failed = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
+            assert not failed, {k: out[k] for k in failed}
+            batcher.calls += 1
         return batcher
 
     def grouped(items):
@@ -685,7 +695,8 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
                                   for c in settings) / sum(int(c["strength"] * c["num_inference_steps"]) * c["frames"]
                                                            for c in settings),
                  slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings), forwards=forwards,
-                 shorter_forwards=batcher.shorter_forwards if batcher else None)
+                 shorter_forwards=batcher.shorter_forwards if batcher else None,
+                 calls=batcher.calls if batcher else len(items) // batch)
 
 
 def _profile(b: Bench, step, title: str) -> dict:
@@ -907,7 +918,7 @@ def _report(a, info, rows) -> None:
     cols = ["what", "variant", "batch", "gpus", "s_per_clip", "clips_per_hour", "steady_clips_per_hour",
             "speedup_vs_reference", "step_s", "tflops", "peak_gib", "peak_gib_per_clip", "rel_err_vs_fp32",
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
-            "clip_steps_per_s", "s_per_clip_step", "output_share", "slot_fill", "forwards", "shorter_forwards",
+            "clip_steps_per_s", "s_per_clip_step", "output_share", "slot_fill", "forwards", "shorter_forwards", "calls",
             "cost_vs_uniform",
             "gpu_busy", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
             "wall_s", "note"]
