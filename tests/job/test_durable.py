@@ -13,13 +13,14 @@ from ray.cluster_utils import Cluster
 
 from jobs.demo import make_video
 from tests.helpers import REPO, progress_rows
+from v2v.job.stages import ClipWorker
 
 pytestmark = pytest.mark.slow
 
-# What a kill may lose: the written clips whose rows the one actor has not yielded yet (at most its call's 4 batches
-# of 4; it yields each row once its clip is written, at the next clip's end) and the rows of the last flush interval
-# (2 s of writes; generous here for a loaded 2-core machine).
-BOUND = 4 * 4 + 40
+# What a kill may lose: the written clips whose rows the one actor has not yielded yet (at most its call's
+# CALL_BATCHES batches of 4; it yields each row once its clip is written, at the next clip's end) and the rows of the
+# last flush interval (2 s of writes; generous here for a loaded 2-core machine).
+BOUND = ClipWorker.CALL_BATCHES * 4 + 40
 
 
 def _counts(out) -> tuple[int, int]:
