@@ -36,3 +36,19 @@ def test_uncompiled_and_eager_calls_restyle_on_the_gpu(cache_dir):
         assert torch.isfinite(full).all()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+@cuda
+def test_host_to_gpu_copies_do_not_wait_for_the_gpus_queued_work():
+    """sampler.to_device: the values of a blocking copy, but the host goes on while the GPU still runs what was queued
+    before (a blocking copy from pageable memory waits for it, and the GPU then idles while the host prepares the
+    next work). Admission's frames, each forward's timesteps and guidance scales cross this way."""
+    from v2v.model.sampler import frames_to_pixels, to_device
+
+    frames = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # a second or so of queued GPU work
+    on_gpu = to_device(frames, "cuda")
+    assert not torch.cuda.current_stream().query(), "to_device waited for the queued work"
+    assert torch.equal(frames_to_pixels(on_gpu).cpu(), frames_to_pixels(frames))  # converted there, the same values
+    assert torch.cuda.current_stream().query()  # (.cpu() waited)

@@ -66,7 +66,7 @@ class ZeroscopeBackbone:
         out = []
         for i, g in enumerate(scales):
             u, x = noise_uncond[i : i + 1], noise_text[i : i + 1]
-            scale = torch.tensor(g, dtype=torch.float32).to(x.device, x.dtype)
+            scale = sampler.to_device(torch.tensor(g, dtype=torch.float32), x.device).to(x.dtype)
             out.append(u + scale * (x - u) if g > 1.0 else x)
         return out
 
@@ -98,7 +98,7 @@ class WanBackbone:
         cond = wan.encode_prompts(c.tokenizer, c.text_encoder, [settings.prompt])
         uncond = (wan.encode_prompts(c.tokenizer, c.text_encoder, [settings.negative_prompt])
                   if settings.guidance_scale > 1.0 else None)
-        x = wan.encode_latents(c.vae, wan.frames_to_pixels(video).to(c.device))
+        x = wan.encode_latents(c.vae, wan.frames_to_pixels(sampler.to_device(video, c.device)))
         return wan.add_noise(sched, x, timesteps[0], generator), cond, uncond
 
     def predict(self, latents, scheds, t, cond, uncond, scales) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 
 from v2v.model.loading import WAN, Family, Loaded
-from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings
+from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings, to_device
 
 MAX_SEQUENCE_LENGTH = 512  # the reference's default: every prompt's embeddings padded (with zeros) to this many
 
@@ -158,7 +158,7 @@ def predict(transformer, latents: torch.Tensor, timesteps: torch.Tensor, cond: t
     x = latents.to(dtype)
     # float32 whatever the scheduler's (int64 for some): the same values (the time embedding computes in float32),
     # and one compiled graph for every scheduler
-    t = timesteps.to(latents.device, torch.float32)
+    t = to_device(timesteps.to(torch.float32), latents.device)
     # (latents, timesteps) positional, as the speed layer's fixed-batch call takes them
     if uncond is None:
         return transformer(x, t, encoder_hidden_states=cond.to(dtype), return_dict=False)[0].float()
