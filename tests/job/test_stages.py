@@ -259,3 +259,16 @@ def test_a_call_is_admitted_longest_first(cache_dir, tmp_path):
     assert [r["clip_index"] for r in admitted] == [1, 3, 2, 0]
     assert [r["strength"] for r in admitted] == [1.0, 0.75, 0.5, 0.25]
     assert sorted(r["start_frame"] for r in rows) == [0, 8, 16, 24]
+
+
+def test_a_call_holds_whole_batches_and_short_runs_give_each_actor_two_calls():
+    from v2v.job.stages import ClipWorker
+
+    most = 4 * ClipWorker.CALL_BATCHES
+    assert ClipWorker.call_size(4, 50_000, 8) == most
+    assert ClipWorker.call_size(4, 100, 2) == 24  # 25 a call would give each actor two; rounded down to batches
+    assert ClipWorker.call_size(2, 6, 1) == 2  # not 3: a batch and a half would run half-filled in every call
+    assert ClipWorker.call_size(4, 3, 1) == 4  # never under one batch
+    for clips, actors in ((100, 2), (6, 1), (50_000, 8), (37, 3)):
+        size = ClipWorker.call_size(4, clips, actors)
+        assert size % 4 == 0 and 4 <= size <= most

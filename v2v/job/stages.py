@@ -422,8 +422,10 @@ class ClipWorker:
     @classmethod
     def call_size(cls, batch_size: int, clips: int, actors: int) -> int:
         """Rows per call (one Ray block each): CALL_BATCHES batches, fewer where the run is too short to give each
-        actor two calls (so that no actor ends the run far behind the others), never under one batch."""
-        return max(batch_size, min(batch_size * cls.CALL_BATCHES, clips // (2 * actors)))
+        actor two calls (so that no actor ends the run far behind the others); whole batches, at least one (a call's
+        clips drain at its end: a part of a batch would run part-filled in every call)."""
+        fair = clips // (2 * actors) // batch_size * batch_size
+        return max(batch_size, min(batch_size * cls.CALL_BATCHES, fair))
 
     def __call__(self, batch: dict) -> Iterator[dict]:
         from concurrent.futures import ThreadPoolExecutor
