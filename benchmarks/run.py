@@ -696,7 +696,7 @@ def continuous(b: Bench, best: dict | None, mix: str) -> None:
                                                            for c in settings),
                  slot_fill=clip_steps / (forwards * batch), s_per_clip=s / len(settings), forwards=forwards,
                  shorter_forwards=batcher.shorter_forwards if batcher else None,
-                 calls=batcher.calls if batcher else len(items) // batch)
+                 calls=batcher.calls if batcher else -(-len(items) // batch))
 
 
 def _profile(b: Bench, step, title: str) -> dict:

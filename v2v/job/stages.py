@@ -453,10 +453,7 @@ class ClipWorker:
                 done.append(written.popleft().result())
                 yield _batch(done[-1:], batch)
         if m:
-            out = _batch(done, batch)
-            steps = sum(int(float(out["strength"][i]) * int(out["num_inference_steps"][i]))
-                        for i in range(len(out["id"])) if out["status"][i] == "ok")
-            m.batch(out, model_s, steps)
+            m.batch(_batch(done, batch), model_s, sum(row_steps(r) for r in done if r["status"] == "ok"))
 
 
 def row_steps(row: dict) -> int:
