@@ -3,6 +3,7 @@ video's shorter last clip, in flight beside full ones; a clip retried alone). Ea
 clip, which diffusers' UNet leaves where it finds it: these paths ran only on the CPU until a GPU benchmark's mixed
 manifest failed on one (`mat1 is on cpu`). GPU machines run them with `bash benchmarks/gpu_run.sh NAME tests`."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,3 +53,53 @@ def test_host_to_gpu_copies_do_not_wait_for_the_gpus_queued_work():
     assert not torch.cuda.current_stream().query(), "to_device waited for the queued work"
     assert torch.equal(frames_to_pixels(on_gpu).cpu(), frames_to_pixels(frames))  # converted there, the same values
     assert torch.cuda.current_stream().query()  # (.cpu() waited)
+
+
+@cuda
+@pytest.mark.parametrize("model,scheduler", [("tiny", "ddim"), ("tiny", "dpm++"), ("tiny-compiled", "ddim"),
+                                             ("tiny-wan", None)])
+def test_a_round_admits_steps_and_reads_out_without_waiting_for_the_gpu(cache_dir, model, scheduler):
+    """What keeps the GPU's queue full in an actor: admitting a clip (text, VAE encode, its generator's draws, its
+    scheduler's noise), a round's forward and scheduler steps, and queuing a finished clip's decode, checks and
+    signals with their copies to the host do not wait for the GPU (torch's sync debug mode raises on any blocking
+    copy or read); only `Readback.wait` does, and its values are those read the blocking way."""
+    from v2v.model.loading import make_scheduler
+    from v2v.model.quality import signal_tensors, signal_values, signals
+    from v2v.model.sampler import Readback, clip_sums, to_device, to_uint8_checked, uint8_frames
+
+    if model.startswith("tiny-wan"):
+        from v2v.model.tiny import TINY_WAN_FRAMES, TINY_WAN_SIZE, tiny_wan_dir
+        from v2v.model.wan import load_wan_components
+
+        c = load_wan_components(tiny_wan_dir(cache_dir), device="cuda")
+        video = torch.randint(0, 256, (2, TINY_WAN_FRAMES, TINY_WAN_SIZE, TINY_WAN_SIZE, 3), dtype=torch.uint8)
+    else:
+        c, video = load_components("tiny", cache_dir=cache_dir, device="cuda"), random_video(2)
+    sched = make_scheduler(c.scheduler, scheduler)
+    if model == "tiny-compiled":  # the job's GPU path, every switch but the stored parts; compiled and recorded first
+        on = dict(compile=True, compile_vae=True, temporal_layers=True, frame_attention=True, channel_stats=True,
+                  shared_prefix=True, upsample_phases=True, cuda_graphs=True)
+        apply_speed_settings(c, speed_only(**on), unet_batch=4)
+        run_all(StepBatcher(c, 2), [(i, video[i], clip, sched) for i, clip in enumerate(CLIPS)])
+    batcher = StepBatcher(c, 2)
+    outs = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, clip in enumerate(CLIPS):
+            batcher.admit(i, video[i], clip, scheduler=sched)
+        while batcher.active:
+            done, failed = batcher.step()
+            assert not failed
+            for clip in done:
+                frames = batcher.finish(clip)
+                source = to_device(video[clip.key], frames.device)
+                outs.append((frames, source, Readback(u8=uint8_frames(frames), sums=clip_sums(frames[None]),
+                                                      **signal_tensors(frames, source))))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(outs) == 2
+    for frames, source, readback in outs:
+        got = readback.wait()
+        u8, bad = to_uint8_checked(frames[None])
+        assert np.array_equal(got["u8"].numpy(), u8[0]) and bad == [] and torch.isfinite(got["sums"]).all()
+        assert signal_values({k: got[k] for k in signals(frames, source)}) == signals(frames, source)

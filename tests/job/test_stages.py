@@ -169,7 +169,40 @@ def test_the_actor_runs_shorter_last_clips_beside_the_full_ones(actor):
     assert out["s1"]["frames"].shape[0] == 5 and out["a"]["frames"].shape[0] == 8
     # both shorter clips were in the model before the first full pair left it, and before the next pair came in
     for s in ("s1", "s2"):
-        assert out[s]["restyle_started_at"] < out["a"]["restyle_finished_at"] < out["c"]["restyle_started_at"]
+        assert out[s]["restyle_started_at"] < out["a"]["restyle_finished_at"]
+        assert out[s]["restyle_started_at"] < out["c"]["restyle_started_at"]
+
+
+def test_a_finished_clip_is_read_out_once_the_next_round_is_queued(actor, monkeypatch):
+    """The actor reads a finished clip's frames out a round late: its decode is queued before the next round's
+    forward, and the host waits for it (and writes its row) while that forward runs, not before queuing it. Its
+    restyle_s, its share of the rounds it was in, lies inside its time in the model."""
+    from v2v.model.continuous import StepBatcher
+
+    rounds = []  # (when the round was queued, the clips whose last step it was)
+    step = StepBatcher.step
+
+    def timed(self):
+        t = time.time()
+        done, failed = step(self)
+        rounds.append((t, [c.key["id"] for c in done]))
+        return done, failed
+
+    monkeypatch.setattr(StepBatcher, "step", timed)
+    rng = np.random.default_rng(3)
+    rows = [{"id": f"v{i}", "clip_index": 0, "prompt": "ink", "negative_prompt": "", "seed": i, "strength": s,
+             "num_inference_steps": 4, "guidance_scale": 9.0, "error": None,
+             "frames": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)}
+            for i, s in enumerate([0.5, 1.0, 0.5, 1.0, 0.5])]  # 2, 4, 2, 4, 2 steps in 2 slots
+    out = {r["id"]: r for r in actor.stream(rows)}
+    assert all(r["error"] is None for r in out.values()) and len(out) == 5
+    followed = [k for i, (_, keys) in enumerate(rounds[:-1]) for k in keys]
+    assert len(followed) >= 3  # most clips finish before the last round
+    for i, (_, keys) in enumerate(rounds[:-1]):
+        for k in keys:
+            assert out[k]["restyle_finished_at"] > rounds[i + 1][0], f"{k} was read out before the next round"
+    for r in out.values():
+        assert 0 < r["restyle_s"] <= r["restyle_finished_at"] - r["restyle_started_at"]
 
 
 def test_the_actor_starts_once_its_free_slots_can_be_filled_not_after_decoding_all_it_reads_ahead(actor):

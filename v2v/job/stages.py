@@ -280,8 +280,8 @@ class Restyle:
         from v2v.model.adapters import AdapterError
         from v2v.model.continuous import StepBatcher
         from v2v.model.loading import ModelError
-        from v2v.model.quality import signals
-        from v2v.model.sampler import ClipSettings, SamplerInputError, to_uint8_checked
+        from v2v.model.quality import signal_tensors, signal_values
+        from v2v.model.sampler import ClipSettings, Readback, SamplerInputError, clip_sums, to_device, uint8_frames
         from v2v.speed.fixed_shapes import unpadded
 
         batcher = StepBatcher(self.components, self.cfg.batch_size, clip_skip=self.cfg.clip_skip,
@@ -307,6 +307,47 @@ class Restyle:
 
         def lora(row: dict) -> str:
             return _text(row, "lora")
+
+        def read_out(c) -> tuple:
+            """A finished clip's decode, NaN check and quality signals queued on the GPU, with their copies to the
+            host: (clip, Readback), or (clip, the error)."""
+            row = c.key
+            try:
+                frames = batcher.finish(c)[context(row):]  # its own frames: its context frames (seen by the model) cut
+                # beside them on their device: the source once more (13 MB for 576x320x24), no decode
+                source = to_device(torch.from_numpy(np.asarray(row["frames"])[context(row):]), frames.device)
+                return c, Readback(frames=uint8_frames(frames), sums=clip_sums(frames[None]),
+                                   **signal_tensors(frames, source))
+            except RuntimeError as e:  # out of memory too
+                return c, e
+
+        def collect(pending: list[tuple]) -> Iterator[dict]:
+            """The rows of clips `read_out` queued: their frames and signals once on the host."""
+            for c, out in pending:
+                row = c.key
+                try:
+                    if isinstance(out, BaseException):
+                        raise out
+                    got = out.wait()
+                except RuntimeError as e:
+                    why = f"{type(e).__name__}: {e}"
+                    if device_failed(e):
+                        self._restart_or_give_up([name(row)], e)
+                        why = f"the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}"
+                    yield done(row, f"restyle: {why}")
+                    continue
+                if not torch.isfinite(got["sums"]).all():  # written, it would be black frames that pass as ok
+                    yield done(row, f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
+                                    "float16 can overflow where bfloat16 and float32 do not, else the model's "
+                                    "weights or this clip's prompt embedding hold them")
+                    continue
+                yield done(row, frames=got["frames"].numpy(), restyle_s=c.model_s, restyle_started_at=c.admitted_at,
+                           restyle_finished_at=time.time(), **signal_values({k: got[k] for k in QUALITY_COLUMNS}))
+
+        # Finished clips are read out a round late: their decodes are queued before the next round's forward, and
+        # the host waits for them (and writes their rows) while that forward runs. Nothing else in a round waits
+        # for the GPU, so its queue stays full (v2v.model.sampler.Readback).
+        pending: list[tuple] = []
 
         while True:
             # rows in until two batches' worth wait in the main stream, or two in others (StepBatcher.wants)
@@ -358,6 +399,9 @@ class Restyle:
                     else:
                         yield done(row, f"restyle: {type(e).__name__}: {e}")
             if not batcher.active:
+                batcher.settle()
+                yield from collect(pending)
+                pending = []
                 if exhausted and not waiting:
                     return
                 continue
@@ -377,28 +421,8 @@ class Restyle:
                 oom = isinstance(e, torch.cuda.OutOfMemoryError)
                 yield done(c.key, f"restyle: out of GPU memory even alone ({e})" if oom
                            else f"restyle: {type(e).__name__}: {e}")
-            for c in finished:
-                row = c.key
-                try:
-                    # the clip's own frames: its context frames (seen by the model) cut from the output
-                    frames = batcher.finish(c)[context(row):]
-                    out, bad = to_uint8_checked(frames[None])
-                except RuntimeError as e:  # out of memory too
-                    why = f"{type(e).__name__}: {e}"
-                    if device_failed(e):
-                        self._restart_or_give_up([name(row)], e)
-                        why = f"the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}"
-                    yield done(row, f"restyle: {why}")
-                    continue
-                if bad:  # written, it would be black frames that pass as ok
-                    yield done(row, f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
-                                    "float16 can overflow where bfloat16 and float32 do not, else the model's "
-                                    "weights or this clip's prompt embedding hold them")
-                    continue
-                # on the frames' device, beside them: the source once more (13 MB for 576x320x24), no decode
-                quality = signals(frames, torch.from_numpy(np.asarray(row["frames"])[context(row):]).to(frames.device))
-                yield done(row, frames=out[0], restyle_s=c.model_s, restyle_started_at=c.admitted_at,
-                           restyle_finished_at=time.time(), **quality)
+            yield from collect(pending)
+            pending = [read_out(c) for c in finished]
 
 
 class ClipWorker:

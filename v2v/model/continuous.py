@@ -45,7 +45,10 @@ class InFlight:
     uncond: torch.Tensor | None  # (1, L, D); None: guidance off (scale <= 1)
     step_kwargs: dict  # its generator (and eta) for schedulers that draw noise
     done: int = 0  # steps taken
-    model_s: float = 0.0  # its share of the model's time: admission, its share of each forward it was in, decode
+    # its share of the model's time: of each round it took part in, the wall time from that round's start to the
+    # next's (its forward, and the admissions and decodes done between rounds), shared equally among the round's
+    # clips; the last round's once the next starts or the caller `settle`s
+    model_s: float = 0.0
     admitted_at: float = field(default_factory=time.time)  # unix time its admission began
 
     @property
@@ -82,6 +85,7 @@ class StepBatcher:
         self.main: tuple | None = None  # the main stream (`_main`)
         self.forwards = 0  # UNet forwards run, and the clip-steps they carried (their ratio: clips per forward)
         self.clip_steps = 0
+        self._round: tuple[float, list[InFlight]] | None = None  # the last round's start and clips, until closed
 
     @property
     def free(self) -> int:
@@ -152,26 +156,29 @@ class StepBatcher:
             raise RuntimeError(f"StepBatcher.admit: all {self.capacity} slots of its stream are in use; step until "
                                "one frees")
         self.backbone.check(video, settings)
-        t0, wall0 = time.perf_counter(), time.time()
+        wall0 = time.time()
         sched, timesteps = schedule(scheduler if scheduler is not None else self.components.scheduler,
                                     settings.num_inference_steps, settings.strength)
         gen = torch.Generator("cpu").manual_seed(settings.seed)
         latents, cond, uncond = self.backbone.admit(video, settings, sched, timesteps, gen, settings.name or str(key))
         clip = InFlight(key, settings, sched, timesteps, latents, cond, uncond, _step_kwargs(sched, gen, settings.eta),
                         admitted_at=wall0)
-        clip.model_s = time.perf_counter() - t0
         self.active.append(clip)
         return clip
 
     def step(self) -> tuple[list[InFlight], list[tuple[InFlight, BaseException]]]:
         """One round: every clip in flight takes its next step. Returns (the clips whose last step this was,
-        the clips that failed with their errors); both have left."""
+        the clips that failed with their errors); both have left.
+
+        Nothing here waits for the GPU (with the job's schedulers: one whose step draws noise, DDIM at eta > 0, copies
+        its draw there blocking): the round is queued, and the host goes on to admit and decode while it runs."""
+        self.settle()
+        self._round = (time.perf_counter(), list(self.active))
         streams: dict[tuple, list[InFlight]] = {}
         for clip in self.active:
             streams.setdefault(clip.stream, []).append(clip)
         failed: list[tuple[InFlight, BaseException]] = []
         for clips in streams.values():
-            t0 = time.perf_counter()
             try:
                 if self.alone:
                     self._each_alone(clips, failed)
@@ -184,14 +191,21 @@ class StepBatcher:
                     torch.cuda.empty_cache()
                     self.alone = True
                 self._each_alone(clips, failed)
-            share = (time.perf_counter() - t0) / len(clips)
-            for clip in clips:
-                clip.model_s += share
         gone = {id(c) for c, _ in failed}
         done = [c for c in self.active if id(c) not in gone and c.remaining == 0]
         gone |= {id(c) for c in done}
         self.active = [c for c in self.active if id(c) not in gone]
         return done, failed
+
+    def settle(self) -> None:
+        """Share the last round's wall time, up to now, among its clips (`InFlight.model_s`): the next `step` does
+        it, or the caller once no step follows (the last clips' decodes done)."""
+        if self._round is not None:
+            t0, clips = self._round
+            share = (time.perf_counter() - t0) / max(1, len(clips))
+            for clip in clips:
+                clip.model_s += share
+            self._round = None
 
     def _each_alone(self, clips: list[InFlight], failed: list) -> None:
         """Each clip's forward on its own, at its own size; a clip that fails alone joins `failed`."""
@@ -237,10 +251,7 @@ class StepBatcher:
         """A finished clip's frames: float32 (F, H, W, 3) in [0, 1] on the model's device."""
         if clip.remaining:
             raise SamplerInputError(f"{clip.settings.name or clip.key}: {clip.remaining} steps remain")
-        t0 = time.perf_counter()
-        frames = self.backbone.decode(clip.latents)
-        clip.model_s += time.perf_counter() - t0
-        return frames
+        return self.backbone.decode(clip.latents)
 
 
 def fill_order(steps: list[int], groups: list | None = None) -> list[int]:
@@ -288,6 +299,7 @@ def run_all(batcher: StepBatcher, items: list, as_actor: bool = False, on_done=N
         streams = [k for j, k in enumerate(streams) if j not in chosen]
         if not batcher.active:
             if exhausted and not waiting:
+                batcher.settle()
                 return out
             continue
         done, failed = batcher.step()

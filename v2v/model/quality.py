@@ -24,23 +24,30 @@ SSIM_WINDOW, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 11, 1.5, 0.01**2, 0.03**2
 BLANK_STD, BLANK_RANGE = 1 / 255, 2 / 255
 
 
+def _on(values: list[float], device) -> torch.Tensor:
+    """A float32 constant on `device`, copied without waiting for the GPU's queued work (sampler.to_device)."""
+    from v2v.model.sampler import to_device
+
+    return to_device(torch.tensor(values, dtype=torch.float32), device)
+
+
 def luminance(frames: torch.Tensor) -> torch.Tensor:
     """(F, H, W, 3) uint8 or [0, 1] float -> (F, H, W) float32 luminance in [0, 1]."""
     x = frames.float()
     if not frames.is_floating_point():
         x = x / 255
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device)
-    return x @ weights
+    return x @ _on([0.299, 0.587, 0.114], x.device)
 
 
-def temporal_flicker(output: torch.Tensor, source: torch.Tensor) -> float:
-    """Output motion energy over source motion energy (NaN for a clip of one frame)."""
+def temporal_flicker(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Output motion energy over source motion energy, a 0-d tensor on the frames' device (NaN for a clip of one
+    frame)."""
     y, s = luminance(output), luminance(source)
     if y.shape[0] < 2:
-        return float("nan")
+        return torch.full((), float("nan"), device=y.device)
     out_motion = (y[1:] - y[:-1]).abs().mean()
     src_motion = (s[1:] - s[:-1]).abs().mean()
-    return float((out_motion + MOTION_FLOOR) / (src_motion + MOTION_FLOOR))
+    return (out_motion + MOTION_FLOOR) / (src_motion + MOTION_FLOOR)
 
 
 def _gaussian(device) -> torch.Tensor:
@@ -49,9 +56,9 @@ def _gaussian(device) -> torch.Tensor:
     return g / g.sum()
 
 
-def source_ssim(output: torch.Tensor, source: torch.Tensor) -> float:
+def source_ssim(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Mean SSIM between the output's and the source's luminance, frame by frame (frames smaller than the window
-    are compared whole, window shrunk to their size)."""
+    are compared whole, window shrunk to their size), a 0-d tensor on the frames' device."""
     x, y = luminance(output)[:, None], luminance(source)[:, None]  # (F, 1, H, W)
     g = _gaussian(x.device)
     size = min(SSIM_WINDOW, x.shape[-2], x.shape[-1])
@@ -65,19 +72,31 @@ def source_ssim(output: torch.Tensor, source: torch.Tensor) -> float:
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     ssim = ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / ((mx**2 + my**2 + SSIM_C1) * (vx + vy + SSIM_C2))
-    return float(ssim.mean())
+    return ssim.mean()
 
 
-def blank(output: torch.Tensor) -> bool:
-    """Whether the output is (near-)constant, or its values collapsed into a sliver of the range."""
+def blank(output: torch.Tensor) -> torch.Tensor:
+    """Whether the output is (near-)constant, or its values collapsed into a sliver of the range: a 0-d bool
+    tensor on the frames' device."""
     y = luminance(output).flatten()
     if y.numel() > 1_000_000:  # a quantile over a whole 576x320x24 clip needs no more than a sample
         y = y[:: y.numel() // 1_000_000 + 1]
-    lo, hi = torch.quantile(y, torch.tensor([0.01, 0.99], device=y.device))
-    return bool(y.std() < BLANK_STD or hi - lo < BLANK_RANGE)
+    lo, hi = torch.quantile(y, _on([0.01, 0.99], y.device))
+    return (y.std() < BLANK_STD) | (hi - lo < BLANK_RANGE)
+
+
+def signal_tensors(output: torch.Tensor, source: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The index's quality columns for one clip as 0-d tensors on the frames' device, computed without waiting
+    for the device (the job reads them back with the clip's frames, v2v.model.sampler.Readback)."""
+    return {"temporal_flicker": temporal_flicker(output, source), "source_ssim": source_ssim(output, source),
+            "blank": blank(output)}
+
+
+def signal_values(tensors: dict[str, torch.Tensor]) -> dict:
+    """`signal_tensors`' values as the index stores them: temporal_flicker and source_ssim floats, blank a bool."""
+    return {k: bool(v) if v.dtype == torch.bool else float(v) for k, v in tensors.items()}
 
 
 def signals(output: torch.Tensor, source: torch.Tensor) -> dict:
     """The index's quality columns for one clip: temporal_flicker, source_ssim, blank."""
-    return {"temporal_flicker": temporal_flicker(output, source), "source_ssim": source_ssim(output, source),
-            "blank": blank(output)}
+    return signal_values(signal_tensors(output, source))

@@ -117,7 +117,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts
     """
     names = names or [f"clip {i}" for i in range(len(prompts))]
     device = text_encoder.device
-    ids = _tokenize(tokenizer, prompts, names).to(device)
+    ids = to_device(_tokenize(tokenizer, prompts, names), device)
     if clip_skip is None:
         cond = text_encoder(ids)[0]
     else:
@@ -133,7 +133,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts
         cond = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
     if negative_prompts is None:
         return cond, None
-    neg_ids = _tokenize(tokenizer, negative_prompts, [f"{n} (negative)" for n in names]).to(device)
+    neg_ids = to_device(_tokenize(tokenizer, negative_prompts, [f"{n} (negative)" for n in names]), device)
     return cond, text_encoder(neg_ids)[0]
 
 
@@ -208,41 +208,100 @@ def decode_frames(vae, latents: torch.Tensor, chunk: int) -> torch.Tensor:
     return images.reshape(b, f, *images.shape[1:]).permute(0, 1, 3, 4, 2)
 
 
-def nonfinite_clips(frames: torch.Tensor) -> list[int]:
-    """Indices along dim 0 of the clips that hold a NaN or an infinity anywhere, e.g. (B, F, H, W, 3) frames.
+def clip_sums(frames: torch.Tensor) -> torch.Tensor:
+    """(B,) float32 sums of each clip's values, e.g. of (B, F, H, W, 3) frames: one sum carries any NaN or infinity
+    of its clip (NaN stays NaN; +inf and -inf give inf or NaN). 6 ms for 4 clips of 24 x 320 x 576 x 3 frames on
+    one CPU thread, where `isfinite` over every value takes 200 ms. (A sum of finite values past float32's range
+    would count too; frames lie in [0, 1].)"""
+    return frames.sum(dim=tuple(range(1, frames.ndim)), dtype=torch.float32)  # any layout (a permuted view too)
 
-    One float32 sum per clip carries any of them (NaN stays NaN; +inf and -inf give inf or NaN): 6 ms for 4
-    clips of 24 x 320 x 576 x 3 frames on one CPU thread, where `isfinite` over every value takes 200 ms. (A sum
-    of finite values past float32's range would count too; frames lie in [0, 1].) Decoded frames come clamped to
-    [0, 1], which keeps NaN, so NaN latents (float16 overflow in the UNet or the VAE, NaN weights) show here.
+
+def nonfinite_clips(frames: torch.Tensor) -> list[int]:
+    """Indices along dim 0 of the clips that hold a NaN or an infinity anywhere (`clip_sums`). Decoded frames come
+    clamped to [0, 1], which keeps NaN, so NaN latents (float16 overflow in the UNet or the VAE, NaN weights) show
+    here."""
+    return (~torch.isfinite(clip_sums(frames))).nonzero().flatten().tolist()
+
+
+def uint8_frames(frames: torch.Tensor) -> torch.Tensor:
+    """float frames in [0, 1] -> uint8, on their device, rounded as the reference's postprocessing rounds (IEEE
+    multiply, round half to even; NaN would turn into 0: black, check `clip_sums` first). On a GPU a quarter of
+    the bytes then cross to the host."""
+    return (frames * 255).round().to(torch.uint8)
+
+
+class Readback:
+    """Tensors on their way to the host: `Readback(name=tensor, ...)`, then `.wait()` -> {name: CPU tensor}.
+
+    From a GPU, each is copied into pinned memory behind the work queued so far, with an event after the copies;
+    `wait` waits for that event only, not for the work queued after it. So the host can queue the GPU's next work
+    (the next round's forward) first and read these while it runs: a blocking read (`.cpu()`, `.item()`) would
+    wait for everything queued, and the GPU would idle while the host then does its part. On the CPU they are the
+    tensors themselves.
     """
-    per_clip = frames.sum(dim=tuple(range(1, frames.ndim)))  # any layout (decoded frames are a permuted view)
-    return (~torch.isfinite(per_clip)).nonzero().flatten().tolist()
+
+    def __init__(self, **tensors: torch.Tensor):
+        self.event = None
+        if not any(t.is_cuda for t in tensors.values()):
+            self.host = tensors
+            return
+        # torch's host allocator reuses the pinned blocks once their copies are done
+        self.host = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                     for k, t in tensors.items()}
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def wait(self) -> dict[str, torch.Tensor]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """float frames in [0, 1] -> uint8 on the CPU, rounded as the reference's postprocessing rounds (NaN would
-    turn into 0: black; check `nonfinite_clips` first).
-
-    Converted where the frames are: from a GPU a quarter of the bytes cross to the host, into pinned memory
-    (torch's host allocator reuses the block from call to call). Copied as float32 into fresh pageable memory
-    and converted on the CPU, the actor's call took measurably longer (benchmarks/RESULTS.md); the bytes are the
-    same (IEEE multiply, round half to even).
-    """
-    u8 = (frames * 255).round().to(torch.uint8)
-    if u8.device.type == "cpu":
-        return u8.numpy()
-    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
-    return host.copy_(u8).numpy()
+    """float frames in [0, 1] -> uint8 on the CPU (`uint8_frames`, converted where the frames are)."""
+    return Readback(u8=uint8_frames(frames)).wait()["u8"].numpy()
 
 
 def to_uint8_checked(frames: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     """What the job does with restyled frames (B, F, H, W, 3), on their device: (uint8 frames on the CPU, the
     indices of the clips that hold NaN or infinities, whose frames mean nothing)."""
-    return to_uint8(frames), nonfinite_clips(frames)
+    got = Readback(u8=uint8_frames(frames), sums=clip_sums(frames)).wait()
+    return got["u8"].numpy(), (~torch.isfinite(got["sums"])).nonzero().flatten().tolist()
 
 
 # 5. Latents ----------------------------------------------------------------------------------------------
+
+
+def draw(shape: tuple, generator: torch.Generator, dtype: torch.dtype, device) -> torch.Tensor:
+    """Standard normal noise from a CPU generator, drawn as diffusers' `randn_tensor` draws it (on the CPU in
+    `dtype`, then moved), moved without waiting for the GPU (`to_device`)."""
+    return to_device(torch.randn(shape, generator=generator, device="cpu", dtype=dtype), device)
+
+
+def add_noise(sched, init: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """`sched.add_noise(init, noise, timestep)` (a flow-matching scheduler's `scale_noise`) without waiting for the
+    GPU. Diffusers' schedulers copy their tables to the samples' device there, each copy blocking: `alphas_cumprod`
+    (DDIM, DDPM, PNDM keep it there), or `sigmas` and `timesteps` (the sigma and flow schedulers copy them for the
+    call and step with the CPU's). Here they are on the device before the call, through `to_device`; `sigmas` and
+    `timesteps` go back after. The same values."""
+    device = init.device
+
+    def call(t):
+        return sched.add_noise(init, noise, t) if hasattr(sched, "add_noise") else sched.scale_noise(init, t, noise)
+
+    if device.type != "cuda":
+        return call(timestep)
+    if isinstance(getattr(sched, "alphas_cumprod", None), torch.Tensor):
+        sched.alphas_cumprod = to_device(sched.alphas_cumprod, device)
+    tables = {k: getattr(sched, k) for k in ("sigmas", "timesteps")
+              if isinstance(getattr(sched, k, None), torch.Tensor)}
+    for k, v in tables.items():
+        setattr(sched, k, to_device(v, device))
+    try:
+        return call(to_device(timestep, device))
+    finally:
+        for k, v in tables.items():
+            setattr(sched, k, v)
 
 
 @torch.no_grad()
@@ -251,19 +310,21 @@ def prepare_latents(vae, sched, video: torch.Tensor, timestep: torch.Tensor, gen
     """One clip's noised starting latents (1, 4, F, h, w).
 
     `video` is uint8 (F, H, W, 3) frames, or float (4, F, h, w) latents that skip the VAE. Draws, in order,
-    from `generator`: the posterior sample (F, 4, h, w), then the noise (F, 4, h, w).
+    from `generator`: the posterior sample (F, 4, h, w), then the noise (F, 4, h, w). Nothing here waits for the
+    GPU: the clip is admitted while the forwards queued before it run.
     """
-    from diffusers.utils.torch_utils import randn_tensor
-
     device = vae.device
     if video.dtype == torch.uint8:
         # converted where the VAE runs: a quarter of the bytes cross, and no float pass over them on the host
         pixels = frames_to_pixels(to_device(video, device)).to(dtype)
-        init = encode_posterior(vae, pixels, chunk).sample(generator) * vae.config.scaling_factor
+        posterior = encode_posterior(vae, pixels, chunk)  # its .sample(generator), the draw moved without waiting
+        sample = posterior.mean + posterior.std * draw(posterior.mean.shape, generator, posterior.parameters.dtype,
+                                                       device)
+        init = sample * vae.config.scaling_factor
     else:
-        init = video.to(device=device, dtype=dtype).permute(1, 0, 2, 3)  # (4, F, h, w) -> (F, 4, h, w)
-    noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-    noised = sched.add_noise(init, noise, timestep[:1])
+        init = to_device(video, device).to(dtype).permute(1, 0, 2, 3)  # (4, F, h, w) -> (F, 4, h, w)
+    noise = draw(init.shape, generator, dtype, device)
+    noised = add_noise(sched, init, noise, timestep[:1])
     return noised.permute(1, 0, 2, 3).unsqueeze(0)  # (F, 4, h, w) -> (1, 4, F, h, w)
 
 

@@ -24,7 +24,8 @@ from typing import ClassVar
 import torch
 
 from v2v.model.loading import WAN, Family, Loaded
-from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings, to_device
+from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings, draw, to_device
+from v2v.model.sampler import add_noise as sampler_add_noise
 
 MAX_SEQUENCE_LENGTH = 512  # the reference's default: every prompt's embeddings padded (with zeros) to this many
 
@@ -97,7 +98,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str],
                        truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     ids, mask = inputs.input_ids, inputs.attention_mask
     lens = mask.gt(0).sum(dim=1).long()
-    out = text_encoder(ids.to(text_encoder.device), mask.to(text_encoder.device)).last_hidden_state
+    out = text_encoder(to_device(ids, text_encoder.device), to_device(mask, text_encoder.device)).last_hidden_state
     return torch.stack([torch.cat([u[:n], u.new_zeros(max_sequence_length - n, u.size(1))])
                         for u, n in zip(out, lens)])
 
@@ -113,8 +114,8 @@ def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
 def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, 1 / std), each (1, z, 1, 1, 1), as the reference computes them."""
     z = vae.config.z_dim
-    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(like.device, like.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(like.device, like.dtype)
+    mean = to_device(torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1), like.device).to(like.dtype)
+    inv_std = 1.0 / to_device(torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1), like.device).to(like.dtype)
     return mean, inv_std
 
 
@@ -129,11 +130,8 @@ def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 def add_noise(sched, latents: torch.Tensor, timestep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The clip's starting point: its latents noised to `timestep` with noise from its own generator."""
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-    t = timestep.reshape(1)
-    if hasattr(sched, "add_noise"):
-        return sched.add_noise(latents, noise, t)
-    return sched.scale_noise(latents, t, noise)
+    return sampler_add_noise(sched, latents, draw(latents.shape, generator, torch.float32, latents.device),
+                             timestep.reshape(1))
 
 
 @torch.no_grad()
