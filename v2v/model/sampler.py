@@ -182,10 +182,17 @@ def to_device(x: torch.Tensor, device) -> torch.Tensor:
     return x.pin_memory().to(device, non_blocking=True)  # torch keeps the pinned block until the copy is done
 
 
+def unit_range(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 `frames / 255` in [0, 1], on their device, the bits of the reference's division on the CPU.
+    On a GPU the divisor is a tensor there: torch divides a GPU tensor by a Python number as a multiply by its
+    reciprocal, which rounds some values differently in the last bit."""
+    x = frames.to(torch.float32)
+    return x / (255.0 if x.device.type == "cpu" else torch.full((), 255.0, device=x.device))
+
+
 def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1], the reference preprocessing exactly."""
-    x = frames.to(torch.float32) / 255.0
-    return (2.0 * x - 1.0).permute(0, 3, 1, 2)
+    return (2.0 * unit_range(frames) - 1.0).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -279,29 +286,18 @@ def draw(shape: tuple, generator: torch.Generator, dtype: torch.dtype, device) -
 
 
 def add_noise(sched, init: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """`sched.add_noise(init, noise, timestep)` (a flow-matching scheduler's `scale_noise`) without waiting for the
-    GPU. Diffusers' schedulers copy their tables to the samples' device there, each copy blocking: `alphas_cumprod`
-    (DDIM, DDPM, PNDM keep it there), or `sigmas` and `timesteps` (the sigma and flow schedulers copy them for the
-    call and step with the CPU's). Here they are on the device before the call, through `to_device`; `sigmas` and
-    `timesteps` go back after. The same values."""
-    device = init.device
-
-    def call(t):
-        return sched.add_noise(init, noise, t) if hasattr(sched, "add_noise") else sched.scale_noise(init, t, noise)
-
-    if device.type != "cuda":
-        return call(timestep)
-    if isinstance(getattr(sched, "alphas_cumprod", None), torch.Tensor):
-        sched.alphas_cumprod = to_device(sched.alphas_cumprod, device)
-    tables = {k: getattr(sched, k) for k in ("sigmas", "timesteps")
-              if isinstance(getattr(sched, k, None), torch.Tensor)}
-    for k, v in tables.items():
-        setattr(sched, k, to_device(v, device))
-    try:
-        return call(to_device(timestep, device))
-    finally:
-        for k, v in tables.items():
-            setattr(sched, k, v)
+    """`sched.add_noise(init, noise, timestep)` (a flow-matching scheduler's `scale_noise`), its copies to the GPU
+    through `to_device`: DDIM, DDPM and PNDM move `alphas_cumprod` there (and keep it there) and the timestep, each
+    copy blocking; here both are there before the call, so it does not wait for the GPU. The sigma and flow
+    schedulers still wait once: they index their sigmas with a Python list, which torch copies to the GPU blocking.
+    The same values either way."""
+    if init.device.type == "cuda":
+        if isinstance(getattr(sched, "alphas_cumprod", None), torch.Tensor):
+            sched.alphas_cumprod = to_device(sched.alphas_cumprod, init.device)
+        timestep = to_device(timestep, init.device)
+    if hasattr(sched, "add_noise"):
+        return sched.add_noise(init, noise, timestep)
+    return sched.scale_noise(init, timestep, noise)
 
 
 @torch.no_grad()
@@ -310,8 +306,9 @@ def prepare_latents(vae, sched, video: torch.Tensor, timestep: torch.Tensor, gen
     """One clip's noised starting latents (1, 4, F, h, w).
 
     `video` is uint8 (F, H, W, 3) frames, or float (4, F, h, w) latents that skip the VAE. Draws, in order,
-    from `generator`: the posterior sample (F, 4, h, w), then the noise (F, 4, h, w). Nothing here waits for the
-    GPU: the clip is admitted while the forwards queued before it run.
+    from `generator`: the posterior sample (F, 4, h, w), then the noise (F, 4, h, w). With the DDIM family's
+    schedulers nothing here waits for the GPU: the clip is admitted while the forwards queued before it run
+    (`add_noise` says where others wait).
     """
     device = vae.device
     if video.dtype == torch.uint8:

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 
 from v2v.model.loading import WAN, Family, Loaded
-from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings, draw, to_device
+from v2v.model.sampler import ClipSettings, SamplerInputError, check_settings, draw, to_device, unit_range
 from v2v.model.sampler import add_noise as sampler_add_noise
 
 MAX_SEQUENCE_LENGTH = 512  # the reference's default: every prompt's embeddings padded (with zeros) to this many
@@ -108,7 +108,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str],
 
 def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (F, H, W, 3) -> float32 (1, 3, F, H, W) in [-1, 1], as the reference's video processor makes them."""
-    return (frames.permute(3, 0, 1, 2).to(torch.float32) / 255.0 * 2.0 - 1.0).unsqueeze(0)
+    return (unit_range(frames.permute(3, 0, 1, 2)) * 2.0 - 1.0).unsqueeze(0)
 
 
 def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
