@@ -294,6 +294,46 @@ def test_a_call_is_admitted_longest_first(cache_dir, tmp_path):
     assert sorted(r["start_frame"] for r in rows) == [0, 8, 16, 24]
 
 
+def test_the_clips_that_finish_together_are_written_side_by_side(cache_dir, tmp_path, monkeypatch):
+    """A round's finished clips are encoded at once, not one after another: at a call's end the next call (and the
+    GPU) waits for them."""
+    import threading
+
+    from jobs.demo import make_video
+    from v2v.job import stages
+
+    make_video(str(tmp_path / "v.mp4"), 32, 64, 64)
+    cfg = JobConfig(manifest="-", output=str(tmp_path / "out"), steps=4, batch_size=2, codec="ffv1")
+    worker = stages.ClipWorker(cfg, resources(cfg, {"CPU": 2}))
+    lock, at_once, most = threading.Lock(), [0], [0]
+    plain = stages.encode
+
+    def slow_encode(row, cfg):
+        with lock:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        time.sleep(0.5)
+        try:
+            return plain(row, cfg)
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(stages, "encode", slow_encode)
+    n = 4  # two pairs of clips of the same steps: each pair finishes in one round
+    batch = {"id": np.array(["v"] * n, object), "clip_index": np.arange(n),
+             "video": np.array([str(tmp_path / "v.mp4")] * n, object),
+             "start_frame": np.arange(n) * 8, "num_frames": np.array([8] * n), "fps": np.array([24.0] * n),
+             "start_s": np.arange(n) / 3, "end_s": np.arange(n) / 3 + 1 / 3, "width": np.array([64] * n),
+             "height": np.array([64] * n), "prompt": np.array(["ink"] * n, object),
+             "negative_prompt": np.array([""] * n, object), "seed": np.arange(n), "strength": np.array([0.5] * n),
+             "num_inference_steps": np.array([4] * n), "guidance_scale": np.array([9.0] * n),
+             "error": np.array([None] * n, object)}
+    rows = [{k: v[0] for k, v in b.items()} for b in worker(batch)]
+    assert [r["status"] for r in rows] == ["ok"] * n
+    assert most[0] == 2, f"at most {most[0]} clip(s) encoded at once"
+
+
 def test_a_call_holds_whole_batches_and_short_runs_give_each_actor_two_calls():
     from v2v.job.stages import ClipWorker
 

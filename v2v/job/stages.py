@@ -427,8 +427,8 @@ class Restyle:
 
 class ClipWorker:
     """What a restyle actor does with a call's clip rows: decode (CPU, one thread, ahead) -> restyle (the model, up
-    to `batch_size` clips in flight) -> encode and write (CPU, one thread, behind). Decoding and encoding overlap
-    the model. A call is a generator: each clip's row is yielded once its clip is written, so that rows reach the
+    to `batch_size` clips in flight) -> encode and write (CPU, up to ENCODE_THREADS threads, behind). Decoding and
+    encoding overlap the model. A call is a generator: each clip's row is yielded once its clip is written, so that rows reach the
     driver (and its durable progress) clip by clip, however many clips a call holds. Calls of one actor run one at a
     time (Ray 2.60's actors were seen to stall with calls on several threads at once), so a call's clips in flight
     drain at its end: a call holds `batch_size` x CALL_BATCHES rows, admitted longest first (`fill_order`), so that
@@ -437,6 +437,10 @@ class ClipWorker:
     CALLS_AT_ONCE = 1
     CALL_BATCHES = 8  # rows per call, in batches
     DECODE_AHEAD = 1  # clips decoded ahead of what the stream has read, in batches
+    # Clips encoded at once, at most a batch: the clips that finish in one round (a call's last round's above all:
+    # the call, and the GPU with it, waits for their encodes before the next call can start) are written side by
+    # side, not one after another. One keeps up with the model between.
+    ENCODE_THREADS = 4
 
     def __init__(self, cfg: JobConfig, res: Resources):
         self.cfg = cfg
@@ -460,7 +464,8 @@ class ClipWorker:
         # longest first within each LoRA set's run, so that the call's last clips finish close together
         rows = [rows[i] for i in fill_order([row_steps(r) for r in rows], [_text(r, "lora") for r in rows])]
         m = self.metrics
-        with ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(1, "v2v-encode") as enc:
+        encoders = max(1, min(self.ENCODE_THREADS, self.cfg.batch_size))
+        with ThreadPoolExecutor(1, "v2v-decode") as dec, ThreadPoolExecutor(encoders, "v2v-encode") as enc:
             decoded = Decoded(rows, lambda row: decode(row, self.cfg.resize), dec,
                               ahead=self.DECODE_AHEAD * self.cfg.batch_size, metrics=m)
             if m:
