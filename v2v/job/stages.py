@@ -428,11 +428,12 @@ class Restyle:
 class ClipWorker:
     """What a restyle actor does with a call's clip rows: decode (CPU, one thread, ahead) -> restyle (the model, up
     to `batch_size` clips in flight) -> encode and write (CPU, up to ENCODE_THREADS threads, behind). Decoding and
-    encoding overlap the model. A call is a generator: each clip's row is yielded once its clip is written, so that rows reach the
-    driver (and its durable progress) clip by clip, however many clips a call holds. Calls of one actor run one at a
-    time (Ray 2.60's actors were seen to stall with calls on several threads at once), so a call's clips in flight
-    drain at its end: a call holds `batch_size` x CALL_BATCHES rows, admitted longest first (`fill_order`), so that
-    slots freed by clips that finish early are taken by the call's next clips and its last clips end together."""
+    encoding overlap the model. A call is a generator: each clip's row is yielded once its clip is written, so that
+    rows reach the driver (and its durable progress) clip by clip, however many clips a call holds. Calls of one
+    actor run one at a time (Ray 2.60's actors were seen to stall with calls on several threads at once), so a
+    call's clips in flight drain at its end: a call holds `batch_size` x CALL_BATCHES rows, admitted longest first
+    (`fill_order`), so that slots freed by clips that finish early are taken by the call's next clips and its last
+    clips end together."""
 
     CALLS_AT_ONCE = 1
     CALL_BATCHES = 8  # rows per call, in batches
