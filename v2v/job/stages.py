@@ -281,7 +281,15 @@ class Restyle:
         from v2v.model.continuous import StepBatcher
         from v2v.model.loading import ModelError
         from v2v.model.quality import signal_tensors, signal_values
-        from v2v.model.sampler import ClipSettings, Readback, SamplerInputError, clip_sums, to_device, uint8_frames
+        from v2v.model.sampler import (
+            ClipSettings,
+            Readback,
+            SamplerInputError,
+            clip_sums,
+            nonfinite,
+            to_device,
+            uint8_frames,
+        )
         from v2v.speed.fixed_shapes import unpadded
 
         batcher = StepBatcher(self.components, self.cfg.batch_size, clip_skip=self.cfg.clip_skip,
@@ -336,7 +344,7 @@ class Restyle:
                         why = f"the GPU failed on this clip {DEVICE_FAILURE_TRIES} times: {e}"
                     yield done(row, f"restyle: {why}")
                     continue
-                if not torch.isfinite(got["sums"]).all():  # written, it would be black frames that pass as ok
+                if nonfinite(got["sums"]):  # written, it would be black frames that pass as ok
                     yield done(row, f"restyle: the output holds NaN or infinite values ({self.components.dtype}); "
                                     "float16 can overflow where bfloat16 and float32 do not, else the model's "
                                     "weights or this clip's prompt embedding hold them")

@@ -227,7 +227,12 @@ def nonfinite_clips(frames: torch.Tensor) -> list[int]:
     """Indices along dim 0 of the clips that hold a NaN or an infinity anywhere (`clip_sums`). Decoded frames come
     clamped to [0, 1], which keeps NaN, so NaN latents (float16 overflow in the UNet or the VAE, NaN weights) show
     here."""
-    return (~torch.isfinite(clip_sums(frames))).nonzero().flatten().tolist()
+    return nonfinite(clip_sums(frames))
+
+
+def nonfinite(sums: torch.Tensor) -> list[int]:
+    """Indices of the NaN or infinite values of (B,) `clip_sums`."""
+    return (~torch.isfinite(sums)).nonzero().flatten().tolist()
 
 
 def uint8_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -273,7 +278,7 @@ def to_uint8_checked(frames: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     """What the job does with restyled frames (B, F, H, W, 3), on their device: (uint8 frames on the CPU, the
     indices of the clips that hold NaN or infinities, whose frames mean nothing)."""
     got = Readback(u8=uint8_frames(frames), sums=clip_sums(frames)).wait()
-    return got["u8"].numpy(), (~torch.isfinite(got["sums"])).nonzero().flatten().tolist()
+    return got["u8"].numpy(), nonfinite(got["sums"])
 
 
 # 5. Latents ----------------------------------------------------------------------------------------------
