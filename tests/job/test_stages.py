@@ -345,3 +345,30 @@ def test_a_call_holds_whole_batches_and_short_runs_give_each_actor_two_calls():
     for clips, actors in ((100, 2), (6, 1), (50_000, 8), (37, 3)):
         size = ClipWorker.call_size(4, clips, actors)
         assert size % 4 == 0 and 4 <= size <= most
+
+
+def test_prompts_embedded_before_a_lora_is_merged_are_not_reused_after(actor, cache_dir, tmp_path):
+    """The actor keeps its prompts' embeddings across calls (a night's styles are few); a LoRA that changes the text
+    encoder makes them stale: a clip of the same prompt under it equals the clip on a fresh actor, and the plain
+    clip after it equals the plain clip before."""
+    import json
+
+    from tests.model.test_adapters import make_lora
+
+    make_lora(tmp_path / "style.safetensors", actor.components)
+    lora = json.dumps([{"uri": str(tmp_path / "style.safetensors"), "scale": 0.8}])
+
+    def call(with_lora: bool, on=actor) -> np.ndarray:
+        batch = {**_batch(1), "lora": np.array([lora if with_lora else ""], object)}
+        out = on(batch)
+        assert out["error"][0] is None, out["error"][0]
+        return out["frames"][0]
+
+    plain = call(False)
+    styled = call(True)
+    assert actor.prompts.misses == 4  # "a fox" and "" before the LoRA, again under it
+    again = call(False)
+    assert actor.prompts.misses == 6  # and after it
+    fresh = Restyle(actor.cfg, resources(actor.cfg, {"CPU": 2}))
+    assert np.array_equal(styled, call(True, on=fresh))
+    assert np.array_equal(again, plain) and not np.array_equal(styled, plain)

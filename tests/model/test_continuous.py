@@ -258,3 +258,50 @@ def test_a_call_admitted_longest_first_keeps_its_slots_full_to_its_end(tiny):
         forwards[how] = batcher.forwards
     assert forwards["longest first"] == -(-sum(steps) // 4)
     assert forwards["manifest"] > forwards["longest first"]
+
+
+def test_an_actors_prompts_are_encoded_once_across_its_batchers_and_equal_a_fresh_encode(tiny):
+    """A night's manifest: thousands of clips in a few styles. Each prompt and negative prompt goes through the text
+    encoder once per actor (its batchers, one per call, share a PromptCache); every clip still equals itself alone."""
+    from v2v.model.backbone import PromptCache
+
+    clips = [ClipSettings("a fox", seed=s, negative_prompt="blur", strength=0.5, num_inference_steps=4,
+                          guidance_scale=7.0) for s in range(3)]
+    clips.append(ClipSettings("a fox", seed=9, strength=0.5, num_inference_steps=4, guidance_scale=1.0))
+    clips.append(ClipSettings("blur", seed=8, negative_prompt="a fox", strength=0.5, num_inference_steps=4,
+                              guidance_scale=5.0))  # the same texts in the other roles: embedded apart
+    frames = _frames(len(clips), seed=3)
+    encodes = []
+    hook = tiny.text_encoder.register_forward_hook(lambda *_: encodes.append(1))
+    try:
+        prompts = PromptCache()
+        items = [(i, frames[i], c) for i, c in enumerate(clips)]
+        first = run_all(StepBatcher(tiny, 2, batch_invariant=True, prompts=prompts), items)
+        assert len(encodes) == 4  # "a fox" and "blur", each as the prompt and as the negative
+        again = run_all(StepBatcher(tiny, 2, batch_invariant=True, prompts=prompts), items)  # the actor's next call
+        assert len(encodes) == 4 and prompts.hits == 5 + 9 and prompts.misses == 4  # 9 lookups a call
+    finally:
+        hook.remove()
+    for i, c in enumerate(clips):
+        assert torch.equal(first[i], _alone(tiny, frames[i], c)) and torch.equal(again[i], first[i]), f"clip {i}"
+    prompts.clear()
+    run_all(StepBatcher(tiny, 2, prompts=prompts), items[:1])
+    assert prompts.misses == 6  # cleared (the text encoder's weights changed): encoded anew
+
+
+def test_the_prompt_cache_keeps_the_most_recently_used_within_its_bytes():
+    from v2v.model.backbone import PromptCache
+
+    cache = PromptCache(max_bytes=3 * 400)  # three (100,) float32 embeddings
+    made = []
+
+    def encode(k):
+        made.append(k)
+        return torch.full((100,), float(k))
+
+    for k in (1, 2, 3, 1, 4):  # 1 used again: 2 is the least recently used when 4 comes
+        assert cache.get(("prompt", k), lambda: encode(k))[0] == k
+    assert made == [1, 2, 3, 4] and cache.bytes == 1200
+    assert [key[1] for key in cache.entries] == [3, 1, 4]
+    cache.get(("prompt", 2), lambda: encode(2))
+    assert made[-1] == 2 and [key[1] for key in cache.entries] == [1, 4, 2]

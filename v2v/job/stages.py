@@ -136,8 +136,10 @@ class Restyle:
             self.components = c = load_components(cfg.model, device=res.device, dtype=dtype,
                                                   scheduler=cfg.scheduler, allow_pickle=cfg.allow_pickle)
         from v2v.model.adapters import Adapters
+        from v2v.model.backbone import PromptCache
 
         self.adapters = Adapters(c)  # per-clip LoRAs and embeddings, merged in and out of these weights
+        self.prompts = PromptCache()  # the prompts' embeddings, kept across calls: a night's styles are few
         # Latents per denoiser forward: cond + uncond for each clip of a batch (one clip when batch-invariant).
         self.unet_batch = 2 * (1 if res.batch_invariant else cfg.batch_size)
         self.speed = res.speed
@@ -294,7 +296,7 @@ class Restyle:
 
         batcher = StepBatcher(self.components, self.cfg.batch_size, clip_skip=self.cfg.clip_skip,
                               vae_chunk=self.cfg.vae_chunk, batch_invariant=self.batch_invariant, fatal=device_failed,
-                              own_size=unpadded)
+                              own_size=unpadded, prompts=self.prompts)
         feed, waiting, exhausted, lora_now = iter(rows), [], False, None
         ready = getattr(rows, "ready", None)  # whether the next row is decoded already (ClipWorker's rows say)
         streams: dict[int, tuple] = {}  # id(row) -> the stream its clip would join, while it waits
@@ -383,7 +385,8 @@ class Restyle:
                 try:
                     if lora(row) != lora_now:
                         lora_now = None  # until merged
-                        self.adapters.use(self.adapters.refs(lora(row), "")[0])
+                        if self.adapters.use(self.adapters.refs(lora(row), "")[0]):
+                            self.prompts.clear()  # embedded by the text encoder's weights before
                         lora_now = lora(row)
                     prompt = self.adapters.prompt(row["prompt"], self.adapters.refs("", embeddings)[1])
                     row["adapters"] = self.adapters.describe(lora(row), embeddings)

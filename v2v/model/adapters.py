@@ -150,6 +150,7 @@ class Adapters:
         self.loaded: OrderedDict[str, Lora] = OrderedDict()
         self.base: dict[tuple[str, str], torch.Tensor] = {}  # untouched weights of every module ever merged into
         self.active: tuple = ()
+        self._touched: set[tuple[str, str]] = set()  # (component, module) the active LoRAs merged into
         self.tokens: dict[str, list[str]] = {}  # embedding sha256 -> the tokenizer's names of its vectors
         self.paths: dict[str, str] = {}  # adapter URI -> local file
         self.shas: dict[str, str] = {}  # local file -> sha256
@@ -194,11 +195,12 @@ class Adapters:
         return lora
 
     @torch.no_grad()
-    def use(self, loras: list[LoraRef]) -> None:
-        """Make the model's weights the base plus exactly these LoRAs (nothing: the base)."""
+    def use(self, loras: list[LoraRef]) -> bool:
+        """Make the model's weights the base plus exactly these LoRAs (nothing: the base). Whether the text
+        encoder's weights changed (prompt embeddings kept from before no longer hold)."""
         key = tuple((r.path, r.scale) for r in loras)
         if key == self.active:
-            return
+            return False
         resolved = [(self.lora(r.path), r.scale) for r in loras]
         for (component, name), w0 in self.base.items():  # back to the base where the last set touched it
             getattr(self.components, component).get_submodule(name).weight.copy_(w0)
@@ -211,7 +213,9 @@ class Adapters:
         for component, name in touched:
             module = getattr(self.components, component).get_submodule(name)
             module.weight.copy_(merged_weight(self.base[(component, name)], resolved, component, name))
-        self.active = key
+        text_before = any(component == "text_encoder" for component, _ in self._touched)
+        self._touched, self.active = touched, key
+        return text_before or any(component == "text_encoder" for component, _ in touched)
 
     @torch.no_grad()
     def prompt(self, text: str, embeddings: list[EmbeddingRef]) -> str:

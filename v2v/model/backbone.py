@@ -9,26 +9,66 @@ the rounds; it never touches a UNet or a transformer. Two families: the zeroscop
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Callable
+
 import torch
 
 from v2v.model import sampler, wan
 from v2v.model.sampler import ClipSettings
 
 
-def backbone_for(components, *, clip_skip: int | None = None, vae_chunk: int = 8):
-    """The backbone of loaded components: WanComponents -> WanBackbone, model.loading's Components -> Zeroscope."""
+class PromptCache:
+    """Prompt embeddings by the text they encode, the least recently used dropped beyond `max_bytes`: a night's
+    manifest has a few dozen styles over thousands of clips, and each admission would otherwise run the text encoder
+    (Wan's UMT5 also waits for the GPU once a prompt). An entry is the encoder's own output for that text alone, so
+    a hit equals a fresh encode bit for bit. Its owner clears it when the text encoder's weights change (a LoRA
+    merged in or out, job.stages.Restyle)."""
+
+    MAX_BYTES = 256 << 20  # 1,600 of zeroscope's (77, 1024) fp16 embeddings, 64 of Wan's (512, 4096) bf16
+
+    def __init__(self, max_bytes: int = MAX_BYTES):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return self.entries[key]
+        self.misses += 1
+        value = encode()
+        self.entries[key] = value
+        self.bytes += value.numel() * value.element_size()
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+def backbone_for(components, *, clip_skip: int | None = None, vae_chunk: int = 8, prompts: PromptCache | None = None):
+    """The backbone of loaded components: WanComponents -> WanBackbone, model.loading's Components -> Zeroscope.
+    prompts: the embeddings kept across batchers (an actor's, across its calls); by default its own."""
     if isinstance(components, wan.WanComponents):
         if clip_skip is not None:
             raise sampler.SamplerInputError("clip_skip applies to CLIP text encoders; this model's is UMT5")
-        return WanBackbone(components)
-    return ZeroscopeBackbone(components, clip_skip=clip_skip, vae_chunk=vae_chunk)
+        return WanBackbone(components, prompts)
+    return ZeroscopeBackbone(components, clip_skip=clip_skip, vae_chunk=vae_chunk, prompts=prompts)
 
 
 class ZeroscopeBackbone:
     """UNet3D, the SD VAE (2-D, per frame), CLIP text: the reference is diffusers' VideoToVideoSDPipeline."""
 
-    def __init__(self, components, clip_skip: int | None = None, vae_chunk: int = 8):
+    def __init__(self, components, clip_skip: int | None = None, vae_chunk: int = 8,
+                 prompts: PromptCache | None = None):
         self.c, self.clip_skip, self.vae_chunk = components, clip_skip, vae_chunk
+        self.prompts = prompts if prompts is not None else PromptCache()
 
     def stream_of(self, video: torch.Tensor) -> tuple:
         """The latent shape (C, F, h, w) of uint8 (F, H, W, 3) frames or float (C, F, h, w) latents."""
@@ -44,13 +84,18 @@ class ZeroscopeBackbone:
     def admit(self, video: torch.Tensor, settings: ClipSettings, sched, timesteps, generator, name: str):
         """(starting latents (1, 4, F, h, w), cond (1, 77, D), uncond (1, 77, D) or None), the draws from
         `generator` in the reference's order."""
-        c = self.c
-        guided = settings.guidance_scale > 1.0
-        cond, uncond = sampler.encode_prompts(c.tokenizer, c.text_encoder, [settings.prompt],
-                                              [settings.negative_prompt] if guided else None, self.clip_skip, [name])
-        dtype = c.unet.dtype
+        c, dtype = self.c, self.c.unet.dtype
+
+        def encoded(text: str, negative: bool) -> torch.Tensor:
+            # as sampler.encode_prompts gives them together: clip_skip for the prompt only, the negative's last layer
+            return self.prompts.get(("negative" if negative else "prompt", text), lambda: sampler.encode_prompts(
+                c.tokenizer, c.text_encoder, [text], None, None if negative else self.clip_skip,
+                [f"{name} (negative)" if negative else name])[0].to(dtype))
+
+        cond = encoded(settings.prompt, negative=False)
+        uncond = encoded(settings.negative_prompt, negative=True) if settings.guidance_scale > 1.0 else None
         latents = sampler.prepare_latents(c.vae, sched, video, timesteps, generator, dtype, self.vae_chunk)
-        return latents, cond.to(dtype), uncond.to(dtype) if guided else None
+        return latents, cond, uncond
 
     def predict(self, latents: list[torch.Tensor], scheds: list, t: list[torch.Tensor], cond: torch.Tensor,
                 uncond: torch.Tensor | None, scales: list[float]) -> list[torch.Tensor]:
@@ -84,8 +129,9 @@ class WanBackbone:
     """Wan 2.1: a flow-matching transformer, the causal 3-D Wan VAE, UMT5 text: the reference is diffusers'
     WanVideoToVideoPipeline."""
 
-    def __init__(self, components: wan.WanComponents):
+    def __init__(self, components: wan.WanComponents, prompts: PromptCache | None = None):
         self.c = components
+        self.prompts = prompts if prompts is not None else PromptCache()
 
     def stream_of(self, video: torch.Tensor) -> tuple:
         return self.c.latent_shape(*video.shape[:3])
@@ -95,9 +141,12 @@ class WanBackbone:
 
     def admit(self, video: torch.Tensor, settings: ClipSettings, sched, timesteps, generator, name: str):
         c = self.c
-        cond = wan.encode_prompts(c.tokenizer, c.text_encoder, [settings.prompt])
-        uncond = (wan.encode_prompts(c.tokenizer, c.text_encoder, [settings.negative_prompt])
-                  if settings.guidance_scale > 1.0 else None)
+
+        def encoded(text: str) -> torch.Tensor:
+            return self.prompts.get(("text", text), lambda: wan.encode_prompts(c.tokenizer, c.text_encoder, [text]))
+
+        cond = encoded(settings.prompt)
+        uncond = encoded(settings.negative_prompt) if settings.guidance_scale > 1.0 else None
         x = wan.encode_latents(c.vae, wan.frames_to_pixels(sampler.to_device(video, c.device)))
         return wan.add_noise(sched, x, timesteps[0], generator), cond, uncond
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from v2v.model.backbone import backbone_for
+from v2v.model.backbone import PromptCache, backbone_for
 from v2v.model.sampler import ClipSettings, SamplerInputError, _step_kwargs, schedule
 
 
@@ -69,15 +69,17 @@ class StepBatcher:
     (torch's errors, out-of-memory among them) is retried clip by clip, inside `own_size()` (the speed layer's
     `unpadded`: a clip alone at its own size, not padded to a compiled batch); a clip that fails alone leaves as
     failed, and after an out-of-memory every later forward runs clip by clip (`alone`).
+    prompts: the prompt embeddings kept for later clips (backbone.PromptCache), shared across batchers; by default
+    the batcher's own.
     """
 
     def __init__(self, components, capacity: int, *, clip_skip: int | None = None, vae_chunk: int = 8,
                  batch_invariant: bool = False, fatal: Callable[[BaseException], bool] = lambda e: False,
-                 own_size: Callable[[], ContextManager] = contextlib.nullcontext):
+                 own_size: Callable[[], ContextManager] = contextlib.nullcontext, prompts: PromptCache | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.components, self.capacity = components, capacity
-        self.backbone = backbone_for(components, clip_skip=clip_skip, vae_chunk=vae_chunk)
+        self.backbone = backbone_for(components, clip_skip=clip_skip, vae_chunk=vae_chunk, prompts=prompts)
         self.batch_invariant, self.fatal = batch_invariant, fatal
         self.own_size = own_size
         self.active: list[InFlight] = []
