@@ -3,6 +3,8 @@ video's shorter last clip, in flight beside full ones; a clip retried alone). Ea
 clip, which diffusers' UNet leaves where it finds it: these paths ran only on the CPU until a GPU benchmark's mixed
 manifest failed on one (`mat1 is on cpu`). GPU machines run them with `bash benchmarks/gpu_run.sh NAME tests`."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -55,17 +57,29 @@ def test_host_to_gpu_copies_do_not_wait_for_the_gpus_queued_work():
     assert torch.cuda.current_stream().query()  # (.cpu() waited)
 
 
+@contextlib.contextmanager
+def _no_waits(checked: bool = True):
+    """torch's sync debug mode at "error" (any blocking copy or read raises) where `checked`."""
+    torch.cuda.set_sync_debug_mode("error" if checked else "default")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @cuda
-@pytest.mark.parametrize("model,scheduler,admission_waits", [
-    ("tiny", "ddim", False), ("tiny-compiled", "ddim", False),
+@pytest.mark.parametrize("model,scheduler,waits", [
+    ("tiny", "ddim", ()), ("tiny-compiled", "ddim", ()),
     # a sigma scheduler's add_noise indexes its sigmas with a Python list (a blocking copy); Wan's UMT5 text encoder
-    # (transformers) checks its padding mask on the host: each waits once a clip (docs/speed.md)
-    ("tiny", "dpm++", True), ("tiny-wan", None, True)])
-def test_a_round_admits_steps_and_reads_out_without_waiting_for_the_gpu(cache_dir, model, scheduler, admission_waits):
+    # (transformers) checks its padding mask on the host; UniPC (Wan's) copies sigmas to the GPU blocking and solves
+    # a small system there at each step (docs/speed.md)
+    ("tiny", "dpm++", ("admit",)), ("tiny-wan", None, ("admit", "step"))])
+def test_a_round_admits_steps_and_reads_out_without_waiting_for_the_gpu(cache_dir, model, scheduler, waits):
     """What keeps the GPU's queue full in an actor: admitting a clip (text, VAE encode, its generator's draws, its
     scheduler's noise), a round's forward and scheduler steps, and queuing a finished clip's decode, checks and
     signals with their copies to the host do not wait for the GPU (torch's sync debug mode raises on any blocking
-    copy or read); only `Readback.wait` does, and its values are those read the blocking way."""
+    copy or read), but for the `waits` of a scheduler or text encoder that do; only `Readback.wait` does, and its
+    values are those read the blocking way."""
     from v2v.model.loading import make_scheduler
     from v2v.model.quality import signal_tensors, signal_values, signals
     from v2v.model.sampler import Readback, clip_sums, to_device, to_uint8_checked, uint8_frames
@@ -86,23 +100,19 @@ def test_a_round_admits_steps_and_reads_out_without_waiting_for_the_gpu(cache_di
         run_all(StepBatcher(c, 2), [(i, video[i], clip, sched) for i, clip in enumerate(CLIPS)])
     batcher = StepBatcher(c, 2)
     outs = []
-    if admission_waits:
+    with _no_waits("admit" not in waits):
         for i, clip in enumerate(CLIPS):
             batcher.admit(i, video[i], clip, scheduler=sched)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for i, clip in enumerate(CLIPS if not admission_waits else []):
-            batcher.admit(i, video[i], clip, scheduler=sched)
-        while batcher.active:
+    while batcher.active:
+        with _no_waits("step" not in waits):
             done, failed = batcher.step()
-            assert not failed
+        assert not failed, failed[0][1]
+        with _no_waits():
             for clip in done:
                 frames = batcher.finish(clip)
                 source = to_device(video[clip.key], frames.device)
                 outs.append((frames, source, Readback(u8=uint8_frames(frames), sums=clip_sums(frames[None]),
                                                       **signal_tensors(frames, source))))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert len(outs) == 2
     for frames, source, readback in outs:
         got = readback.wait()
