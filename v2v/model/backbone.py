@@ -88,7 +88,8 @@ class ZeroscopeBackbone:
 
         def encoded(text: str, negative: bool) -> torch.Tensor:
             # as sampler.encode_prompts gives them together: clip_skip for the prompt only, the negative's last layer
-            return self.prompts.get(("negative" if negative else "prompt", text), lambda: sampler.encode_prompts(
+            key = ("negative", None, text) if negative else ("prompt", self.clip_skip, text)
+            return self.prompts.get(key, lambda: sampler.encode_prompts(
                 c.tokenizer, c.text_encoder, [text], None, None if negative else self.clip_skip,
                 [f"{name} (negative)" if negative else name])[0].to(dtype))
 
