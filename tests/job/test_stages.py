@@ -369,6 +369,7 @@ def test_prompts_embedded_before_a_lora_is_merged_are_not_reused_after(actor, ca
     assert actor.prompts.misses == 4  # "a fox" and "" before the LoRA, again under it
     again = call(False)
     assert actor.prompts.misses == 6  # and after it
+    assert np.array_equal(call(False), plain) and actor.prompts.misses == 6  # the next call embeds nothing again
     fresh = Restyle(actor.cfg, resources(actor.cfg, {"CPU": 2}))
     assert np.array_equal(styled, call(True, on=fresh))
     assert np.array_equal(again, plain) and not np.array_equal(styled, plain)
