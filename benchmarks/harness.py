@@ -190,7 +190,8 @@ def actor_rates(rows: list[dict]) -> dict:
 
     Per actor: the clips it finished after its first one, over the time from its first clip's end to its last
     clip's end, so start-up and compile stay out while any wait for input counts. Summed over actors. `busy` is
-    the fraction of that span with at least one of the actor's clips in the model (clips in flight overlap).
+    the fraction of that span with at least one of the actor's clips in the model (clips in flight overlap);
+    `idle` the lengths of the rest's periods, longest first (in a job: mostly between the actor's calls).
     """
     spans: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
@@ -203,12 +204,15 @@ def actor_rates(rows: list[dict]) -> dict:
         if not later:
             continue
         span = max(end for _, end in later) - first_end
-        inside, reach = 0.0, first_end  # the union of the later clips' spans, in start order
+        inside, reach, idle = 0.0, first_end, []  # the union of the later clips' spans, in start order
         for start, end in sorted(later):
+            if start > reach:
+                idle.append(start - reach)
             if end > reach:
                 inside += end - max(start, reach)
                 reach = end
-        per_actor[worker] = {"clips_per_hour": 3600 * len(later) / span, "busy": inside / span, "clips": len(clips)}
+        per_actor[worker] = {"clips_per_hour": 3600 * len(later) / span, "busy": inside / span, "clips": len(clips),
+                             "idle": sorted(idle, reverse=True)}
     return {"clips_per_hour": sum(v["clips_per_hour"] for v in per_actor.values()) if per_actor else float("nan"),
             "actors": per_actor}
 

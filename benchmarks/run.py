@@ -894,6 +894,9 @@ def _ray_job(b: Bench, work: str, best: dict | None, mix: str) -> None:
                  cost_vs_uniform=uniform / clip_steps_per_s if uniform and mix != "uniform" else float("nan"),
                  wall_s=wall, clips_per_hour=3600 * s.ok / wall, steady_clips_per_hour=rate,
                  gpu_busy=min(busy) if busy else float("nan"),
+                 # the model's idle periods inside the steady span (between an actor's calls, mostly): count; longest
+                 idle_periods=sum(len(v["idle"]) for v in steady["actors"].values()),
+                 longest_idle_s=max((v["idle"][0] for v in steady["actors"].values() if v["idle"]), default=0.0),
                  # NVML's share of time a kernel ran, from the first clip out of the model to the last
                  gpu_utilization=util.mean(ends[0], ends[-1]) if len(ends) > 1 else float("nan"),
                  max_unwritten=max_unwritten(index),
@@ -920,7 +923,7 @@ def _report(a, info, rows) -> None:
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
             "clip_steps_per_s", "s_per_clip_step", "output_share", "slot_fill", "forwards", "shorter_forwards", "calls",
             "cost_vs_uniform",
-            "gpu_busy", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
+            "gpu_busy", "idle_periods", "longest_idle_s", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
             "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]

@@ -152,13 +152,14 @@ def test_actor_rates_count_clips_after_each_actors_first():
     a = r["actors"]["h/1/gpu0"]
     # 4 clips after the first ones, from their end (108) to the last end (128): 20 s; inside the model 16 s
     assert a["clips_per_hour"] == 3600 * 4 / 20 and a["busy"] == 16 / 20 and a["clips"] == 6
+    assert a["idle"] == [2.0, 2.0]  # 108-110 and 118-120
     assert "h/2/gpu1" not in r["actors"] and r["clips_per_hour"] == a["clips_per_hour"]
     # clips in flight overlap (continuous batching): the model is busy while any is in it, counted once
     staggered = [{"status": "ok", "worker": "w", "restyle_started_at": s, "restyle_finished_at": s + 10.0}
                  for s in (0.0, 4.0, 8.0, 20.0)]
     b = actor_rates(staggered)["actors"]["w"]
     # ends 10, 14, 18, 30: span 20 s from the first end; in the model 10-18 and 20-30: 18 s
-    assert b["busy"] == 18 / 20 and b["clips_per_hour"] == 3600 * 3 / 20
+    assert b["busy"] == 18 / 20 and b["clips_per_hour"] == 3600 * 3 / 20 and b["idle"] == [2.0]
 
 
 
