@@ -923,8 +923,8 @@ def _report(a, info, rows) -> None:
             "step_rel_err_vs_fp32", "first_call_s", "kernel_ms",
             "clip_steps_per_s", "s_per_clip_step", "output_share", "slot_fill", "forwards", "shorter_forwards", "calls",
             "cost_vs_uniform",
-            "gpu_busy", "idle_periods", "longest_idle_s", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler", "scaling_vs_1gpu", "seconds",
-            "wall_s", "note"]
+            "gpu_busy", "idle_periods", "longest_idle_s", "gpu_utilization", "max_unwritten", "steady_vs_bare_sampler",
+            "scaling_vs_1gpu", "seconds", "wall_s", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     v = info["versions"]
     lines = [f"### {info['date']} — {info['card']}", "",
