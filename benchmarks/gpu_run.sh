@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no network): unpack the carried bundle, check, measure or test.
 #   bash benchmarks/gpu_run.sh NAME [benchmarks.run arguments...]
-#   bash benchmarks/gpu_run.sh NAME tests [pytest arguments...]   (tests/gpu; bundle pytest: gpu-bundle pytest pluggy iniconfig)
+#   bash benchmarks/gpu_run.sh NAME tests [pytest arguments...]   (tests/gpu; bundle: gpu-bundle pytest pluggy iniconfig ftfy wcwidth)
 #   bash benchmarks/gpu_run.sh NAME SCRIPT.py [arguments...]   (a probe instead: output to log-NAME.txt)
 # Results go to $OUT/RESULTS-NAME.md, bench-NAME.json, log-NAME.txt. The random model is built once
 # per machine under /tmp/bench and reused by later calls while the machine stays warm.
