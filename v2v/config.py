@@ -38,6 +38,12 @@ def scheduler_class_name(name: str) -> str | None:
     return cls_name if cls_name in SCHEDULERS.values() else None
 
 
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """How many of its `num_inference_steps` a clip at `strength` runs: the reference's
+    `min(int(steps * strength), steps)`, the schedule's start step. The manifest check refuses a row where it is 0."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 @dataclass
 class JobConfig:
     # Where things are.

@@ -15,7 +15,7 @@ import posixpath
 
 import pyarrow as pa
 
-from v2v.config import SCHEDULERS, scheduler_class_name
+from v2v.config import SCHEDULERS, denoising_steps, scheduler_class_name
 from v2v.core.storage import safe_name, url_to_fs
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json",
@@ -274,7 +274,8 @@ def load_manifest(uri: str, cfg) -> pa.Table:
             vals[name] = defaults.get(name) if v is None else v
         if vals.get("start_s") is not None and vals.get("end_s") is not None and vals["end_s"] <= vals["start_s"]:
             bad.append(f"end_s: {vals['end_s']} is not after start_s {vals['start_s']}")
-        if "strength" in vals and "num_inference_steps" in vals and int(vals["strength"] * vals["num_inference_steps"]) < 1:
+        if "strength" in vals and "num_inference_steps" in vals \
+                and denoising_steps(vals["num_inference_steps"], vals["strength"]) < 1:
             bad.append("strength x num_inference_steps < 1 leaves no denoising step")
         adapters = {}
         for kind in ADAPTER_FIELDS:

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from v2v.config import JobConfig
+from v2v.config import JobConfig, denoising_steps
 
 LOG_EVERY_S = 30.0  # a progress line this often in logs; on a terminal one live line instead
 
@@ -142,7 +142,7 @@ def dry_run_report(cfg: JobConfig, rows: list[dict], todo: list[dict], log) -> N
         log(f"  {rid}: {plural(len(planned), 'clip')} ({sum(c['num_frames'] for c in planned)} frames, "
             f"{planned[0]['start_s']:.2f}-{planned[-1]['end_s']:.2f} s) at {first['width']}x{first['height']}; "
             f"{cfg.resize}: {resize}" + (f"; {skipped} remainder skipped" if skipped else ""))
-    steps = sum(max(1, int(r["strength"] * r["num_inference_steps"])) for r in todo)
+    steps = sum(denoising_steps(r["num_inference_steps"], r["strength"]) for r in todo)
     text = f"v2v: dry run: would render {plural(len(todo), 'clip')} ({sum(r['num_frames'] for r in todo)} frames, " \
            f"{steps} clip-steps)"
     shape = (todo[0]["width"], todo[0]["height"], max(r["num_frames"] for r in todo)) if todo else None

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from v2v.config import JobConfig
+from v2v.config import JobConfig, denoising_steps
 from v2v.core.index import clip_path
 from v2v.core.plan import frame_times
 from v2v.core.storage import StorageError, join, retrying
@@ -500,8 +500,6 @@ class ClipWorker:
 def row_steps(row: dict) -> int:
     """A clip row's denoising steps (as sampler.schedule leaves them); 0 for a row whose settings are not numbers
     (it fails as a row when it comes to be admitted)."""
-    from v2v.model.sampler import denoising_steps
-
     try:
         return denoising_steps(int(row["num_inference_steps"]), float(row["strength"]))
     except (KeyError, TypeError, ValueError):

@@ -20,6 +20,8 @@ from itertools import groupby
 import numpy as np
 import torch
 
+from v2v.config import denoising_steps
+
 logger = logging.getLogger(__name__)
 
 
@@ -138,11 +140,6 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompts
 
 
 # 3. Timesteps --------------------------------------------------------------------------------------------
-
-
-def denoising_steps(num_inference_steps: int, strength: float) -> int:
-    """How many of its `num_inference_steps` a clip at `strength` runs (`schedule`'s start step)."""
-    return min(int(num_inference_steps * strength), num_inference_steps)
 
 
 def schedule(base_scheduler, num_inference_steps: int, strength: float):
