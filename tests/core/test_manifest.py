@@ -44,6 +44,14 @@ def test_normalizes_defaults_ids_and_relative_paths(tmp_path):
     assert moved[0] != t["id"][0].as_py() and moved[1] == t["id"][1].as_py()
 
 
+@pytest.mark.parametrize("name", ["m.parquet", "m.csv", "m.jsonl"])
+def test_a_seed_past_a_floats_53_bits_is_kept_exactly(tmp_path, name):
+    """The index's derived seeds are 63-bit: one copied from it into a manifest row must run that clip again."""
+    seeds = [2**63 - 1, 6498698291411534764, 2**53 + 1, 7]
+    path = _write(tmp_path, [{"video": f"v{i}.mp4", "prompt": "p", "seed": s} for i, s in enumerate(seeds)], name)
+    assert load_manifest(path, CFG)["seed"].to_pylist() == seeds
+
+
 def test_identical_rows_get_distinct_ids(tmp_path):
     t = load_manifest(_write(tmp_path, [{"video": "v.mp4", "prompt": "p"}] * 2), CFG)
     a, b = t["id"].to_pylist()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import posixpath
 
 import pyarrow as pa
@@ -153,6 +154,13 @@ def _as_int(v):
         return None
     if isinstance(v, bool):
         raise ValueError("a boolean")
+    if isinstance(v, numbers.Integral):  # exact: seeds run up to 2**63, past a float's 53 bits
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            pass  # "3.0", "1e3"
     f = float(v)
     if not math.isfinite(f) or f != int(f):
         raise ValueError(f"not an integer ({v!r})")
