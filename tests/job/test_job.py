@@ -191,6 +191,27 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
     assert all(r["finished_at"] >= r["started_at"] for r in runs) and runs[2]["failed"] == 1
 
 
+def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_not_list(baseline, inputs, tmp_path):
+    """A few rows redone into a night's output: the index keeps the rows of the videos the small manifest does not
+    list, as they were, with their pass-through columns; the run's counts are its own; and the night's manifest run
+    again after it renders nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(baseline[0], out, symlinks=True)
+    night = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    pd.DataFrame([{"id": "redo", "video": str(inputs / "v0.mp4"), "prompt": "chalk", "note": "asked again"}]).to_csv(
+        tmp_path / "redo.csv", index=False)
+    s = run_job(_cfg(tmp_path, out, "redo.csv", max_failures=0), **QUIET)
+    assert (s.planned, s.ok, s.failed, s.rendered_now, s.exit_code) == (2, 2, 0, 2, 0)  # the bad video is not its
+    df = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    assert len(df) == len(night) + 2 and df.loc["redo"].note.eq("asked again").all()
+    kept = df.drop(index="redo")
+    for col in ("status", "output_sha256", "run_id", "work_key", "tag", "error"):
+        assert kept[col].equals(night[col]), col
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert (s.planned, s.rendered_now) == (9, 0)  # nothing lost: every clip of the night is still done
+    assert len(pd.read_parquet(out / "index")) == len(night) + 2
+
+
 def test_a_rerun_renders_again_exactly_the_clips_whose_output_would_differ(ray_cluster, inputs, tmp_path):
     """Nightly reruns with other settings: each clip's work key covers what changes its bytes (codec, scheduler,
     the source video's version, the model's version, ...); a rerun renders exactly the clips whose key changed,

@@ -302,6 +302,14 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     total_frames = sum(r["num_frames"] for r in todo)
     log(f"v2v: {plural(len(manifest), 'video')} -> {plural(len(planned_keys), 'clip')} planned; {len(carried)} done or "
         f"failed before, {len(todo)} to render ({total_frames} frames)")
+    # Rows of earlier runs whose id this manifest does not list (another night's videos, or a run of a few rows
+    # into a shared output) stay in the index as they were: their files are still there, and a later run of their
+    # manifest skips them. The run's counts, exit code, stitching and previews are the manifest's alone.
+    listed = set(manifest["id"].to_pylist())
+    unlisted = [r for r in prev_rows.values() if r["id"] not in listed]
+    if unlisted:
+        log(f"v2v: the index keeps {plural(len(unlisted), 'clip')} of "
+            f"{plural(len({r['id'] for r in unlisted}), 'video')} that this manifest does not list (earlier runs')")
     if cfg.dry_run:
         dry_run_report(cfg, plan_rows_list, todo, log)
         return Summary(planned=len(planned_keys), ok=sum(r["status"] == "ok" for r in carried),
@@ -345,7 +353,10 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in final_rows:
         for name in extra_cols:
             r[name] = extras[name].get(r["id"])
-    table = idx.to_table(final_rows, extra_cols)
+    # the unlisted rows keep their own pass-through columns, null in this manifest's rows
+    old_cols = [c for c in (previous.column_names if previous is not None else []) if c not in idx.INDEX_SCHEMA.names
+                and c not in extra_cols and any(r.get(c) is not None for r in unlisted)]
+    table = idx.to_table(final_rows + unlisted, extra_cols + old_cols)
     if lease is not None:
         lease.check()  # fencing: a job that lost its lease to a newer one leaves that one's index alone
     idx.finalize(cfg.output, table)
