@@ -450,18 +450,23 @@ def test_job_datasets_are_built_in_the_driver(ray_cluster):
 
 
 def test_dry_run_plans_without_loading_a_model(ray_cluster, inputs, tmp_path):
+    rows = pd.read_csv(inputs / "m.csv")
+    rows["video"] = [str(inputs / v) for v in rows.video]
+    late = {"video": str(inputs / "v0.mp4"), "prompt": "late", "id": "late", "start_s": 99.0}  # past its end
+    pd.concat([rows, pd.DataFrame([late])]).to_csv(tmp_path / "m.csv", index=False)
     lines = []
-    s = run_job(_cfg(inputs, tmp_path / "out", dry_run=True), log=lines.append)
-    assert s.planned == 9 and "8 to render (60 frames)" in lines[0]
+    s = run_job(_cfg(tmp_path, tmp_path / "out", dry_run=True), log=lines.append)
+    assert s.planned == 10 and "8 to render (60 frames)" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing written, no actor started
     # per video: its clips, their size and what resizing does (80x64 sources, 64x64 clips); then the totals
     text = "\n".join(lines)
     assert re.search(r"  [\w-]+: 3 clips \(24 frames, 0.00-1.00 s\) at 64x64; cover: scaled from 80x64 to 80x64, "
                      r"16 px of width cropped", text), text
     assert re.search(r"  [\w-]+: cannot be read: .*bad.mp4", text), text
+    assert "  late: nothing to restyle: no frames in the selected window" in text
     assert lines[-1] == ("v2v: dry run: would render 8 clips (60 frames, 16 clip-steps); no GPU time measured for "
                          "64x64x8 clips; nothing was written")
-    assert s.text() == "v2v: 9 clips planned: 0 done before, 1 failed, 0 skipped (dry run)"
+    assert s.text() == "v2v: 10 clips planned: 0 done before, 1 failed, 1 skipped (dry run)"
 
 
 def test_ray_job_submit(ray_cluster, inputs, tmp_path):

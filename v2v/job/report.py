@@ -132,6 +132,9 @@ def dry_run_report(cfg: JobConfig, rows: list[dict], todo: list[dict], log) -> N
         if failed and not planned:
             log(f"  {rid}: cannot be read: {failed[0]['error']}")
             continue
+        if not planned:  # e.g. a start_s past the video's end
+            log(f"  {rid}: nothing to restyle: {clips[0]['error']}")
+            continue
         first = planned[0]
         try:
             p = probe(first["video"], count_frames=False)
