@@ -24,7 +24,7 @@ from v2v.config import ConfigError, JobConfig, SpeedSettings
 SPEED_SWITCHES = [f.name for f in dataclasses.fields(SpeedSettings)]
 
 HELP = {
-    "manifest": "manifest URI: Parquet, CSV or JSON Lines file, folder or glob (local, s3://, gs://, ...)",
+    "manifest": "manifest URI: Parquet, CSV, JSON Lines or JSON array file, folder or glob (local, s3://, gs://, ...)",
     "output": "output root URI (clips/, videos/, index/, job.json)",
     "model": "'tiny' or 'tiny-wan' (embedded), a diffusers folder (zeroscope / ModelScope or Wan 2.1, read off its "
              "model_index.json), an fsspec URI of one, or a hub id",

@@ -47,7 +47,7 @@ def denoising_steps(num_inference_steps: int, strength: float) -> int:
 @dataclass
 class JobConfig:
     # Where things are.
-    manifest: str = ""  # Parquet, CSV or JSON Lines: a file, folder or glob, on any fsspec filesystem
+    manifest: str = ""  # Parquet, CSV, JSON Lines or a JSON array: a file, folder or glob, on any fsspec filesystem
     output: str = ""  # output root URI: clips/, videos/, index/, job.json
     model: str = "tiny"  # "tiny", a diffusers folder, an fsspec URI of one, or a hub id
 

@@ -81,6 +81,30 @@ def test_every_bad_row_is_listed_at_once_where_its_user_sees_it(tmp_path, name, 
     assert "nothing was run" in msg
 
 
+def test_a_json_file_may_hold_one_array_of_rows(tmp_path):
+    """`.json` holds JSON Lines or one array of row objects (what most tools write); the array's rows are named by
+    their place in it, a key that only a later row has is a column, and a column of mixed types is checked row by
+    row, not refused whole."""
+    rows = [{"video": "a.mp4", "prompt": "ink", "seed": 2**63 - 1, "lora": [{"uri": "s.safetensors"}]},
+            {"video": "b.mp4", "prompt": "oil", "seed": 3.0, "strength": 0.4}]
+    (tmp_path / "m.json").write_text(json.dumps(rows, indent=2))
+    (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps({**r, "seed": int(r["seed"])}) for r in rows))
+    t = load_manifest(str(tmp_path / "m.json"), CFG)
+    assert t.select(["video", "seed", "strength", "lora"]).to_pylist() == load_manifest(
+        str(tmp_path / "lines.jsonl"), CFG).select(["video", "seed", "strength", "lora"]).to_pylist()
+    assert t["seed"].to_pylist() == [2**63 - 1, 3]  # 3.0 beside it did not make the column floats
+    assert json.loads(t["lora"][0].as_py())[0]["uri"].endswith("s.safetensors")
+    (tmp_path / "bad.json").write_text(json.dumps([{"video": "a.mp4", "prompt": "p", "seed": "soon"},
+                                                   {"video": "b.mp4", "prompt": "p", "seed": 4, "strength": 2}]))
+    with pytest.raises(ManifestError) as e:
+        load_manifest(str(tmp_path / "bad.json"), CFG)
+    assert "bad.json [0]: seed: 'soon' is not an integer" in str(e.value)
+    assert "bad.json [1]: strength: 2 is out of range" in str(e.value)
+    (tmp_path / "junk.json").write_text(json.dumps([{"video": "a.mp4", "prompt": "p"}, "b.mp4"]))
+    with pytest.raises(ManifestError, match=r"junk.json: cannot be read as json \(item\(s\) \[1\] are not objects"):
+        load_manifest(str(tmp_path / "junk.json"), CFG)
+
+
 def test_csv_lines_count_values_that_span_lines(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text('video,prompt,strength\nv.mp4,"two\nlines",0.5\nw.mp4,p,7.5\n')

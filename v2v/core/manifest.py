@@ -92,11 +92,37 @@ def _read_one(fs, uri: str) -> tuple[pa.Table, list[str]]:
             # Types are inferred; values are checked below with row numbers either way.
             table = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
             return table, [f"{name} line {n}" for n in _csv_record_lines(data)[:table.num_rows]]
+        if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):  # one JSON array of row objects, not JSON Lines
+            return _json_array(data, name)
         table = pjson.read_json(io.BytesIO(data))
         lines = [n for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
         return table, [f"{name} line {n}" for n in lines[:table.num_rows]]
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError, ValueError) as e:
         raise ManifestError(f"manifest {uri}: cannot be read as {kind} ({e})") from e
+
+
+def _json_array(data: bytes, name: str) -> tuple[pa.Table, list[str]]:
+    """A .json file holding one array of row objects; its rows are named by their place in it ("m.json [0]")."""
+    rows = json.loads(data.decode("utf-8-sig"))
+    if not isinstance(rows, list):
+        raise ValueError("not an array of row objects")
+    bad = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
+    if bad:
+        raise ValueError(f"item(s) {bad[:MAX_ERRORS_SHOWN]} are not objects; each row is one {{\"video\": ..., ...}}")
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys (from_pylist takes the first's)
+    for col in columns:
+        values = [r[col] for r in rows if r.get(col) is not None]
+        kinds = {type(v) for v in values}
+        if kinds == {int, float} and all(v.is_integer() for v in values if isinstance(v, float)):
+            for r in rows:  # 3.0 beside 2**63 - 1: integers, not floats that would round the large one
+                if isinstance(r.get(col), float):
+                    r[col] = int(r[col])
+        elif len(kinds) > 1 and not (kinds == {int, float} and all(abs(v) <= 2**53 for v in values)):
+            for r in rows:  # mixed types (or ints past a float's 53 bits beside fractions): text, checked per row
+                if r.get(col) is not None and not isinstance(r[col], str):
+                    r[col] = json.dumps(r[col])
+    table = pa.table({col: pa.array([r.get(col) for r in rows]) for col in columns})
+    return table, [f"{name} [{i}]" for i in range(len(rows))]
 
 
 def _csv_record_lines(data: bytes) -> list[int]:
