@@ -170,8 +170,11 @@ def config_from_args(argv: list[str] | None = None) -> tuple[JobConfig, argparse
     if args.config:
         import fsspec
 
-        with fsspec.open(args.config, "r") as f:
-            text = f.read()
+        try:
+            with fsspec.open(args.config, "r") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:  # missing, a folder, unreadable, not text
+            raise ConfigError(f"--config {args.config}: cannot be read ({type(e).__name__}: {e})") from None
         try:
             cfg = JobConfig.from_yaml(text)
         except ConfigError as e:

@@ -183,7 +183,12 @@ class JobConfig:
         d = {k.replace("-", "_"): v for k, v in d.items()}
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+            import difflib
+
+            hints = [f"{u!r}: did you mean {close[0]!r}?" for u in unknown
+                     if (close := difflib.get_close_matches(u, names, n=1, cutoff=0.75))]
+            raise ConfigError(f"unknown setting(s) {unknown}" + (f" ({'; '.join(hints)})" if hints else "")
+                              + f"; known: {sorted(names)}")
         if "speed" in d:
             d["speed"] = SpeedSettings.from_dict(d["speed"])
         hints = typing.get_type_hints(cls)

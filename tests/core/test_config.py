@@ -39,7 +39,8 @@ def test_config_file_is_read_and_checked_setting_by_setting(tmp_path):
                         ("speed: fast", "speed must be a mapping"),
                         ("compile: true", r"unknown setting\(s\) \['compile'\]"),  # a switch, not a setting
                         ("batch_size: true", "batch_size must be int, got True"),
-                        ("batchsize: 4", r"unknown setting\(s\) \['batchsize'\]"),
+                        ("batchsize: 4", r"unknown setting\(s\) \['batchsize'\] \('batchsize': did you mean "
+                                         r"'batch_size'\?\)"),
                         ("strength: [0.5", r"(?s)bad\.yaml: the config file is not valid YAML: .*line 3")]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(f"manifest: m.csv\noutput: out\n{line}\n")

@@ -59,6 +59,8 @@ def test_unusable_input_stops_before_ray_starts(tmp_path):
         (["--manifest", str(tmp_path / "typo.csv"), "--output", str(tmp_path / "out")], "typo.csv: not found"),
         (["--manifest", str(tmp_path / "m.csv"), "--output", str(tmp_path / "out"), "--model",
           str(tmp_path / "no-model")], "no-model"),
+        (["--config", str(tmp_path / "job.yaml")], f"v2v: --config {tmp_path / 'job.yaml'}: cannot be read"),
+        (["--config", str(tmp_path)], f"v2v: --config {tmp_path}: cannot be read"),
     ]:
         r = _cli(*args, *nowhere)
         assert r.returncode == 2, (args, r.stderr[-2000:])
