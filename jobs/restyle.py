@@ -78,6 +78,8 @@ HELP = {
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",
+    "drop_unlisted": "remove the index rows and files (clips, videos, previews) of videos this manifest does not list "
+                     "(default: keep earlier runs' rows as they were)",
     "lease_ttl_s": "a crashed job's lease on the output expires this long after its last heartbeat",
     "strict_columns": "a manifest column v2v does not use, but whose name is close to one it does, is an error "
                       "(default: a warning)",
@@ -91,7 +93,7 @@ METAVARS = {"manifest": "URI", "output": "URI", "model": "URI", "shared_compile_
 # --help shows the settings in these groups, in this order.
 GROUPS = {
     "input and output (manifest and output are required, here or in --config)": [
-        "manifest", "output", "dry_run", "strict_columns"],
+        "manifest", "output", "dry_run", "strict_columns", "drop_unlisted"],
     "model and sampling (a manifest row's own value wins)": [
         "model", "prompt", "negative_prompt", "strength", "steps", "guidance_scale", "seed", "eta", "scheduler",
         "clip_skip", "lora", "embeddings", "dtype", "allow_pickle"],

@@ -194,7 +194,7 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
 def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_not_list(baseline, inputs, tmp_path):
     """A few rows redone into a night's output: the index keeps the rows of the videos the small manifest does not
     list, as they were, with their pass-through columns; the run's counts are its own; and the night's manifest run
-    again after it renders nothing."""
+    again after it renders nothing. With --drop-unlisted the output mirrors the manifest."""
     out = tmp_path / "out"
     shutil.copytree(baseline[0], out, symlinks=True)
     night = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
@@ -210,6 +210,14 @@ def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_n
     s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
     assert (s.planned, s.rendered_now) == (9, 0)  # nothing lost: every clip of the night is still done
     assert len(pd.read_parquet(out / "index")) == len(night) + 2
+    # --drop-unlisted: the output mirrors the manifest, the other videos' rows and files gone, its own kept
+    lines = []
+    s = run_job(_cfg(tmp_path, out, "redo.csv", drop_unlisted=True), log=lines.append)
+    assert (s.planned, s.rendered_now) == (2, 0)
+    assert any("removes the rows and files of 9 clips of 4 videos" in line for line in lines), lines
+    assert set(pd.read_parquet(out / "index").id) == {"redo"}
+    assert [p.name for p in (out / "clips").iterdir()] == ["redo"] and len(list((out / "clips/redo").iterdir())) == 2
+    assert not list((out / "videos").iterdir())  # the night's stitched videos
 
 
 def test_a_rerun_renders_again_exactly_the_clips_whose_output_would_differ(ray_cluster, inputs, tmp_path):

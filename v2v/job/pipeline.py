@@ -22,7 +22,7 @@ from v2v.core.index import video_path
 from v2v.core.manifest import MAX_ERRORS_SHOWN, NORMALIZED, ManifestError, load_manifest
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
-from v2v.core.storage import join, url_to_fs, write_bytes_atomic
+from v2v.core.storage import join, safe_name, url_to_fs, write_bytes_atomic
 from v2v.job.report import Progress, Summary, dry_run_report, outliers, plural
 from v2v.job.resources import Resources, reachable_resources, resources, wait_for_a_gpu
 from v2v.job.stages import ClipWorker
@@ -79,6 +79,24 @@ def _remove_replaced_outputs(output: str, prev_rows: dict, finished: list[dict])
                 fs.rm(f"{root.rstrip('/')}/{old}")
             except FileNotFoundError:
                 pass
+
+
+def _remove_unlisted(output: str, rows: list[dict], listed: set[str]) -> None:
+    """--drop-unlisted, after the index without them is written: the files of ids the manifest does not list (their
+    clips, stitched video, preview strip). A name this run's ids also map to (safe_name) is left alone."""
+    from v2v.core.preview import preview_path
+
+    fs, root = url_to_fs(output)
+    root = root.rstrip("/")
+    ours = {safe_name(i, 120) for i in listed}
+    for rid in {r["id"] for r in rows}:
+        name = safe_name(rid, 120)
+        if name in ours:
+            continue
+        paths = [f"{root}/clips/{name}"] + fs.glob(f"{root}/videos/{name}.*") + [f"{root}/{preview_path(rid)}"]
+        for path in paths:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
 
 
 def _remove_partial_files(output: str) -> None:
@@ -308,8 +326,11 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     listed = set(manifest["id"].to_pylist())
     unlisted = [r for r in prev_rows.values() if r["id"] not in listed]
     if unlisted:
-        log(f"v2v: the index keeps {plural(len(unlisted), 'clip')} of "
-            f"{plural(len({r['id'] for r in unlisted}), 'video')} that this manifest does not list (earlier runs')")
+        what = (("would remove" if cfg.dry_run else "removes") + " the rows and files of") if cfg.drop_unlisted \
+            else "keeps"
+        log(f"v2v: the index {what} {plural(len(unlisted), 'clip')} of "
+            f"{plural(len({r['id'] for r in unlisted}), 'video')} that this manifest does not list (earlier runs')"
+            + ("" if cfg.drop_unlisted else "; --drop-unlisted removes them"))
     if cfg.dry_run:
         dry_run_report(cfg, plan_rows_list, todo, log)
         return Summary(planned=len(planned_keys), ok=sum(r["status"] == "ok" for r in carried),
@@ -353,6 +374,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in final_rows:
         for name in extra_cols:
             r[name] = extras[name].get(r["id"])
+    dropped, unlisted = (unlisted, []) if cfg.drop_unlisted else ([], unlisted)
     # the unlisted rows keep their own pass-through columns, null in this manifest's rows
     old_cols = [c for c in (previous.column_names if previous is not None else []) if c not in idx.INDEX_SCHEMA.names
                 and c not in extra_cols and any(r.get(c) is not None for r in unlisted)]
@@ -361,6 +383,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
         lease.check()  # fencing: a job that lost its lease to a newer one leaves that one's index alone
     idx.finalize(cfg.output, table)
     _remove_replaced_outputs(cfg.output, prev_rows, finished)
+    _remove_unlisted(cfg.output, dropped, listed)
 
     summary = Summary(planned=len(final_rows), index=join(cfg.output, idx.INDEX_FILE),
                       allowed_failures=cfg.allowed_failures(len(final_rows)))
