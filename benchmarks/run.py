@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     folder, built = model_folder(a.model, work, a.device)
     b = Bench(a, folder, argv)
     if built is not None:
-        b.record(what="build random 576w model", seconds=built)
+        b.record(what=f"build the {a.model} model", seconds=built)
     if b.cuda:
         b.info["bf16_matmul_tflops"] = matmul_tflops()
         b.record(what="bf16 matmul 8192^3", tflops=b.info["bf16_matmul_tflops"])
@@ -365,7 +365,12 @@ def wan(b: Bench) -> None:
     their own settings; bf16 on GPUs, the VAE in float32 as Wan keeps it); then v2v's wan.restyle per --variants
     (a transformer takes `compile` of the speed switches) and --batch-sizes, clips in flight sharing each
     transformer forward: s per clip, peak memory, one guided transformer step's time and TFLOP/s, and one prompt's
-    text encoding (the UMT5 on the actor's GPU)."""
+    text encoding (the UMT5 on the actor's GPU), and the first call's time (compiling, cuDNN trying the VAE's
+    convolutions).
+
+    One process keeps one cuDNN choice per convolution shape: the pipeline (cudnn.benchmark off, as diffusers leaves
+    it) fixes the VAE's, and v2v's rows after it reuse them. Compare the two each in its own process: `--reference
+    --variants ''`, then `--variants ...` alone."""
     import copy
 
     import torch
@@ -412,7 +417,8 @@ def wan(b: Bench) -> None:
             apply_speed_settings(c, speed, unet_batch=2 * batch)  # 2 rows a guided clip: text and negative
             clips = [ClipSettings(prompt, seed=i, **b.clip) for i in range(batch)]
             b.mem_reset()
-            s, _ = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=b.a.repeat)  # warm-up compiles
+            first_s = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=1, warmup=0)[0]  # compiles
+            s, _ = timed(lambda: wan_model.restyle(c, video[:batch], clips), repeat=b.a.repeat, warmup=0)
             peak = b.peak_gib()
             # one guided step of `batch` clips: the text and negative halves in one forward of 2 * batch latents
             x = torch.randn(2 * batch, *c.latent_shape(b.frames, b.height, b.width), device=c.device, dtype=c.dtype)
@@ -427,7 +433,9 @@ def wan(b: Bench) -> None:
             b.record(what="wan v2v", variant=variant, batch=batch, s_per_clip=s / batch,
                      clips_per_hour=3600 * batch / s, speedup_vs_reference=ref / (s / batch) if ref else float("nan"),
                      step_s=step_s, tflops=flops / step_s / 1e12, peak_gib=peak, peak_gib_per_clip=peak / batch,
-                     note=f"{steps} steps a clip; one prompt's text encoding {text_s * 1e3:.0f} ms")
+                     first_call_s=first_s,
+                     note=f"{steps} steps a clip; one prompt's text encoding {text_s * 1e3:.0f} ms; the first call "
+                          f"(compiling where compiled, from the kernel cache as found) {first_s:.1f} s")
     c = loaded = None
     if b.cuda:
         torch.cuda.empty_cache()
