@@ -129,6 +129,7 @@ def test_benchmark_wan_section_on_cpu(tmp_path):
     for x in ours:
         assert x["speedup_vs_reference"] == ref["s_per_clip"] / x["s_per_clip"] and x["tflops"] > 0
         assert x["step_s"] > 0 and "2 steps a clip" in x["note"]
+        assert x["first_call_s"] > 0 and "the first call (compiling where compiled, " in x["note"]
 
 
 @pytest.mark.slow
