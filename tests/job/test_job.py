@@ -202,6 +202,8 @@ def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_n
         tmp_path / "redo.csv", index=False)
     s = run_job(_cfg(tmp_path, out, "redo.csv", max_failures=0), **QUIET)
     assert (s.planned, s.ok, s.failed, s.rendered_now, s.exit_code) == (2, 2, 0, 2, 0)  # the bad video is not its
+    assert s.text().splitlines()[2].endswith("index.parquet (and 9 rows of videos not in this manifest)")
+    assert json.loads((out / "job.json").read_text())["runs"][-1]["unlisted"] == 9
     df = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
     assert len(df) == len(night) + 2 and df.loc["redo"].note.eq("asked again").all()
     kept = df.drop(index="redo")
@@ -215,6 +217,7 @@ def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_n
     s = run_job(_cfg(tmp_path, out, "redo.csv", drop_unlisted=True), log=lines.append)
     assert (s.planned, s.rendered_now) == (2, 0)
     assert any("removes the rows and files of 9 clips of 4 videos" in line for line in lines), lines
+    assert s.text().splitlines()[2].endswith("index.parquet (without 9 rows of videos not in this manifest)")
     assert set(pd.read_parquet(out / "index").id) == {"redo"}
     assert [p.name for p in (out / "clips").iterdir()] == ["redo"] and len(list((out / "clips/redo").iterdir())) == 2
     assert not list((out / "videos").iterdir())  # the night's stitched videos

@@ -147,7 +147,8 @@ def _write_job_json(cfg: JobConfig, run_id: str, started: float, extra: dict) ->
     except (FileNotFoundError, ValueError, AttributeError):  # a first run, or a file that is not ours: start over
         pass
     this = {"run_id": run_id, "started_at": started, "finished_at": extra.get("finished_at"),
-            **{k: extra.get("summary", {}).get(k) for k in ("rendered_now", "ok", "failed", "skipped", "wall_s")}}
+            **{k: extra.get("summary", {}).get(k) for k in ("rendered_now", "ok", "failed", "skipped", "wall_s",
+                                                             "unlisted", "dropped")}}
     runs = [r for r in runs if isinstance(r, dict) and r.get("run_id") != run_id] + [this]
     meta = {"run_id": run_id, "started_at": started, "settings": cfg.to_dict(), "versions": versions(),
             "model": {"reference": cfg.model}, **extra, "runs": runs}
@@ -386,7 +387,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     _remove_unlisted(cfg.output, dropped, listed)
 
     summary = Summary(planned=len(final_rows), index=join(cfg.output, idx.INDEX_FILE),
-                      allowed_failures=cfg.allowed_failures(len(final_rows)))
+                      allowed_failures=cfg.allowed_failures(len(final_rows)), unlisted=len(unlisted or dropped),
+                      dropped=bool(dropped))
     for r in final_rows:
         setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
         if r["status"] == "failed" and len(summary.errors) < 20:
@@ -413,7 +415,8 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
                                            "finished_at": time.time(),
                                            "summary": {k: getattr(summary, k) for k in
                                                        ("planned", "ok", "failed", "skipped", "rendered_now",
-                                                        "frames", "wall_s", "stitch_failed")}})
+                                                        "frames", "wall_s", "stitch_failed", "unlisted",
+                                                        "dropped")}})
     return summary
 
 

@@ -28,6 +28,8 @@ class Summary:
     dry_run: bool = False
     outliers: list[str] = field(default_factory=list)  # lines naming the clips whose quality signals stand out
     preview: str = ""  # the preview page, where --preview wrote one
+    unlisted: int = 0  # index rows of earlier runs' videos that this manifest does not list (kept, or dropped)
+    dropped: bool = False  # --drop-unlisted removed them
 
     @property
     def clips_per_minute(self) -> float:
@@ -45,7 +47,7 @@ class Summary:
                  f"{self.skipped} skipped",
                  f"     {self.rendered_now} rendered in this run ({plural(self.frames, 'frame')}) in "
                  f"{self.wall_s:.1f} s = {self.clips_per_minute:.1f} clips/min",
-                 f"     index: {self.index}"]
+                 f"     index: {self.index}" + self._unlisted_text()]
         if self.failed:
             lines.append(f"     failures: {self.failed} (allowed {self.allowed_failures})")
             lines += [f"       {e}" for e in self.errors[:5]]
@@ -56,6 +58,13 @@ class Summary:
         if self.preview:
             lines.append(f"     previews: {self.preview}")
         return "\n".join(lines)
+
+
+    def _unlisted_text(self) -> str:
+        if not self.unlisted:
+            return ""
+        kept = "without" if self.dropped else "and"
+        return f" ({kept} {plural(self.unlisted, 'row')} of videos not in this manifest)"
 
 
 class Progress:
