@@ -375,20 +375,21 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in final_rows:
         for name in extra_cols:
             r[name] = extras[name].get(r["id"])
-    dropped, unlisted = (unlisted, []) if cfg.drop_unlisted else ([], unlisted)
-    # the unlisted rows keep their own pass-through columns, null in this manifest's rows
+    kept = [] if cfg.drop_unlisted else unlisted
+    # the kept rows keep their own pass-through columns, null in this manifest's rows
     old_cols = [c for c in (previous.column_names if previous is not None else []) if c not in idx.INDEX_SCHEMA.names
-                and c not in extra_cols and any(r.get(c) is not None for r in unlisted)]
-    table = idx.to_table(final_rows + unlisted, extra_cols + old_cols)
+                and c not in extra_cols and any(r.get(c) is not None for r in kept)]
+    table = idx.to_table(final_rows + kept, extra_cols + old_cols)
     if lease is not None:
         lease.check()  # fencing: a job that lost its lease to a newer one leaves that one's index alone
     idx.finalize(cfg.output, table)
     _remove_replaced_outputs(cfg.output, prev_rows, finished)
-    _remove_unlisted(cfg.output, dropped, listed)
+    if cfg.drop_unlisted:
+        _remove_unlisted(cfg.output, unlisted, listed)
 
     summary = Summary(planned=len(final_rows), index=join(cfg.output, idx.INDEX_FILE),
-                      allowed_failures=cfg.allowed_failures(len(final_rows)), unlisted=len(unlisted or dropped),
-                      dropped=bool(dropped))
+                      allowed_failures=cfg.allowed_failures(len(final_rows)), unlisted=len(unlisted),
+                      dropped=cfg.drop_unlisted)
     for r in final_rows:
         setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
         if r["status"] == "failed" and len(summary.errors) < 20:

@@ -59,7 +59,6 @@ class Summary:
             lines.append(f"     previews: {self.preview}")
         return "\n".join(lines)
 
-
     def _unlisted_text(self) -> str:
         if not self.unlisted:
             return ""
