@@ -88,7 +88,7 @@ def test_a_json_file_may_hold_one_array_of_rows(tmp_path):
     rows = [{"video": "a.mp4", "prompt": "ink", "seed": 2**63 - 1, "lora": [{"uri": "s.safetensors"}]},
             {"video": "b.mp4", "prompt": "oil", "seed": 3.0, "strength": 0.4}]
     (tmp_path / "m.json").write_text(json.dumps(rows, indent=2))
-    (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps({**r, "seed": int(r["seed"])}) for r in rows))
+    (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps(r) for r in rows))  # the same rows, one a line
     t = load_manifest(str(tmp_path / "m.json"), CFG)
     assert t.select(["video", "seed", "strength", "lora"]).to_pylist() == load_manifest(
         str(tmp_path / "lines.jsonl"), CFG).select(["video", "seed", "strength", "lora"]).to_pylist()
@@ -103,6 +103,28 @@ def test_a_json_file_may_hold_one_array_of_rows(tmp_path):
     (tmp_path / "junk.json").write_text(json.dumps([{"video": "a.mp4", "prompt": "p"}, "b.mp4"]))
     with pytest.raises(ManifestError, match=r"junk.json: cannot be read as json \(item\(s\) \[1\] are not objects"):
         load_manifest(str(tmp_path / "junk.json"), CFG)
+
+
+def test_json_lines_are_read_line_by_line(tmp_path):
+    """A JSON Lines file's lines are each their own row: a line that is not a JSON object is named by its number
+    (blank lines counted, as an editor counts them); a column whose type changes between lines is checked row by
+    row, not refused whole."""
+    (tmp_path / "m.jsonl").write_text('{"video": "a.mp4", "prompt": "p"}\n\n{"video": "b.mp4", prompt: "q"}\n'
+                                      '["c.mp4"]\n{"video": "d.mp4", "prompt": "r"}\n')
+    with pytest.raises(ManifestError) as e:
+        load_manifest(str(tmp_path / "m.jsonl"), CFG)
+    assert "m.jsonl: cannot be read as json (line 3: not JSON (" in str(e.value)
+    assert "line 4: a list, not an object" in str(e.value) and "line 5" not in str(e.value)
+    (tmp_path / "mixed.jsonl").write_text('{"video": "a.mp4", "prompt": "p", "strength": "0.25"}\n'
+                                          '{"video": "b.mp4", "prompt": "q", "strength": 0.5}\n'
+                                          '{"video": "c.mp4", "prompt": "r", "strength": "half"}\n')
+    with pytest.raises(ManifestError) as e:
+        load_manifest(str(tmp_path / "mixed.jsonl"), CFG)
+    assert "mixed.jsonl line 3: strength: 'half' is not a number" in str(e.value)
+    assert "line 1" not in str(e.value) and "line 2" not in str(e.value)
+    (tmp_path / "mixed.jsonl").write_text('{"video": "a.mp4", "prompt": "p", "strength": "0.25"}\n'
+                                          '{"video": "b.mp4", "prompt": "q", "strength": 0.5}\n')
+    assert load_manifest(str(tmp_path / "mixed.jsonl"), CFG)["strength"].to_pylist() == [0.25, 0.5]
 
 
 def test_csv_lines_count_values_that_span_lines(tmp_path):

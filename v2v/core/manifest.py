@@ -76,7 +76,6 @@ def _read_one(fs, uri: str) -> tuple[pa.Table, list[str]]:
     import io
 
     import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     _, path = url_to_fs(uri)
@@ -94,9 +93,7 @@ def _read_one(fs, uri: str) -> tuple[pa.Table, list[str]]:
             return table, [f"{name} line {n}" for n in _csv_record_lines(data)[:table.num_rows]]
         if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):  # one JSON array of row objects, not JSON Lines
             return _json_array(data, name)
-        table = pjson.read_json(io.BytesIO(data))
-        lines = [n for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
-        return table, [f"{name} line {n}" for n in lines[:table.num_rows]]
+        return _json_lines(data, name)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError, ValueError) as e:
         raise ManifestError(f"manifest {uri}: cannot be read as {kind} ({e})") from e
 
@@ -109,6 +106,36 @@ def _json_array(data: bytes, name: str) -> tuple[pa.Table, list[str]]:
     bad = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
     if bad:
         raise ValueError(f"item(s) {bad[:MAX_ERRORS_SHOWN]} are not objects; each row is one {{\"video\": ..., ...}}")
+    return _rows_table(rows), [f"{name} [{i}]" for i in range(len(rows))]
+
+
+def _json_lines(data: bytes, name: str) -> tuple[pa.Table, list[str]]:
+    """A JSON Lines file, one row object a line (blank lines skipped), each line parsed on its own: a line that is
+    not a JSON object is named by its number, and integers stay exact (pyarrow's reader would make a column that
+    mixes 2**63 - 1 and 3.0 floats, and refuses a column whose type changes between lines)."""
+    rows, places, bad = [], [], []
+    for n, line in enumerate(data.decode("utf-8-sig").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            bad.append(f"line {n}: a {type(row).__name__}, not an object; each line is one {{\"video\": ..., ...}}")
+            continue
+        rows.append(row)
+        places.append(f"{name} line {n}")
+    if bad:
+        more = f"; and {len(bad) - MAX_ERRORS_SHOWN} more" if len(bad) > MAX_ERRORS_SHOWN else ""
+        raise ValueError("; ".join(bad[:MAX_ERRORS_SHOWN]) + more)
+    return _rows_table(rows), places
+
+
+def _rows_table(rows: list[dict]) -> pa.Table:
+    """Row objects (from JSON) as a table: every row's keys are columns; a column's values keep their JSON types,
+    integers exact; a column of mixed types is JSON text, checked row by row."""
     columns = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys (from_pylist takes the first's)
     for col in columns:
         values = [r[col] for r in rows if r.get(col) is not None]
@@ -121,8 +148,16 @@ def _json_array(data: bytes, name: str) -> tuple[pa.Table, list[str]]:
             for r in rows:  # mixed types (or ints past a float's 53 bits beside fractions): text, checked per row
                 if r.get(col) is not None and not isinstance(r[col], str):
                     r[col] = json.dumps(r[col])
-    table = pa.table({col: pa.array([r.get(col) for r in rows]) for col in columns})
-    return table, [f"{name} [{i}]" for i in range(len(rows))]
+    return pa.table({col: _column([r.get(col) for r in rows]) for col in columns})
+
+
+def _column(values: list) -> pa.Array:
+    """JSON values as one column; where Arrow cannot hold them as they are (an integer past int64, lists of mixed
+    items), as JSON text, which the row checks then refuse or pass through."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 
 def _csv_record_lines(data: bytes) -> list[int]:
