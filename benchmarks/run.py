@@ -311,6 +311,8 @@ def main(argv=None) -> int:
     try:
         if model_family(folder) is WAN:  # its own section; the UNet3D's speed variants do not apply
             wan(b)
+            if a.startup:  # the job's Wan actor on a GPU: bf16, compile, precompile, background_compile; batch 2
+                startup(b, work, {"variant": "bfloat16+bg" if b.cuda else "float32+bg", "batch": 2})
             if a.e2e_clips:
                 ray_job(b, work, None)
             return 0

@@ -133,13 +133,17 @@ def test_benchmark_wan_section_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_startup_section_measures_a_first_start_that_compiles_in_the_background(tiny, tmp_path):
+@pytest.mark.parametrize("model, variant, part", [
+    ("tiny", ["--startup-variant", "float32+compile+pre+vae+bg", "--startup-batch", "1"], "unet"),
+    ("tiny-wan", [], "transformer"),  # a Wan model's default: the job's actor (float32+bg on the CPU), 2 clips a batch
+])
+def test_startup_section_measures_a_first_start_that_compiles_in_the_background(tiny, tmp_path, model, variant, part):
     """--startup with `bg`: the first start is ready before its parts are compiled; the section says when the actor
     ran compiled and what its eager batches cost against the compiled ones; the second start loads the parts."""
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", "tiny", "--device", "cpu", "--steps", "4",
-                        "--variants", "", "--startup", "--startup-variant", "float32+compile+pre+vae+bg",
-                        "--startup-batch", "1", "--work-dir", str(tmp_path / "work"), "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--model", model, "--device", "cpu", "--steps", "4",
+                        "--variants", "", "--startup", *variant, "--work-dir", str(tmp_path / "work"),
+                        "--json", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "PYTHONPATH": REPO, "TORCHINDUCTOR_COMPILE_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -154,5 +158,5 @@ def test_startup_section_measures_a_first_start_that_compiles_in_the_background(
     assert "compiled in the background in" in bg["note"], bg
     # the later starts find the parts (stored here, or in the shared cache): ready compiled, no background compile
     for start in ("second start", "another machine's first start, shared cache"):
-        assert "stored parts: unet" in rows[f"actor ready ({start})"]["note"], rows
+        assert f"stored parts: {part}" in rows[f"actor ready ({start})"]["note"], rows
         assert f"actor compiled in the background ({start})" not in rows

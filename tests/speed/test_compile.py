@@ -17,7 +17,7 @@ from v2v.config import SpeedSettings
 from v2v.model.loading import load_components
 from v2v.model.sampler import restyle, to_uint8
 from v2v.speed import apply_speed_settings
-from v2v.speed.fixed_shapes import FixedBatch, UNetCall
+from v2v.speed.fixed_shapes import DenoiserCall, FixedBatch
 
 # The child builds the job's restyle actor with --compile (which compiles the UNet and the VAE's encoder and
 # decoder and warms them up in its constructor), restyles a full batch of 2 clips, a short batch of 1 and a
@@ -256,7 +256,7 @@ def test_a_torch_that_cannot_save_compiled_functions_gets_torch_compile_said_onc
     with caplog.at_level("INFO", logger="v2v.speed"):
         assert apply_speed_settings(c, on) == {}
     assert [r.levelname for r in caplog.records] == ["INFO"] and "cannot save compiled functions" in caplog.text
-    assert isinstance(c.unet.forward, FixedBatch) and not isinstance(c.unet.forward.forward, UNetCall)
+    assert isinstance(c.unet.forward, FixedBatch) and not isinstance(c.unet.forward.forward, DenoiserCall)
 
 
 def test_every_switch_that_changes_the_model_is_in_its_stored_parts_key(cache_dir, tmp_path, monkeypatch):
@@ -285,9 +285,9 @@ def test_a_shared_compile_cache_without_stored_parts_is_said_unused(cache_dir, c
                                     shared_cache="s3://b/c") == {}
     assert "shared compile cache s3://b/c unused" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="v2v.speed"):  # a Wan model stores none even with precompile
+    with caplog.at_level("WARNING", logger="v2v.speed"):  # --no-precompile on a Wan model: none stored either
         assert apply_speed_settings(load_components("tiny-wan", cache_dir=cache_dir),
-                                    SpeedSettings(compile=True, precompile=True), shared_cache="s3://b/c") == {}
+                                    SpeedSettings(compile=True, precompile=False), shared_cache="s3://b/c") == {}
     assert "shared compile cache s3://b/c unused" in caplog.text
 
 
@@ -341,3 +341,77 @@ def test_a_wan_actor_compiles_its_transformer_once_and_restyles_as_eager(cache_d
         want = wan.restyle(eager, batch, clips[:n], scheduler=sched, output="latents")
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == graphs  # every round above ran the start-up's graph, or eager
+
+
+# A Wan actor (tiny-wan) with the GPU's defaults (compile, precompile, background_compile) and a shared compile cache.
+_WAN = """
+import json, sys, time
+import numpy as np, torch
+from torch._dynamo.utils import counters
+from v2v.config import JobConfig, SpeedSettings
+from v2v.job.resources import resources
+from v2v.job.stages import Restyle
+
+cfg = JobConfig(manifest="-", output="-", model="tiny-wan", batch_size=2, batch_invariant=False,
+                speed=SpeedSettings(compile=True), shared_compile_cache=sys.argv[2])
+actor = Restyle(cfg, resources(cfg, {"CPU": 2}))
+ready = {"report": actor.start_report(), "start_s": dict(actor.start_s), "background": actor.background is not None}
+video = np.random.default_rng(0).integers(0, 256, (2, 9, 32, 32, 3), dtype=np.uint8)
+rows = lambda: [dict(id="v", clip_index=i, frames=video[i], prompt=p, seed=i + 1, strength=0.6, num_inference_steps=4,
+                     guidance_scale=g, error=None) for i, (p, g) in enumerate([("a red fox", 5.0), ("ink", 1.0)])]
+first = [r["frames"] for r in actor.stream(rows())]
+compiling_after_first = actor.background is not None
+if actor.background is not None:
+    actor.background.wait()  # stored now; the stream below takes the part up before its first step
+later = [r["frames"] for r in actor.stream(rows())]
+np.save(sys.argv[1], np.stack(first + later))
+print("RESULT " + json.dumps({**ready, "compiling_after_first": compiling_after_first, "at_end": actor.start_report(),
+                              "graphs_at_end": counters["stats"]["unique_graphs"],
+                              "stored": {k: {"built": len(a.built), "fetched": len(a.fetched), "loaded": len(a.runners),
+                                             "failed": a.failed} for k, a in actor.stored.items()}}))
+"""
+
+
+def _start_wan_actor(tmp_path, name, cache, shared):
+    out = tmp_path / f"{name}.npy"
+    env = {**os.environ, "V2V_COMPILE_CACHE": str(cache), "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", _WAN, str(out), shared], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT "))[7:]), np.load(out)
+
+
+@pytest.mark.slow
+def test_a_wan_actor_is_ready_eager_while_its_transformer_compiles_and_other_machines_fetch_it(tmp_path, s3_endpoint):
+    """Wan's transformer takes the start-up switches the UNet has: a machine's first start is ready eager while a
+    subprocess compiles and stores the transformer (and puts it in the shared cache); the actor takes it up between
+    two steps; another machine's first start fetches it, traces nothing and computes the same."""
+    import s3fs
+
+    from v2v.model import wan
+    from v2v.model.sampler import ClipSettings
+
+    s3fs.S3FileSystem().mkdir("v2v-compile-wan")
+    shared = "s3://v2v-compile-wan/cache"
+    first, frames = _start_wan_actor(tmp_path, "first", tmp_path / "machine-a", shared)
+    assert first["background"] and first["compiling_after_first"], first
+    assert "eager while the parts compile in the background" in first["report"], first
+    assert not any(k.startswith("warm_up") for k in first["start_s"]), first
+    taken_up = {"transformer": {"built": 0, "fetched": 0, "loaded": 1, "failed": None}}
+    assert first["stored"] == taken_up and first["graphs_at_end"] == 0, first  # built by the subprocess, loaded here
+    assert "background_compile" in first["at_end"] and "eager while" not in first["at_end"], first
+    assert [os.path.basename(a).split("-")[0] for a in s3fs.S3FileSystem().ls(shared)] == ["transformer"]
+    # the eager clips as the eager model restyles them; the compiled ones within inductor's rounding (uint8 frames)
+    video = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 9, 32, 32, 3), dtype=np.uint8))
+    clips = [ClipSettings("a red fox", seed=1, num_inference_steps=4, guidance_scale=5.0),
+             ClipSettings("ink", seed=2, num_inference_steps=4, guidance_scale=1.0)]
+    want = torch.from_numpy(to_uint8(wan.restyle(load_components("tiny-wan"), video, clips))).int()
+    got = torch.from_numpy(frames).int()
+    assert (got[:2] - want).abs().max() <= 1 and (got[2:] - want).abs().max() <= 1
+
+    # another machine: ready compiled at once, its transformer from the shared cache, nothing traced
+    second, again = _start_wan_actor(tmp_path, "second", tmp_path / "machine-b", shared)
+    assert not second["background"] and "warm_up_transformer" in second["start_s"], second
+    assert second["stored"] == {"transformer": {"built": 0, "fetched": 1, "loaded": 1, "failed": None}}, second
+    assert second["graphs_at_end"] == 0 and "fetched 1 archive" in second["report"], second
+    np.testing.assert_array_equal(again[:2], frames[2:])  # the same kernels on the same weights

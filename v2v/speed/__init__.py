@@ -16,8 +16,9 @@ tried and dropped, are in benchmarks/RESULTS.md (decisions table).
     background_compile  a first start runs eager while a subprocess compiles and stores the parts (background)
     cuda_graphs       the compiled UNet's call replayed from a CUDA graph (cuda_graph)
 
-A transformer denoiser (Wan's) takes `compile` alone so far (TRANSFORMER_SWITCHES); the others are written for the
-UNet3D and are left off for it, said once in the log.
+A transformer denoiser (Wan's) takes compile, precompile and background_compile (TRANSFORMER_SWITCHES): its forward
+compiled, stored and shared as the UNet's is; the others are written for the UNet3D and are left off for it, said
+once in the log.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import logging
 import os
 
 from v2v.config import SpeedSettings
-from v2v.speed.fixed_shapes import FixedBatch, PadFrames, UNetCall
+from v2v.speed.fixed_shapes import DenoiserCall, FixedBatch, PadFrames, as_transformer_output
+from v2v.speed.shared_prefix import as_unet_output
 
 logger = logging.getLogger(__name__)
 
-TRANSFORMER_SWITCHES = ("compile", "cudnn_benchmark")  # what applies to a transformer denoiser (Wan's)
+# what applies to a transformer denoiser (Wan's)
+TRANSFORMER_SWITCHES = ("compile", "precompile", "background_compile", "cudnn_benchmark")
 
 
 def apply_speed_settings(components, speed: SpeedSettings, *, unet_batch: int | None = None, vae_chunk: int = 8,
@@ -105,24 +108,17 @@ def compile_parts(components, s: SpeedSettings, *, unet_batch: int | None = None
     import torch
 
     stored: dict = {}
-    if components.family.denoiser != "unet":
-        if s.compile:
-            _kernel_cache()
-            model = getattr(components, components.family.denoiser)
-            eager = model.forward
-            # one fixed batch: `batch` rows, a guided step's text and negative halves; other clip shapes, and clips
-            # retried alone, run eager
-            model.forward = FixedBatch(torch.compile(eager, fullgraph=False, dynamic=False), unet_batch, eager)
-        _say_unused(shared_cache)
-        return stored
-    unet = components.unet
+    name = components.family.denoiser  # "unet" (zeroscope's UNet3D) or "transformer" (Wan's)
+    model = getattr(components, name)
+    is_unet = name == "unet"  # the UNet3D's switches, VAE parts and CUDA graph are written for it alone
     if s.compile:
         cache = _kernel_cache()
-        eager = unet.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
-        unet_fn = torch.compile(eager, fullgraph=False, dynamic=False)
-        tensors_fn = None  # the UNet as a function of three tensors, where it is stored or graphed (UNetCall)
+        eager = model.forward  # diffusers' forward, or PairsForward (torch.compile traces its __call__)
+        model_fn = torch.compile(eager, fullgraph=False, dynamic=False)
+        tensors_fn = None  # the denoiser as a function of three tensors, where it is stored or graphed (DenoiserCall)
+        output = as_unet_output if is_unet else as_transformer_output
         vae = components.vae
-        parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if s.compile_vae else []
+        parts = [(vae.encoder, "vae_encoder"), (vae.decoder, "vae_decoder")] if s.compile_vae and is_unet else []
         vae_fns = [torch.compile(p.forward, fullgraph=False, dynamic=False) for p, _ in parts]
         precompile = s.precompile
         if precompile and not precompile_supported():
@@ -134,33 +130,36 @@ def compile_parts(components, s: SpeedSettings, *, unet_batch: int | None = None
 
             from v2v.speed import shared_prefix
             from v2v.speed.shared_cache import SharedCache
-            from v2v.speed.stored import StoredPart, device_id, part_tensors, unet_tensors
+            from v2v.speed.stored import StoredPart, denoiser_tensors, device_id, part_tensors
 
             # What a stored part is valid for besides its input shapes (v2v.speed.stored.part_key adds those,
             # torch's version and v2v's code): every switch that changes the model it traces.
-            base = {"model": components.sha256, "dtype": str(unet.dtype), "device": device_id(unet.device),
-                    "temporal_layers": s.temporal_layers, "frame_attention": s.frame_attention,
-                    "channel_stats": s.channel_stats, "shared_prefix": s.shared_prefix,
-                    "upsample_phases": s.upsample_phases}
+            base = {"model": components.sha256, "dtype": str(model.dtype), "device": device_id(model.device)}
+            if is_unet:
+                base.update(temporal_layers=s.temporal_layers, frame_attention=s.frame_attention,
+                            channel_stats=s.channel_stats, shared_prefix=s.shared_prefix,
+                            upsample_phases=s.upsample_phases)
             shared = SharedCache(shared_cache, cache) if shared_cache else None
             folder = Path(cache) / "precompiled"
-            # the function stored: the UNet's forward as one of (module, three tensors); v2v's takes the pairs
-            fn = shared_prefix.forward if s.shared_prefix else unet_tensors
-            tensors_fn = stored["unet"] = StoredPart(unet, fn, "unet", {**base, "part": "unet"}, folder,
-                                                     fallback=UNetCall.tensors_only(unet_fn), shared=shared,
-                                                     build=build)
-            for i, (p, name) in enumerate(parts):
-                vae_fns[i] = stored[name] = StoredPart(p, part_tensors, name, {**base, "part": name}, folder,
+            # the function stored: the denoiser's forward as one of (module, three tensors); v2v's takes the pairs
+            fn = shared_prefix.forward if is_unet and s.shared_prefix else denoiser_tensors
+            tensors_fn = stored[name] = StoredPart(model, fn, name, {**base, "part": name}, folder,
+                                                   fallback=DenoiserCall.tensors_only(model_fn), shared=shared,
+                                                   build=build)
+            for i, (p, part) in enumerate(parts):
+                vae_fns[i] = stored[part] = StoredPart(p, part_tensors, part, {**base, "part": part}, folder,
                                                        fallback=vae_fns[i], shared=shared, build=build)
-        if s.cuda_graphs and unet.device.type == "cuda":
+        if s.cuda_graphs and is_unet and model.device.type == "cuda":
             from v2v.speed.cuda_graph import GraphedCall
 
-            # over the function of three tensors (the timestep moved to the GPU by UNetCall: recorded, a CPU value
-            # would be replayed as it was); one graph for the one batch FixedBatch pads every call to
-            tensors_fn = GraphedCall(UNetCall.tensors_only(unet_fn) if tensors_fn is None else tensors_fn)
+            # over the function of three tensors (the timestep moved to the GPU by DenoiserCall: recorded, a CPU
+            # value would be replayed as it was); one graph for the one batch FixedBatch pads every call to
+            tensors_fn = GraphedCall(DenoiserCall.tensors_only(model_fn) if tensors_fn is None else tensors_fn)
         if tensors_fn is not None:
-            unet_fn = UNetCall(tensors_fn, eager)
-        unet.forward = FixedBatch(unet_fn, unet_batch, eager)
+            model_fn = DenoiserCall(tensors_fn, eager, output)
+        # one fixed batch: `batch` rows, a guided step's text and negative halves; other clip shapes, and clips
+        # retried alone, run eager
+        model.forward = FixedBatch(model_fn, unet_batch, eager)
         for (part, _), fn in zip(parts, vae_fns):
             part.forward = PadFrames(fn, vae_chunk, part.forward)
     if not stored:
@@ -187,7 +186,7 @@ def eager_again(components) -> None:
 def _say_unused(shared_cache: str | None) -> None:
     if shared_cache:
         logger.warning("shared compile cache %s unused: it holds stored compiled parts, and this actor stores none "
-                       "(they need the speed switches compile and precompile, and a UNet3D model)", shared_cache)
+                       "(they need the speed switches compile and precompile)", shared_cache)
 
 
 def _kernel_cache() -> str:

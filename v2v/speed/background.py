@@ -9,8 +9,8 @@ parts between two denoising steps (as a second start does: seconds), and its lat
 
 A subprocess, not a thread: compiling holds the interpreter for minutes in dynamo's tracing, which would stall the
 actor's own Python launches, and a compiler crash takes down only the subprocess (the actor stays eager and says
-why). The subprocess runs at a lower CPU priority than the actor, on the same GPU (one more copy of the weights
-and the warm-up's activations there, while it runs). It exits when the actor does.
+why). The subprocess runs at a lower CPU priority than the actor, on the same GPU (one more copy of the denoiser's and
+the VAE's weights and the warm-up's activations there, while it runs). It exits when the actor does.
 """
 
 from __future__ import annotations
@@ -86,6 +86,13 @@ def main(spec: dict) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     c = load_components(spec["model"], device=spec["device"], dtype=spec["dtype"],
                         scheduler=spec["scheduler"], allow_pickle=spec["allow_pickle"])
+    # Only the denoiser (and the UNet3D's VAE parts) compile here; warm_up reads the text encoder's config alone. Its
+    # weights (Wan's UMT5: 11 GB in bf16) need not hold GPU memory beside the actor's own copy.
+    c.text_encoder.to("cpu")
+    if spec["device"] == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
     speed = SpeedSettings(**{**spec["speed"], "background_compile": False})
     stored = apply_speed_settings(c, speed, unet_batch=spec["unet_batch"], vae_chunk=spec["vae_chunk"],
                                   shared_cache=spec["shared_cache"])

@@ -9,7 +9,8 @@ A graph replays fixed addresses, so each input signature (shapes, dtypes, layout
 static input buffers: a call copies its tensors into them, replays, and returns a copy of the static output
 (the next replay overwrites it). What the function reads must be among its tensor inputs: a value it took from
 the CPU while recorded (a Python number, a CPU tensor) would be replayed as recorded, so the UNet's timestep
-comes in on the GPU (`v2v.speed.UNetCall` moves it there). The function must not synchronize with the CPU.
+comes in on the GPU (`v2v.speed.fixed_shapes.DenoiserCall` moves it there). The function must not synchronize with
+the CPU.
 """
 
 from __future__ import annotations

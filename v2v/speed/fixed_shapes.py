@@ -24,12 +24,14 @@ def unpadded():
         _UNPADDED.reset(token)
 
 
-class UNetCall:
-    """The UNet's call convention (sample, timestep, encoder_hidden_states=..., return_dict=...) over a function
-    of three tensors, all on the model's device (a stored part or a CUDA graph takes tensors only)."""
+class DenoiserCall:
+    """The denoiser's call convention (sample, timestep, encoder_hidden_states=..., return_dict=...), the UNet's and
+    Wan's transformer's alike, over a function of three tensors, all on the model's device (a stored part or a CUDA
+    graph takes tensors only). output(sample, return_dict): the model's own output (as_unet_output,
+    as_transformer_output)."""
 
-    def __init__(self, fn, eager):
-        self.fn, self.eager = fn, eager
+    def __init__(self, fn, eager, output=as_unet_output):
+        self.fn, self.eager, self.output = fn, eager, output
 
     @staticmethod
     def tensors_only(forward):
@@ -41,7 +43,16 @@ class UNetCall:
                               return_dict=return_dict, **kwargs)
         # diffusers moves a 0-d timestep to the sample's device itself: same values either way
         out = self.fn(sample, torch.as_tensor(timestep, device=sample.device), encoder_hidden_states)
-        return as_unet_output(out, return_dict)
+        return self.output(out, return_dict)
+
+
+def as_transformer_output(sample: torch.Tensor, return_dict: bool):
+    """A noise (flow) prediction as diffusers' Wan transformer returns it: its output class, or a 1-tuple."""
+    if return_dict:
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=sample)
+    return (sample,)
 
 
 def pad_rows(x, size: int):

@@ -105,12 +105,12 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def unet_tensors(unet, sample, timestep, encoder_hidden_states):
-    """The UNet's class forward as a function of the module and its three tensors: what a stored UNet computes
-    (the module an argument: an AOTInductor package's constants are its parameters, a saved function reads them
-    at each call and its guards name no global)."""
-    return type(unet).forward(unet, sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                              return_dict=False)[0]
+def denoiser_tensors(model, sample, timestep, encoder_hidden_states):
+    """The denoiser's class forward (the UNet's, or Wan's transformer's: both take (sample, timestep,
+    encoder_hidden_states)) as a function of the module and its three tensors: what a stored denoiser computes (the
+    module an argument: a saved function reads its parameters at each call and its guards name no global)."""
+    return type(model).forward(model, sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                               return_dict=False)[0]
 
 
 def part_tensors(part, x):
@@ -133,7 +133,7 @@ class StoredPart:
     does; the result is saved under the compile cache, next to inductor's kernels. A later start loads that file
     instead of tracing the model again: the part of a cached torch.compile start that its kernel cache cannot skip.
 
-    fn: `unet_tensors`, `part_tensors` or another function of the module and its input tensors, defined at a
+    fn: `denoiser_tensors`, `part_tensors` or another function of the module and its input tensors, defined at a
     module's top level (the saved form refers to its code). owner: the nn.Module whose parameters fn uses, read off
     it at each call. base: what else the part depends on (model fingerprint, dtype, switches, device), see
     `part_key`. torch's API is experimental: a part it cannot trace whole, save or load runs through `fallback`
