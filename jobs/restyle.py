@@ -78,8 +78,9 @@ HELP = {
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
     "retry_failed": "also retry clips that failed in an earlier run",
     "dry_run": "plan and report how much work there is; load no model",
-    "drop_unlisted": "remove the index rows and files (clips, videos, previews) of videos this manifest does not list "
-                     "(default: keep earlier runs' rows as they were)",
+    "drop_unlisted": "remove the index rows and files of earlier runs' clips that this run does not plan: of videos "
+                     "this manifest does not list (clips, videos, previews), or no longer in a video's plan "
+                     "(default: keep them as they were)",
     "lease_ttl_s": "a crashed job's lease on the output expires this long after its last heartbeat",
     "strict_columns": "a manifest column v2v does not use, but whose name is close to one it does, is an error "
                       "(default: a warning)",

@@ -124,8 +124,9 @@ class JobConfig:
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
     retry_failed: bool = False  # also redo clips whose last attempt failed
     dry_run: bool = False  # plan and report the work, load no model
-    # Remove the index rows, clips, stitched videos and preview strips of the videos this manifest does not list
-    # (earlier runs'): the output then mirrors the manifest. Off: they are kept as they were.
+    # Remove the index rows and files of earlier runs' clips that this run does not plan (of videos the manifest does
+    # not list: their clips, stitched videos and preview strips): the output then mirrors the run. Off: they are
+    # kept as they were.
     drop_unlisted: bool = False
     # A manifest column v2v does not use whose name is close to one it does ('sede', 'promt') is an error, not a
     # warning.

@@ -202,7 +202,7 @@ def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_n
         tmp_path / "redo.csv", index=False)
     s = run_job(_cfg(tmp_path, out, "redo.csv", max_failures=0), **QUIET)
     assert (s.planned, s.ok, s.failed, s.rendered_now, s.exit_code) == (2, 2, 0, 2, 0)  # the bad video is not its
-    assert s.text().splitlines()[2].endswith("index.parquet (and 9 rows of videos not in this manifest)")
+    assert s.text().splitlines()[2].endswith("index.parquet (and 9 earlier rows of clips this run did not plan)")
     assert json.loads((out / "job.json").read_text())["runs"][-1]["unlisted"] == 9
     df = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
     assert len(df) == len(night) + 2 and df.loc["redo"].note.eq("asked again").all()
@@ -217,10 +217,47 @@ def test_a_run_of_other_rows_into_the_same_output_keeps_the_index_rows_it_does_n
     s = run_job(_cfg(tmp_path, out, "redo.csv", drop_unlisted=True), log=lines.append)
     assert (s.planned, s.rendered_now) == (2, 0)
     assert any("removes the rows and files of 9 clips of 4 videos" in line for line in lines), lines
-    assert s.text().splitlines()[2].endswith("index.parquet (without 9 rows of videos not in this manifest)")
+    assert s.text().splitlines()[2].endswith("index.parquet (without 9 earlier rows of clips this run did not plan)")
     assert set(pd.read_parquet(out / "index").id) == {"redo"}
     assert [p.name for p in (out / "clips").iterdir()] == ["redo"] and len(list((out / "clips/redo").iterdir())) == 2
     assert not list((out / "videos").iterdir())  # the night's stitched videos
+
+
+def test_a_run_keeps_the_clips_of_its_videos_that_it_does_not_plan(baseline, inputs, tmp_path):
+    """A listed video's earlier clips that a run does not plan stay in the index, with their files: a quick check
+    with a smaller --max-clips into the night's output, and a video unreadable this time (its store timed out). The
+    night's next full run renders nothing. --drop-unlisted removes exactly those clips' rows and files."""
+    out = tmp_path / "out"
+    shutil.copytree(baseline[0], out, symlinks=True)
+    night = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    s = run_job(_cfg(inputs, out, "mixed", max_clips=1), **QUIET)
+    assert (s.planned, s.rendered_now, s.unlisted) == (4, 0, 5)  # each video's first clip (done), the bad one's row
+    assert s.text().splitlines()[2].endswith("index.parquet (and 5 earlier rows of clips this run did not plan)")
+    df = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    assert df.index.sort_values().equals(night.index.sort_values())
+    assert df.loc[night.index, "output_sha256"].equals(night.output_sha256)
+    # the second video unreadable this time: one failed row, and its three clips of the night kept
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "v1.mp4").write_bytes(b"")
+    pd.DataFrame([{"video": "v1.mp4", "prompt": "style 1", "seed": 100, "tag": "t1"}]).to_csv(gone / "m.csv",
+                                                                                               index=False)
+    s = run_job(_cfg(gone, out, "m.csv", max_failures=1), **QUIET)
+    assert (s.planned, s.failed) == (1, 1)
+    df = pd.read_parquet(out / "index")
+    v1 = night[night.tag == "t1"]
+    assert len(v1) == 3 and len(df) == len(night) + 1
+    assert (df[df.tag == "t1"].set_index(["id", "clip_index"]).loc[v1.index, "status"] == "ok").all()
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert (s.planned, s.rendered_now, s.unlisted) == (9, 0, 0)  # the failed row of the unreadable run is gone
+    assert pd.read_parquet(out / "index").set_index(["id", "clip_index"]).index.sort_values().equals(
+        night.index.sort_values())
+    # --drop-unlisted: the clips past the first of each video leave the index and the output
+    s = run_job(_cfg(inputs, out, "mixed", max_clips=1, drop_unlisted=True), **QUIET)
+    assert s.text().splitlines()[2].endswith("index.parquet (without 5 earlier rows of clips this run did not plan)")
+    df = pd.read_parquet(out / "index")
+    assert len(df) == 4 and set(df.clip_index) == {-1, 0}
+    assert sorted(p.name.split(".")[0] for p in out.glob("clips/*/*")) == ["00000"] * 3
 
 
 def test_a_rerun_renders_again_exactly_the_clips_whose_output_would_differ(ray_cluster, inputs, tmp_path):

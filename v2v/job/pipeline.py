@@ -82,14 +82,21 @@ def _remove_replaced_outputs(output: str, prev_rows: dict, finished: list[dict])
 
 
 def _remove_unlisted(output: str, rows: list[dict], listed: set[str]) -> None:
-    """--drop-unlisted, after the index without them is written: the files of ids the manifest does not list (their
-    clips, stitched video, preview strip). A name this run's ids also map to (safe_name) is left alone."""
+    """--drop-unlisted, after the index without them is written: the files of the rows the run did not plan. Of an id
+    the manifest does not list: its clips, stitched video and preview strip (a name this run's ids also map to,
+    safe_name, is left alone); of a listed id: each such clip's file."""
     from v2v.core.preview import preview_path
 
     fs, root = url_to_fs(output)
     root = root.rstrip("/")
     ours = {safe_name(i, 120) for i in listed}
-    for rid in {r["id"] for r in rows}:
+    for r in rows:
+        if r["id"] in listed and r.get("output"):
+            try:
+                fs.rm(f"{root}/{r['output']}")
+            except FileNotFoundError:
+                pass
+    for rid in {r["id"] for r in rows if r["id"] not in listed}:
         name = safe_name(rid, 120)
         if name in ours:
             continue
@@ -321,16 +328,21 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     total_frames = sum(r["num_frames"] for r in todo)
     log(f"v2v: {plural(len(manifest), 'video')} -> {plural(len(planned_keys), 'clip')} planned; {len(carried)} done or "
         f"failed before, {len(todo)} to render ({total_frames} frames)")
-    # Rows of earlier runs whose id this manifest does not list (another night's videos, or a run of a few rows
-    # into a shared output) stay in the index as they were: their files are still there, and a later run of their
-    # manifest skips them. The run's counts, exit code, stitching and previews are the manifest's alone.
+    # Rows of earlier runs that this run does not plan stay in the index as they were: their files are still there,
+    # and a later run that plans them again skips them. They are every row of a video the manifest does not list
+    # (another night's videos, or a run of a few rows into a shared output), and a listed video's restyled clips that
+    # its plan no longer holds (a smaller --max-clips or end_s; the video unreadable this time: a store that timed
+    # out). Failed and skipped rows of a listed video's earlier plan go. The run's counts, exit code, stitching and
+    # previews are its plan's alone.
     listed = set(manifest["id"].to_pylist())
-    unlisted = [r for r in prev_rows.values() if r["id"] not in listed]
+    planned = set(planned_keys)
+    unlisted = [r for k, r in prev_rows.items() if k not in planned
+                and (r["id"] not in listed or r["status"] == "ok" and r["clip_index"] >= 0)]
     if unlisted:
         what = (("would remove" if cfg.dry_run else "removes") + " the rows and files of") if cfg.drop_unlisted \
             else "keeps"
         log(f"v2v: the index {what} {plural(len(unlisted), 'clip')} of "
-            f"{plural(len({r['id'] for r in unlisted}), 'video')} that this manifest does not list (earlier runs')"
+            f"{plural(len({r['id'] for r in unlisted}), 'video')} that this run does not plan (earlier runs')"
             + ("" if cfg.drop_unlisted else "; --drop-unlisted removes them"))
     if cfg.dry_run:
         dry_run_report(cfg, plan_rows_list, todo, log)

@@ -28,7 +28,7 @@ class Summary:
     dry_run: bool = False
     outliers: list[str] = field(default_factory=list)  # lines naming the clips whose quality signals stand out
     preview: str = ""  # the preview page, where --preview wrote one
-    unlisted: int = 0  # index rows of earlier runs' videos that this manifest does not list (kept, or dropped)
+    unlisted: int = 0  # index rows of earlier runs' clips that this run did not plan (kept, or dropped)
     dropped: bool = False  # --drop-unlisted removed them
 
     @property
@@ -63,7 +63,7 @@ class Summary:
         if not self.unlisted:
             return ""
         kept = "without" if self.dropped else "and"
-        return f" ({kept} {plural(self.unlisted, 'row')} of videos not in this manifest)"
+        return f" ({kept} {plural(self.unlisted, 'earlier row')} of clips this run did not plan)"
 
 
 class Progress:
