@@ -84,15 +84,13 @@ def main(spec: dict) -> int:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     os.nice(10)  # below the actor's decoding, encoding and kernel launches
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    c = load_components(spec["model"], device=spec["device"], dtype=spec["dtype"],
-                        scheduler=spec["scheduler"], allow_pickle=spec["allow_pickle"])
-    # Only the denoiser (and the UNet3D's VAE parts) compile here; warm_up reads the text encoder's config alone. Its
-    # weights (Wan's UMT5: 11 GB in bf16) need not hold GPU memory beside the actor's own copy.
-    c.text_encoder.to("cpu")
-    if spec["device"] == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
+    # Loaded on the CPU, then the denoiser and the VAE moved to the actor's device: only they (the UNet3D's VAE
+    # parts) compile here, and warm_up reads the text encoder's config alone. Its weights (Wan's UMT5: 11 GB in bf16)
+    # never take GPU memory beside the actor's own copy.
+    c = load_components(spec["model"], device="cpu", dtype=spec["dtype"], scheduler=spec["scheduler"],
+                        allow_pickle=spec["allow_pickle"])
+    for part in (getattr(c, c.family.denoiser), c.vae):
+        part.to(spec["device"])
     speed = SpeedSettings(**{**spec["speed"], "background_compile": False})
     stored = apply_speed_settings(c, speed, unet_batch=spec["unet_batch"], vae_chunk=spec["vae_chunk"],
                                   shared_cache=spec["shared_cache"])
