@@ -121,6 +121,38 @@ def test_the_summary_names_the_clips_that_stand_out():
     assert "     highest flicker: v6/0 1.60, v5/0 1.50" in s.text() and s.text().endswith("out/previews/index.html")
 
 
+def test_the_summary_groups_failures_by_cause():
+    """A night's failures read as their causes, commonest first: the same error on many videos (their URIs and
+    numbers aside) is one line with its count and one example; a cause seen once is its row's own line."""
+    from v2v.job.report import CAUSES_SHOWN, failure_causes
+
+    rows = [{"id": f"gone{i}", "clip_index": -1, "video": f"s3://b/gone{i}.mp4", "status": "failed",
+             "error": f"s3://b/gone{i}.mp4: file not found"} for i in range(3)]
+    rows += [{"id": "big", "clip_index": c, "video": "s3://b/big.mp4", "status": "failed",
+              "error": f"restyle: CUDA out of memory. Tried to allocate {c + 1}.50 GiB"} for c in range(2)]
+    rows += [{"id": "odd", "clip_index": 0, "video": "odd.mp4", "status": "failed", "error": "encode: ValueError: x"},
+             {"id": "fine", "clip_index": 0, "video": "s3://b/fine.mp4", "status": "ok", "error": None}]
+    causes = failure_causes(rows)
+    assert [(n, cause) for n, cause, _ in causes] == [
+        (3, "<video>: file not found"), (2, "restyle: CUDA out of memory. Tried to allocate N GiB"),
+        (1, "encode: ValueError: x")]
+    assert causes[0][2] == "gone0 (the whole video): s3://b/gone0.mp4: file not found"
+    s = Summary(planned=7, ok=1, failed=6, index="i", causes=causes)
+    lines = s.text().splitlines()
+    i = lines.index("     failures: 6 (allowed 0)")
+    assert lines[i + 1:i + 4] == [
+        "       3 × <video>: file not found (e.g. gone0 (the whole video): s3://b/gone0.mp4: file not found)",
+        "       2 × restyle: CUDA out of memory. Tried to allocate N GiB (e.g. big/0: restyle: CUDA out of memory. "
+        "Tried to allocate 1.50 GiB)",
+        "       odd/0: encode: ValueError: x"]
+    many = [{"id": f"v{i}", "clip_index": 0, "video": "v.mp4", "status": "failed", "error": f"cause {'ab'[i % 2]}{i}"}
+            for i in range(CAUSES_SHOWN + 3)]  # (digits aside, `a` and `b` causes: only two)
+    assert len(failure_causes(many)) == 2
+    many = [{**r, "error": "x" * (i + 1)} for i, r in enumerate(many)]
+    s = Summary(planned=8, failed=8, index="i", causes=failure_causes(many))
+    assert s.text().splitlines()[-1] == "       ... and 3 other causes (the index's `error` column)"
+
+
 def test_dry_run_estimates_gpu_time_where_a_benchmark_measured_the_clip_size(tmp_path):
     from v2v.config import JobConfig
     from v2v.job.report import dry_run_report

@@ -91,8 +91,10 @@ def test_end_to_end_over_every_manifest_format(baseline):
     meta = json.loads((out / "job.json").read_text())
     assert meta["versions"]["ray"] and meta["model"]["sha256"] and meta["summary"]["ok"] == 8
     assert not (out / "_progress").exists()
-    # one failure with --max-failures 0: exit code 1 and the failure named in the summary
+    # one failure with --max-failures 0: exit code 1 and the failure named in the summary and job.json
     assert s.exit_code == 1 and "bad.mp4" in s.text()
+    [failure] = meta["failures"]
+    assert failure["count"] == 1 and failure["cause"].startswith("<video>: ") and "bad.mp4" in failure["example"]
     stitched = sorted(os.listdir(out / "videos"))
     assert len(stitched) == 3
     lengths = sorted(read_frames(str(out / "videos" / v)).shape[0] for v in stitched)

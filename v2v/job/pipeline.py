@@ -23,7 +23,7 @@ from v2v.core.manifest import MAX_ERRORS_SHOWN, NORMALIZED, ManifestError, load_
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
 from v2v.core.storage import join, safe_name, url_to_fs, write_bytes_atomic
-from v2v.job.report import Progress, Summary, dry_run_report, outliers, plural
+from v2v.job.report import Progress, Summary, dry_run_report, failure_causes, outliers, plural
 from v2v.job.resources import Resources, reachable_resources, resources, wait_for_a_gpu
 from v2v.job.stages import ClipWorker
 
@@ -404,10 +404,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
                       dropped=cfg.drop_unlisted)
     for r in final_rows:
         setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
-        if r["status"] == "failed" and len(summary.errors) < 20:
-            # clip_index -1: the row of a video that could not be read or planned at all
-            where = f"{r['id']}/{r['clip_index']}" if r["clip_index"] >= 0 else f"{r['id']} (the whole video)"
-            summary.errors.append(f"{where}: {r['error']}")
+    summary.causes = failure_causes(final_rows)
     rendered = [r for r in finished if r["status"] == "ok"]
     summary.outliers = outliers(final_rows)
     summary.rendered_now = len(rendered)
@@ -429,7 +426,9 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
                                            "summary": {k: getattr(summary, k) for k in
                                                        ("planned", "ok", "failed", "skipped", "rendered_now",
                                                         "frames", "wall_s", "stitch_failed", "unlisted",
-                                                        "dropped")}})
+                                                        "dropped")},
+                                           "failures": [{"count": n, "cause": cause, "example": example}
+                                                        for n, cause, example in summary.causes]})
     return summary
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ class Summary:
     wall_s: float = 0.0
     index: str = ""
     allowed_failures: int = 0
-    errors: list[str] = field(default_factory=list)  # a few examples
+    # the failed rows by cause (failure_causes): [(count, cause, one of them as "<id>/<clip>: <error>")], most first
+    causes: list[tuple[int, str, str]] = field(default_factory=list)
     stitch_failed: dict[str, str] = field(default_factory=dict)  # id -> why its video could not be stitched
     dry_run: bool = False
     outliers: list[str] = field(default_factory=list)  # lines naming the clips whose quality signals stand out
@@ -50,7 +52,11 @@ class Summary:
                  f"     index: {self.index}" + self._unlisted_text()]
         if self.failed:
             lines.append(f"     failures: {self.failed} (allowed {self.allowed_failures})")
-            lines += [f"       {e}" for e in self.errors[:5]]
+            lines += [f"       {example}" if n == 1 else f"       {n} × {cause} (e.g. {example})"
+                      for n, cause, example in self.causes[:CAUSES_SHOWN]]
+            if len(self.causes) > CAUSES_SHOWN:
+                lines.append(f"       ... and {plural(len(self.causes) - CAUSES_SHOWN, 'other cause')} (the index's "
+                             "`error` column)")
         if self.stitch_failed:
             lines.append(f"     videos not stitched: {len(self.stitch_failed)}")
             lines += [f"       {rid}: {why}" for rid, why in list(self.stitch_failed.items())[:5]]
@@ -189,6 +195,27 @@ def outliers(rows: list[dict], shown: int = OUTLIERS_SHOWN) -> list[str]:
     lowest = sorted(ok, key=lambda r: r["source_ssim"])
     lines.append("lowest SSIM to source: " + ", ".join(f"{name(r)} {r['source_ssim']:.2f}" for r in lowest[:shown]))
     return lines
+
+
+CAUSES_SHOWN = 5  # failure causes in the summary (job.json keeps the 20 commonest)
+
+
+def failure_causes(rows: list[dict], most: int = 20) -> list[tuple[int, str, str]]:
+    """The failed rows grouped by what their errors say once each row's own video URI and numbers are taken out
+    (e.g. 250 clips of `<video>: file not found`, 50 of `restyle: CUDA out of memory. Tried to allocate N GiB`):
+    [(count, cause, one of them as "<id>/<clip>: <error>")], the `most` commonest, most first (ties: first seen)."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        if r["status"] != "failed":
+            continue
+        error = str(r.get("error") or "unknown")
+        cause = error.replace(r["video"], "<video>") if r.get("video") else error
+        cause = re.sub(r"\d+(?:\.\d+)?", "N", cause)[:200]
+        # clip_index -1: the row of a video that could not be read or planned at all
+        where = f"{r['id']}/{r['clip_index']}" if r["clip_index"] >= 0 else f"{r['id']} (the whole video)"
+        groups.setdefault(cause, [0, f"{where}: {error}"])[0] += 1
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])  # stable: ties keep the order first seen
+    return [(n, cause, example) for cause, (n, example) in ranked[:most]]
 
 
 def plural(count: int, noun: str) -> str:
