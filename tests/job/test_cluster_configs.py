@@ -23,6 +23,7 @@ def test_rayjob_manifest():
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["backoffLimit"] >= 1  # a preempted head's job is retried on a new cluster, and resumes
     assert spec["rayClusterSpec"]["rayVersion"] == ray.__version__  # pinned to the project's Ray
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]

@@ -702,6 +702,14 @@ def test_lease_refuses_a_second_live_job_and_takes_over_a_dead_ones(ray_cluster,
     s = run_job(_cfg(inputs, out, "mixed"), log=lines.append)
     assert s.ok == 8 and any("took over the lease of run other-run" in ln for ln in lines)
     assert not (out / "_lease.json").exists()  # released at the end
+    # rerun at once on another host after the driver died (a KubeRay retry): its lease, silent for two beats, is
+    # waited out, not refused
+    (out / "_lease.json").write_text(json.dumps({**live, "heartbeat": time.time() - 1.5, "ttl_s": 3,
+                                                 "heartbeat_s": 0.5}))
+    lines = []
+    s = run_job(_cfg(inputs, out, "mixed"), log=lines.append)
+    assert s.ok == 8 and any(re.search(r"whose heartbeat stopped \d s ago; waiting up to \d s", ln) for ln in lines)
+    assert any("took over the lease of run other-run" in ln for ln in lines)
 
 
 def test_a_job_whose_lease_was_taken_leaves_the_index_to_the_new_owner(ray_cluster, inputs, tmp_path):

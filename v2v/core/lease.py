@@ -2,11 +2,15 @@
 
 A second job on an output that a live job is writing is refused with the owner's name. A lease is taken over when
 its owner is known dead: at once where the owner ran on this host and its process is gone (its pid, and that pid's
-start time, since pids are reused), else once its heartbeat is older than `ttl_s`. Before a job replaces the index
-it checks that it still holds the lease (`check`, fencing): a job whose heartbeat stalled and whose lease another
-job took never overwrites the newer job's index. On object stores there is no atomic create-if-absent through
-fsspec, so taking a lease is write-then-read-back: it closes the common race (two jobs started minutes apart), not
-two started within the same second.
+start time, since pids are reused), else once its heartbeat is older than `ttl_s`. A lease whose owner has missed
+two heartbeats is waited out (at most what is left of its `ttl_s`) rather than refused: the owner was most likely
+killed on another host (a preempted head node, a KubeRay retry on a new cluster), and the job rerun at once takes
+over as soon as the lease expires; a heartbeat seen meanwhile means the owner lives, and the job is refused.
+
+Before a job replaces the index it checks that it still holds the lease (`check`, fencing): a job whose heartbeat
+stalled and whose lease another job took never overwrites the newer job's index. On object stores there is no
+atomic create-if-absent through fsspec, so taking a lease is write-then-read-back: it closes the common race (two
+jobs started minutes apart), not two started within the same second.
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ def owner_is_gone(lease: dict) -> bool:
 
 
 class Lease:
-    def __init__(self, output: str, run_id: str, ttl_s: float = 120.0, heartbeat_s: float = 15.0):
+    def __init__(self, output: str, run_id: str, ttl_s: float = 120.0, heartbeat_s: float = 15.0, log=None):
         self.uri = join(output, LEASE_FILE)
         self.run_id, self.ttl_s, self.heartbeat_s = run_id, ttl_s, heartbeat_s
+        self.log = log  # where a wait for a silent owner's lease is said (print-like), or None
         self.owner = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                       "pid_start": process_start(os.getpid())}
         self._stop = threading.Event()
@@ -67,10 +72,13 @@ class Lease:
             return {"run_id": "?", "heartbeat": 0}  # unreadable: treat as stale
 
     def _write(self) -> None:
-        write_bytes_atomic(self.uri, json.dumps({**self.owner, "heartbeat": time.time(), "ttl_s": self.ttl_s}).encode())
+        write_bytes_atomic(self.uri, json.dumps({**self.owner, "heartbeat": time.time(), "ttl_s": self.ttl_s,
+                                                 "heartbeat_s": self.heartbeat_s}).encode())
 
     def acquire(self) -> "Lease":
         current = self._read()
+        if current and current.get("run_id") != self.run_id:
+            current = self._wait_out(current)
         if current and current.get("run_id") != self.run_id:
             age = time.time() - float(current.get("heartbeat", 0))
             if age < float(current.get("ttl_s", self.ttl_s)) and not owner_is_gone(current):
@@ -87,6 +95,27 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="v2v-lease", daemon=True)
         self._thread.start()
         return self
+
+    def _wait_out(self, current: dict) -> dict | None:
+        """Where `current`'s owner has missed two heartbeats, wait until its lease expires or changes: the lease as
+        it then is (None: released). A live owner's lease, or one already expired, comes back at once."""
+        ttl = float(current.get("ttl_s", self.ttl_s))
+        beat = float(current.get("heartbeat_s") or ttl / 4)  # leases of older v2v versions beat every quarter
+        said = False
+        while current and current.get("run_id") != self.run_id:
+            age = time.time() - float(current.get("heartbeat", 0))
+            if age < 2 * beat or age >= ttl or owner_is_gone(current):
+                return current
+            if not said and self.log is not None:
+                self.log(f"v2v: output in use by run {current.get('run_id')} on host {current.get('host')}, whose "
+                         f"heartbeat stopped {age:.0f} s ago; waiting up to {ttl - age:.0f} s for its lease to expire")
+                said = True
+            time.sleep(min(ttl - age + 0.05, beat / 2))
+            fresh = self._read()
+            if (fresh or {}).get("run_id") != current.get("run_id") or fresh.get("heartbeat") != current.get(
+                    "heartbeat"):
+                return fresh  # released, taken by another job, or beating again: the caller decides
+        return current
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

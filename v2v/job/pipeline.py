@@ -242,7 +242,7 @@ def run_job(cfg: JobConfig, log=print, live: bool = False, manifest: pa.Table | 
     run_id = idx.new_run_id()
     if cfg.dry_run:
         return _run(cfg, manifest, run_id, t_start, log, live=live)
-    with Lease(cfg.output, run_id, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_ttl_s / 4) as lease:
+    with Lease(cfg.output, run_id, ttl_s=cfg.lease_ttl_s, heartbeat_s=cfg.lease_ttl_s / 4, log=log) as lease:
         if lease.took_over:
             log(f"v2v: took over the lease of run {lease.took_over.get('run_id')}, whose job had stopped")
         return _run(cfg, manifest, run_id, t_start, log, lease, live=live)
