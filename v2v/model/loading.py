@@ -210,24 +210,37 @@ def _fetch_fsspec(uri: str, cache: Path) -> Path:
     final = cache / "models" / f"{name}-{version}"
     if (final / "model_index.json").exists():
         return final
-    return publish_folder(final, lambda tmp: fs.get(root.rstrip("/") + "/", str(tmp), recursive=True))
+
+    def fetch(tmp: Path) -> None:
+        logger.info("model %s: fetching it into %s", uri, final)
+        fs.get(root.rstrip("/") + "/", str(tmp), recursive=True)
+
+    return publish_folder(final, fetch)
 
 
 def publish_folder(final: Path, fill) -> Path:
     """A model folder at `final`, written whole by fill(tmp) into a temporary folder beside it, then renamed into
-    place: a half-written folder never looks complete, and a process racing to build the same one loses cleanly
-    to the first (whose folder then holds model_index.json)."""
+    place: a half-written folder never looks complete. One process of a machine fills it: the restyle actors of a
+    many-GPU node start together, and each fetching its own copy of a 30 GB model would multiply the download and
+    the disk it takes; the others wait on a lock beside it, then find it whole. (Across machines on a shared disk,
+    where a lock may not hold, a process racing to build the same folder loses cleanly to the first.)"""
+    import fcntl
+
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
-    try:
-        fill(tmp)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "model_index.json").exists():  # built by another process while this one waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
         try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            fill(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / "model_index.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
