@@ -76,7 +76,8 @@ HELP = {
                             "parts: a new machine fetches them instead of compiling (default: none: each machine "
                             "compiles its own)",
     "max_failures": "failed clips allowed before the exit code is 1: a count, or a fraction when < 1",
-    "retry_failed": "also retry clips that failed in an earlier run",
+    "retry_failed": "also retry clips that failed in an earlier run for their own sake (a rerun retries those the "
+                    "store or a lost actor failed anyway)",
     "dry_run": "plan and report how much work there is; load no model",
     "drop_unlisted": "remove the index rows and files of earlier runs' clips that this run does not plan: of videos "
                      "this manifest does not list (clips, videos, previews), or no longer in a video's plan "

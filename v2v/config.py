@@ -122,7 +122,9 @@ class JobConfig:
 
     # Failure handling.
     max_failures: float = 0  # allowed failed clips: a count, or a fraction of planned clips when < 1
-    retry_failed: bool = False  # also redo clips whose last attempt failed
+    # Also redo clips whose last attempt failed for their own sake (those the store or a lost actor failed are redone
+    # by any rerun: core.index.retried_by_a_rerun).
+    retry_failed: bool = False
     dry_run: bool = False  # plan and report the work, load no model
     # Remove the index rows and files of earlier runs' clips that this run does not plan (of videos the manifest does
     # not list: their clips, stitched videos and preview strips): the output then mirrors the run. Off: they are

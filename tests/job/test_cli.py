@@ -137,9 +137,9 @@ def test_the_summary_groups_failures_by_cause():
         (3, "<video>: file not found"), (2, "restyle: CUDA out of memory. Tried to allocate N GiB"),
         (1, "encode: ValueError: x")]
     assert causes[0][2] == "gone0 (the whole video): s3://b/gone0.mp4: file not found"
-    s = Summary(planned=7, ok=1, failed=6, index="i", causes=causes)
+    s = Summary(planned=7, ok=1, failed=6, index="i", causes=causes, retried=3)
     lines = s.text().splitlines()
-    i = lines.index("     failures: 6 (allowed 0)")
+    i = lines.index("     failures: 6 (allowed 0); a rerun tries 3 of them again, --retry-failed all")
     assert lines[i + 1:i + 4] == [
         "       3 × <video>: file not found (e.g. gone0 (the whole video): s3://b/gone0.mp4: file not found)",
         "       2 × restyle: CUDA out of memory. Tried to allocate N GiB (e.g. big/0: restyle: CUDA out of memory. "

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -186,10 +187,26 @@ def test_resume_skips_done_clips_and_retries_failed_only_when_asked(baseline, in
     assert changed == [f"{victim[0]}.mkv"], changed
     s = run_job(_cfg(inputs, out, "mixed", retry_failed=True), **QUIET)
     assert s.rendered_now == 0 and s.failed == 1  # the bad video was tried again, and failed again
+    # as an earlier run left them: one clip lost by the cluster, one that failed for its own sake. A plain rerun
+    # renders the lost one again (and reads the bad video again); the other waits for --retry-failed.
+    table = pq.read_table(out / "index")
+    rows = table.to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    ok[0].update(status="failed", error="lost: its actor stopped in each of 3 passes; rerun to retry it")
+    ok[1].update(status="failed", error="restyle: the output holds NaN or infinite values")
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out / "index" / "index.parquet")
+    s = run_job(_cfg(inputs, out, "mixed"), **QUIET)
+    assert (s.rendered_now, s.failed, s.retried) == (1, 2, 1)
+    assert "failures: 2 (allowed 1); a rerun tries 1 of them again, --retry-failed all" in s.text()
+    again = pd.read_parquet(out / "index").set_index(["id", "clip_index"])
+    assert again.loc[(ok[0]["id"], ok[0]["clip_index"]), "status"] == "ok"
+    assert again.loc[(ok[1]["id"], ok[1]["clip_index"]), "status"] == "failed"
+    s = run_job(_cfg(inputs, out, "mixed", retry_failed=True), **QUIET)
+    assert (s.rendered_now, s.failed) == (1, 1)
     s = run_job(_cfg(inputs, out, "mixed", guidance_scale=9.0), **QUIET)
     assert s.rendered_now == 8  # changed settings are not "done": every clip is rendered again
     runs = json.loads((out / "job.json").read_text())["runs"]  # the baseline's run, then these three
-    assert [r["rendered_now"] for r in runs] == [8, 1, 0, 8] and len({r["run_id"] for r in runs}) == 4
+    assert [r["rendered_now"] for r in runs] == [8, 1, 0, 1, 1, 8] and len({r["run_id"] for r in runs}) == 6
     assert all(r["finished_at"] >= r["started_at"] for r in runs) and runs[2]["failed"] == 1
 
 

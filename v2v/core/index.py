@@ -101,6 +101,15 @@ def work_key(clip: dict, job: dict) -> str:
     return hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:32]
 
 
+def retried_by_a_rerun(row: dict) -> bool:
+    """Whether a failed clip is rendered again by a plain rerun (without --retry-failed): where the clip itself was
+    never the problem, because the store kept failing past its retries or every actor that held the clip stopped
+    (`lost`). Other failures (a video that cannot be decoded, an output that held NaN, a clip that broke the GPU
+    three times) wait for --retry-failed, so that nightly reruns do not spend GPU time on them every night."""
+    error = row.get("error") or ""
+    return row.get("status") == "failed" and (error.startswith("lost: ") or "the store kept failing (" in error)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 

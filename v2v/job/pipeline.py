@@ -321,7 +321,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
             todo.append(r)  # new, or what its output depends on (settings, video, model) changed since
         elif prev["status"] == "ok" and present.get(prev["output"]) == prev["output_bytes"]:
             carried.append(prev)
-        elif prev["status"] == "failed" and not cfg.retry_failed:
+        elif prev["status"] == "failed" and not cfg.retry_failed and not idx.retried_by_a_rerun(prev):
             carried.append(prev)
         else:
             todo.append(r)
@@ -405,6 +405,9 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in final_rows:
         setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
     summary.causes = failure_causes(final_rows)
+    # whole videos that could not be read are read again by every run; clips the store or the cluster failed, too
+    summary.retried = sum(r["status"] == "failed" and (r["clip_index"] < 0 or idx.retried_by_a_rerun(r))
+                          for r in final_rows)
     rendered = [r for r in finished if r["status"] == "ok"]
     summary.outliers = outliers(final_rows)
     summary.rendered_now = len(rendered)

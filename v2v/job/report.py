@@ -26,6 +26,7 @@ class Summary:
     allowed_failures: int = 0
     # the failed rows by cause (failure_causes): [(count, cause, one of them as "<id>/<clip>: <error>")], most first
     causes: list[tuple[int, str, str]] = field(default_factory=list)
+    retried: int = 0  # failed rows that a plain rerun tries again (the rest: with --retry-failed)
     stitch_failed: dict[str, str] = field(default_factory=dict)  # id -> why its video could not be stitched
     dry_run: bool = False
     outliers: list[str] = field(default_factory=list)  # lines naming the clips whose quality signals stand out
@@ -51,7 +52,10 @@ class Summary:
                  f"{self.wall_s:.1f} s = {self.clips_per_minute:.1f} clips/min",
                  f"     index: {self.index}" + self._unlisted_text()]
         if self.failed:
-            lines.append(f"     failures: {self.failed} (allowed {self.allowed_failures})")
+            again = ("a rerun tries them again" if self.retried == self.failed else
+                     f"a rerun tries {self.retried} of them again, --retry-failed all" if self.retried else
+                     "--retry-failed tries them again")
+            lines.append(f"     failures: {self.failed} (allowed {self.allowed_failures}); {again}")
             lines += [f"       {example}" if n == 1 else f"       {n} × {cause} (e.g. {example})"
                       for n, cause, example in self.causes[:CAUSES_SHOWN]]
             if len(self.causes) > CAUSES_SHOWN:
