@@ -194,6 +194,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[JobConfig, argparse
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("botocore", "aiobotocore", "s3fs"):  # "Found credentials in environment variables." and the like
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg, args = config_from_args(argv)
     except ConfigError as e:

@@ -12,6 +12,8 @@ from v2v.core.storage import StorageError, file_version, is_transient, retrying
     (TimeoutError("read timed out"), True),
     (OSError("An error occurred (SlowDown) when calling the GetObject operation"), True),  # s3fs, no errno
     (FileNotFoundError(errno.ENOENT, "no such key"), False),
+    (FileNotFoundError("The specified bucket does not exist"), False),  # s3fs, no errno: lasting all the same
+    (PermissionError("Access Denied"), False),
     (PermissionError(errno.EACCES, "forbidden"), False),
     (OSError(errno.ENOSPC, "no space left on device"), False),
     (FileExistsError(errno.EEXIST, "a file where a folder should be"), False),

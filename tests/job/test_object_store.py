@@ -79,3 +79,18 @@ def test_store_outages_are_ridden_out_or_become_failed_rows(ray_cluster, bucket,
     assert (v1.status == "failed").all() and v1.error.str.contains("v1.mp4").all()
     assert v1.error.str.contains("the store kept failing").all(), v1.error.tolist()
     assert s.failed == len(v1) + 1 and s.exit_code == 0  # + broken.mp4
+    # the store back: a plain rerun (no --retry-failed) renders what the store failed, and leaves the broken video
+    s3_network.clear()
+    s = run_job(cfg, log=lambda m: None)
+    assert (s.ok, s.failed, s.rendered_now) == (4, 1, 2), s.text()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_job_runs(bucket):
+    from v2v.config import ConfigError
+    from v2v.job.pipeline import preflight
+
+    cfg = JobConfig(manifest="s3://v2v-test/in/m.parquet", output="s3://no-such-bucket/out")
+    with pytest.raises(ConfigError, match="--output s3://no-such-bucket/out: cannot be written .*bucket does not"):
+        preflight(cfg)
+    assert len(preflight(JobConfig(manifest=cfg.manifest, output="s3://v2v-test/out"))) == 3
+    assert not bucket.exists("v2v-test/out") or not bucket.find("v2v-test/out")  # the check's file is gone

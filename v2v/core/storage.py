@@ -36,9 +36,13 @@ _TRANSIENT_ERRNOS = {errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errn
 
 def is_transient(e: BaseException) -> bool:
     """Whether `e` is a failure of the store or the network to it that may pass: a timeout, a reset or refused
-    connection, an object store's 5xx (raised by its client, or as an OSError without an errno)."""
+    connection, an object store's 5xx (raised by its client, or as an OSError without an errno). Not a missing
+    object or bucket, nor a refusal (object stores are read-after-write consistent: these do not pass), which s3fs
+    raises as FileNotFoundError or PermissionError without an errno."""
     if isinstance(e, (TimeoutError, ConnectionError)):
         return True
+    if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+        return False
     if isinstance(e, OSError):
         return e.errno is None or e.errno in _TRANSIENT_ERRNOS
     return type(e).__module__.split(".")[0] in _STORE_PACKAGES
@@ -133,6 +137,18 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     with atomic_output(uri) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+
+
+def check_writable(folder: str) -> None:
+    """Write a small file under `folder` and remove it, riding out transient store errors (`retrying`): an output
+    that cannot be written (a bucket that does not exist, no permission, a read-only disk) fails here, before any
+    work, not at each clip's write after hours of GPU time. Raises OSError (StorageError where the store kept
+    failing)."""
+    probe = join(folder, f".v2v-write-check-{uuid.uuid4().hex[:12]}")
+    retrying(lambda: write_bytes_atomic(probe, b"v2v"), probe)
+    fs, path = url_to_fs(probe)
+    with contextlib.suppress(FileNotFoundError):
+        retrying(lambda: fs.rm(path), probe)
 
 
 @contextlib.contextmanager

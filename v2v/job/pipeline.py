@@ -22,7 +22,7 @@ from v2v.core.index import video_path
 from v2v.core.manifest import MAX_ERRORS_SHOWN, NORMALIZED, ManifestError, load_manifest
 from v2v.core.plan import CLIP_COLUMNS as _PLAN_COLUMNS
 from v2v.core.plan import plan_rows
-from v2v.core.storage import join, safe_name, url_to_fs, write_bytes_atomic
+from v2v.core.storage import check_writable, join, safe_name, url_to_fs, write_bytes_atomic
 from v2v.job.report import Progress, Summary, dry_run_report, failure_causes, outliers, plural
 from v2v.job.resources import Resources, reachable_resources, resources, wait_for_a_gpu
 from v2v.job.stages import ClipWorker
@@ -182,6 +182,11 @@ def preflight(cfg: JobConfig) -> pa.Table:
     check_family_settings(cfg, family)
     manifest = load_manifest(cfg.manifest, cfg)
     check_family_rows(cfg.manifest, manifest, family)
+    if not cfg.dry_run:  # last, once the rest holds (it makes a local output's folder); a dry run writes nothing
+        try:
+            check_writable(cfg.output)
+        except OSError as e:
+            raise ConfigError(f"--output {cfg.output}: cannot be written ({type(e).__name__}: {e})") from None
     return manifest
 
 
