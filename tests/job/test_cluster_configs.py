@@ -25,6 +25,9 @@ def test_rayjob_manifest():
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["backoffLimit"] >= 1  # a preempted head's job is retried on a new cluster, and resumes
     assert spec["rayClusterSpec"]["rayVersion"] == ray.__version__  # pinned to the project's Ray
+    group = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    # the GPU group scales between its bounds: only with KubeRay's autoscaler on
+    assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True and group["minReplicas"] < group["maxReplicas"]
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
