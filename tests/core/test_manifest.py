@@ -127,6 +127,27 @@ def test_json_lines_are_read_line_by_line(tmp_path):
     assert load_manifest(str(tmp_path / "mixed.jsonl"), CFG)["strength"].to_pylist() == [0.25, 0.5]
 
 
+def test_a_partitioned_folder_gives_its_partition_values_as_columns(tmp_path):
+    """A manifest folder written by Spark or pyarrow with partition folders (`night=.../style=.../part-0.parquet`):
+    each row gets its folders' values as columns (unescaped; Hive's null placeholder as null), a file's own column
+    of the same name wins, and the writer's marker files are not manifests."""
+    root = tmp_path / "manifest"
+    for style, rows in {"ink": [{"video": "/v/a.mp4", "prompt": "ink wash"}],
+                        "oil%20paint": [{"video": "/v/b.mp4", "prompt": "oil"}, {"video": "/v/c.mp4", "prompt": "oil"}],
+                        "__HIVE_DEFAULT_PARTITION__": [{"video": "/v/d.mp4", "prompt": "plain"}]}.items():
+        folder = root / "night=2026-12-08" / f"style={style}"
+        folder.mkdir(parents=True)
+        pd.DataFrame(rows).to_parquet(folder / "part-00000-1234.snappy.parquet")
+    own = root / "night=2026-12-08" / "style=ink" / "extra.csv"
+    own.write_text("video,prompt,style\n/v/e.mp4,ink,sumi-e\n")
+    (root / "_SUCCESS").write_text("")
+    t = load_manifest(str(root), CFG)
+    got = sorted(zip(t["video"].to_pylist(), t["style"].to_pylist(), t["night"].to_pylist()))
+    assert got == [("/v/a.mp4", "ink", "2026-12-08"), ("/v/b.mp4", "oil paint", "2026-12-08"),
+                   ("/v/c.mp4", "oil paint", "2026-12-08"), ("/v/d.mp4", None, "2026-12-08"),
+                   ("/v/e.mp4", "sumi-e", "2026-12-08")]
+
+
 def test_csv_lines_count_values_that_span_lines(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text('video,prompt,strength\nv.mp4,"two\nlines",0.5\nw.mp4,p,7.5\n')

@@ -50,12 +50,15 @@ class ManifestError(ValueError):
     """The manifest cannot be used; the message lists the offending rows and fields."""
 
 
-def _files(uri: str) -> tuple[object, list[str]]:
+def _files(uri: str) -> tuple[object, list[str], str | None]:
+    """(filesystem, the manifest's files as URIs, the folder they were found under where `uri` is one)."""
     fs, path = url_to_fs(uri)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    folder = None
     if any(ch in path for ch in "*?["):
         files = sorted(fs.glob(path))
     elif fs.isdir(path):
+        folder = path.rstrip("/")
         files = sorted(p for p in fs.find(path) if posixpath.splitext(p)[1].lower() in FORMATS
                        and not posixpath.basename(p).startswith((".", "_")))
     elif fs.exists(path):
@@ -67,7 +70,21 @@ def _files(uri: str) -> tuple[object, list[str]]:
     unknown = [f for f in files if posixpath.splitext(f)[1].lower() not in FORMATS]
     if unknown:
         raise ManifestError(f"manifest {unknown[0]}: unknown format; use .parquet, .csv or .jsonl")
-    return fs, [f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files]
+    return fs, [f if protocol in ("file", "local") else f"{protocol}://{f}" for f in files], folder
+
+
+def _partitions(file: str, folder: str | None) -> dict[str, str | None]:
+    """The `key=value` folders between a manifest folder and one of its files (a Hive-style partitioned dataset, as
+    Spark or pyarrow write one: `style=ink/part-0.parquet`), as {key: value}; values unescaped, Hive's
+    placeholder for null as None."""
+    from urllib.parse import unquote
+
+    if folder is None:
+        return {}
+    _, path = url_to_fs(file)
+    parts = posixpath.relpath(posixpath.dirname(path), folder).split("/")
+    found = (p.split("=", 1) for p in parts if "=" in p and not p.startswith("="))
+    return {unquote(k): None if v == "__HIVE_DEFAULT_PARTITION__" else unquote(v) for k, v in found}
 
 
 def _read_one(fs, uri: str) -> tuple[pa.Table, list[str]]:
@@ -182,10 +199,13 @@ def _text(data: bytes):
 def read_manifest(uri: str) -> tuple[pa.Table, list[str], list[str]]:
     """All rows of all manifest files; for each row the folder its relative video paths resolve against, and
     where it is (file and line or row) for messages."""
-    fs, files = _files(uri)
+    fs, files, folder = _files(uri)
     tables, bases, places = [], [], []
     for f in files:
         t, where = _read_one(fs, f)
+        for key, value in _partitions(f, folder).items():  # a column of every row, unless the file has its own
+            if key not in t.column_names:
+                t = t.append_column(key, pa.array([value] * t.num_rows, pa.string()))
         tables.append(t)
         bases += [posixpath.dirname(f)] * t.num_rows
         places += where
