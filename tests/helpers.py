@@ -226,14 +226,15 @@ class FaultyNetwork:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def browser_dom(url: str, wait_ms: int = 5000) -> str:
-    """The page's DOM after it loaded and its scripts ran (chromium --headless --dump-dom)."""
+def browser_dom(url: str, wait_ms: int = 5000, flags: tuple[str, ...] = ()) -> str:
+    """The page's DOM after it loaded and its scripts ran (chromium --headless --dump-dom); `flags`: Chromium's own,
+    added."""
     assert CHROMIUM, "no Chromium on this machine: apt-get install chromium (.ci/run does)"
     with tempfile.TemporaryDirectory() as profile:
         r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                             "--no-first-run", "--disable-background-networking", "--disable-component-update",
                             "--disable-sync", f"--user-data-dir={profile}", "--allow-file-access-from-files",
-                            f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
+                            f"--virtual-time-budget={wait_ms}", *flags, "--dump-dom", url],
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout

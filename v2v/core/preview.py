@@ -140,8 +140,9 @@ def page(videos: list[dict], title: str) -> str:
     for v in videos:
         data = " ".join(f'data-{k}="{html.escape("" if v[k] is None else str(v[k]), quote=True)}"'
                         for k, _ in COLUMNS)
-        strip = (f'<img src="{html.escape(v["strip"].split("/", 1)[1], quote=True)}" alt="{html.escape(v["id"])}">'
-                 if v["strip"] else "")
+        # loading="lazy": a night's page holds thousands of strips; the browser fetches those near the view only
+        strip = (f'<img src="{html.escape(v["strip"].split("/", 1)[1], quote=True)}" alt="{html.escape(v["id"])}" '
+                 'loading="lazy" decoding="async">' if v["strip"] else "")
         errors = f'<div class="errors">{html.escape(chr(10).join(v["errors"]))}</div>' if v["errors"] else ""
         cells = "".join(f"<td>{_cell(v[k])}</td>" for k, _ in COLUMNS)
         body.append(f'<tr class="{v["status"]}" {data}>{cells}<td>{strip}{errors}</td></tr>')
