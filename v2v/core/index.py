@@ -103,11 +103,22 @@ def work_key(clip: dict, job: dict) -> str:
 
 def retried_by_a_rerun(row: dict) -> bool:
     """Whether a failed clip is rendered again by a plain rerun (without --retry-failed): where the clip itself was
-    never the problem, because the store kept failing past its retries or every actor that held the clip stopped
-    (`lost`). Other failures (a video that cannot be decoded, an output that held NaN, a clip that broke the GPU
-    three times) wait for --retry-failed, so that nightly reruns do not spend GPU time on them every night."""
+    not the problem, because the store kept failing past its retries or every actor that held the clip stopped
+    (`lost`, once: `lost_error`). Other failures (a video that cannot be decoded, an output that held NaN, a clip
+    that broke the GPU three times, one lost twice) wait for --retry-failed, so that nightly reruns do not spend GPU
+    time on them every night."""
     error = row.get("error") or ""
     return row.get("status") == "failed" and (error.startswith("lost: ") or "the store kept failing (" in error)
+
+
+def lost_error(passes: int, before: dict | None) -> str:
+    """The error of a clip that no actor returned in any of a run's `passes` passes. `before`: the clip's row from
+    the run before, if any. A plain rerun retries a lost clip once; lost again there, the clip itself is the likely
+    cause (one that kills its actor, say a decoder crash), and it waits for --retry-failed."""
+    if before is not None and before.get("status") == "failed" and (before.get("error") or "").startswith("lost"):
+        return (f"lost again: its actor stopped in each of {passes} passes, as in the run before; --retry-failed "
+                "retries it")
+    return f"lost: its actor stopped in each of {passes} passes; a rerun retries it"
 
 
 def new_run_id() -> str:

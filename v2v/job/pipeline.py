@@ -386,7 +386,7 @@ def _run(cfg: JobConfig, manifest: pa.Table, run_id: str, t_start: float, log, l
     for r in lost:  # every planned clip ends with a row: one that no stage returned is a failure, named so
         rows_by_key[(r["id"], r["clip_index"])] = {
             **r, "status": "failed", "run_id": run_id, "finished_at": time.time(), "model": cfg.model,
-            "error": f"lost: its actor stopped in each of {RENDER_PASSES} passes; rerun to retry it"}
+            "error": idx.lost_error(RENDER_PASSES, prev_rows.get((r["id"], r["clip_index"])))}
     final_rows = [rows_by_key[k] for k in planned_keys]
     extras = {name: dict(zip(manifest["id"].to_pylist(), manifest[name].to_pylist())) for name in extra_cols}
     for r in final_rows:
