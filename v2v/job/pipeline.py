@@ -205,7 +205,7 @@ def check_family_settings(cfg: JobConfig, family) -> None:
     try:
         PlanSettings(clip_frames=frames, frame_step=family.frame_step).validate()
     except PlanError as e:
-        raise ConfigError(f"clip_frames: {e}") from None
+        raise ConfigError(str(e)) from None  # (each message names clip_frames)
     if cfg.clip_skip is not None and family.text != "CLIP":
         raise ConfigError(f"clip_skip applies to CLIP text encoders; a {family.name} model's is {family.text}")
 
