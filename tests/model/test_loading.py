@@ -45,46 +45,54 @@ def test_fsspec_uri_is_copied_once_into_cache(tiny, tmp_path):
     assert load_components("memory://models/tiny", cache_dir=tmp_path / "cache").folder == again
 
 
-# One of several restyle actors starting together on a machine: each resolves the model as its first act.
+# One of several restyle actors starting together on a machine: each fetches the model (or a LoRA) as it starts.
 _FETCH = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s")
+from v2v.model.adapters import fetch
 from v2v.model.loading import resolve_model
 print("READY", flush=True)
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.01)
-print("FOLDER", resolve_model(sys.argv[1], cache_dir=sys.argv[2]), flush=True)
+got = resolve_model(sys.argv[2]) if sys.argv[1] == "model" else fetch(sys.argv[2])
+print("GOT", got, flush=True)
 """
 
 
-def test_the_actors_of_one_machine_fetch_a_remote_model_once(tiny, tmp_path, s3_endpoint):
-    """Four processes resolve the same model on an S3-compatible server at the same moment into one cache: one
-    fetches it (a 30 GB model fetched once per GPU would multiply the download and fill the disk), the others wait
-    and use its folder."""
+@pytest.mark.parametrize("kind", ["model", "adapter"])
+def test_the_actors_of_one_machine_fetch_a_remote_file_once(tiny, tmp_path, s3_endpoint, kind):
+    """Four processes fetch the same model folder (or LoRA file) on an S3-compatible server at the same moment into
+    one cache: one fetches it (a 30 GB model fetched once per GPU would multiply the download and fill the disk),
+    the others wait and use its copy."""
+    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     import s3fs
 
     from tests.helpers import REPO
 
     s3 = s3fs.S3FileSystem()
-    s3.mkdir("v2v-models")
-    s3.put(str(tiny.folder), "v2v-models/tiny", recursive=True)
+    s3.mkdir(f"v2v-{kind}s")
+    if kind == "model":
+        s3.put(str(tiny.folder), f"v2v-{kind}s/tiny", recursive=True)
+        uri = f"s3://v2v-{kind}s/tiny"
+    else:
+        s3.put_file(str(tiny.folder / "unet" / "diffusion_pytorch_model.safetensors"), f"v2v-{kind}s/ink.safetensors")
+        uri = f"s3://v2v-{kind}s/ink.safetensors"
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _FETCH, "s3://v2v-models/tiny", str(tmp_path / "cache"), str(go)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    env = {**os.environ, "V2V_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _FETCH, kind, uri, str(go)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for p in procs:  # every one imported and waiting: then all start at once
         assert p.stdout.readline().strip() == "READY"
     go.touch()
     outs = [(p.communicate(timeout=300), p.returncode) for p in procs]
     assert all(code == 0 for _, code in outs), [err[-2000:] for (_, err), _ in outs]
-    folders = {ln.split(" ", 1)[1] for (out, _), _ in outs for ln in out.splitlines() if ln.startswith("FOLDER")}
-    assert len(folders) == 1
+    got = {ln.split(" ", 1)[1] for (out, _), _ in outs for ln in out.splitlines() if ln.startswith("GOT")}
+    assert len(got) == 1 and got.pop().startswith(str(tmp_path / "cache"))
     assert sum(err.count("fetching it into") for (_, err), _ in outs) == 1
-    assert model_fingerprint(Path(folders.pop())) == model_fingerprint(tiny.folder)
-    assert not list((tmp_path / "cache" / "models").glob(".build-*"))
+    assert not list((tmp_path / "cache").rglob(".build-*")) and not list((tmp_path / "cache").rglob("*.part"))
 
 
 def test_fingerprint_is_cached_until_a_file_changes(tiny, tmp_path):

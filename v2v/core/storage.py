@@ -133,6 +133,22 @@ def atomic_output(uri: str, suffix: str = ""):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def machine_lock(path):
+    """An exclusive lock on the local file `path` (made with its folder where missing), held while within: the
+    processes of one machine that would each fetch or build the same thing (the restyle actors of a many-GPU node
+    starting together) do it once; the others wait, then find it done. Released when its process dies."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     with atomic_output(uri) as tmp:
         with open(tmp, "wb") as f:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from v2v.core.storage import sha256_file
+
+logger = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "transformer", "text_encoder")  # the UNet3D's, Wan's transformer's, the text encoder's
 LOADED_KEPT = 16  # adapter files kept loaded per actor, least recently used dropped first
@@ -246,7 +249,7 @@ def fetch(uri: str) -> str:
     import os
     import posixpath
 
-    from v2v.core.storage import StorageError, file_version, local_path, retrying, url_to_fs
+    from v2v.core.storage import StorageError, file_version, local_path, machine_lock, retrying, url_to_fs
     from v2v.model.loading import default_cache_dir
 
     path = local_path(uri)
@@ -257,15 +260,18 @@ def fetch(uri: str) -> str:
         raise AdapterError(f"{uri}: not found or not readable")
     key = hashlib.sha256(f"{uri}\n{version}".encode()).hexdigest()[:24]
     target = default_cache_dir() / "adapters" / key / posixpath.basename(uri)
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f".{target.name}.{os.getpid()}.part")
-        fs, remote = url_to_fs(uri)
-        try:
-            retrying(lambda: fs.get_file(remote, str(part)), uri)
-        except StorageError as e:
-            raise AdapterError(f"{uri}: {e}") from None
-        os.replace(part, target)
+    if target.exists():
+        return str(target)
+    with machine_lock(target.with_name(f".{target.name}.lock")):  # the node's actors fetch it once
+        if not target.exists():
+            logger.info("adapter %s: fetching it into %s", uri, target)
+            part = target.with_name(f".{target.name}.{os.getpid()}.part")
+            fs, remote = url_to_fs(uri)
+            try:
+                retrying(lambda: fs.get_file(remote, str(part)), uri)
+            except StorageError as e:
+                raise AdapterError(f"{uri}: {e}") from None
+            os.replace(part, target)
     return str(target)
 
 

@@ -224,11 +224,9 @@ def publish_folder(final: Path, fill) -> Path:
     many-GPU node start together, and each fetching its own copy of a 30 GB model would multiply the download and
     the disk it takes; the others wait on a lock beside it, then find it whole. (Across machines on a shared disk,
     where a lock may not hold, a process racing to build the same folder loses cleanly to the first.)"""
-    import fcntl
+    from v2v.core.storage import machine_lock
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with machine_lock(final.parent / f".{final.name}.lock"):
         if (final / "model_index.json").exists():  # built by another process while this one waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))

@@ -17,8 +17,6 @@ cache, and a part built here is put there.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from v2v.core.storage import atomic_output
+from v2v.core.storage import atomic_output, machine_lock
 from v2v.speed.shared_cache import SharedCache
 
 logger = logging.getLogger(__name__)
@@ -90,19 +88,6 @@ def part_key(base: dict, tensors) -> str:
     key = {**base, "code": code_digest(), "torch": torch.__version__,
            "inductor_env": inductor_env(), "inputs": signature(tensors)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock next to `path`: actors starting together on one machine build a part once; the
-    others wait, then load it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def denoiser_tensors(model, sample, timestep, encoder_hidden_states):
@@ -168,7 +153,7 @@ class StoredPart:
         built = len(self.built)
         before = got = None  # where this start lacks the part: the local cache's files, and those fetched
         try:
-            with _locked(path):  # actors starting together on one machine fetch or build a part once
+            with machine_lock(path.with_suffix(".lock")):  # actors starting together: one fetches or builds it
                 if self.shared and not path.exists():
                     before = self.shared.files()
                     got = self.shared.fetch(path.stem)
