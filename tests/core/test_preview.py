@@ -16,7 +16,7 @@ def test_a_page_of_many_videos_fetches_only_the_strips_near_the_view(tmp_path):
     one of them (gigabytes at a night's size), and those it fetched load."""
     folder = tmp_path / PREVIEW_DIR
     folder.mkdir()
-    n = 300
+    n = 600
     strip = Image.fromarray(np.full((128, 192, 3), 90, np.uint8))
     videos = []
     for i in range(n):
