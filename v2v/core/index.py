@@ -18,7 +18,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from v2v.core.storage import join, safe_name, url_to_fs, write_bytes_atomic
+from v2v.core.storage import KEPT_FAILING, join, safe_name, url_to_fs, write_bytes_atomic
 from v2v.core.video import CODECS
 
 INDEX_SCHEMA = pa.schema([
@@ -108,7 +108,7 @@ def retried_by_a_rerun(row: dict) -> bool:
     that broke the GPU three times, one lost twice) wait for --retry-failed, so that nightly reruns do not spend GPU
     time on them every night."""
     error = row.get("error") or ""
-    return row.get("status") == "failed" and (error.startswith("lost: ") or "the store kept failing (" in error)
+    return row.get("status") == "failed" and (error.startswith("lost: ") or f"{KEPT_FAILING} (" in error)
 
 
 def lost_error(passes: int, before: dict | None) -> str:

@@ -25,6 +25,10 @@ STORE_TRIES = 4
 STORE_FIRST_WAIT_S = 0.5
 
 
+# What every StorageError says: a failed row's error holding it is one the store caused (core.index reads it).
+KEPT_FAILING = "the store kept failing"
+
+
 class StorageError(OSError):
     """A read or write that the store kept failing (timeouts, connection resets, 5xx) through every retry."""
 
@@ -58,7 +62,7 @@ def retrying(fn, what: str, tries: int = STORE_TRIES, first_wait_s: float = STOR
             if not is_transient(e):
                 raise
             if attempt == tries - 1:
-                raise StorageError(f"{what}: the store kept failing ({tries} tries): {type(e).__name__}: {e}") from e
+                raise StorageError(f"{what}: {KEPT_FAILING} ({tries} tries): {type(e).__name__}: {e}") from e
             wait = first_wait_s * 2**attempt
             logger.warning("%s: %s: %s; trying again in %.1f s", what, type(e).__name__, e, wait)
             time.sleep(wait)
